@@ -1,0 +1,112 @@
+//! Atomic batches of writes.
+
+use crate::db::Op;
+use crate::{Db, Error, Result};
+
+/// Writes that become visible, and durable, together.
+///
+/// Operations are buffered in memory (copied) and written as one commit by
+/// [`commit`](Batch::commit): after a crash either all of them are in the
+/// store or none is. Dropping a batch without committing discards it.
+/// Within a batch, later operations on a key win over earlier ones.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let db = mapkv::Db::open(dir.path().join("b.mapkv"))?;
+/// db.insert(b"old", b"1")?;
+/// let mut b = db.batch();
+/// b.insert(b"a", b"1").insert(b"b", b"2");
+/// b.remove(b"old");
+/// b.commit()?;
+/// assert_eq!(db.len(), 2);
+/// # Ok::<(), mapkv::Error>(())
+/// ```
+pub struct Batch {
+    db: Db,
+    bytes: Vec<u8>,
+    ops: Vec<(bool, usize, usize, usize)>,
+    error: Option<Error>,
+}
+
+impl Batch {
+    pub(crate) fn new(db: Db) -> Batch {
+        Batch {
+            db,
+            bytes: Vec::new(),
+            ops: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn push(&mut self, put: bool, key: &[u8], value: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        if key.len() > crate::MAX_KEY_LEN {
+            self.error = Some(Error::KeyTooLarge {
+                len: key.len(),
+                max: crate::MAX_KEY_LEN,
+            });
+            return;
+        }
+        if value.len() > crate::MAX_VALUE_LEN {
+            self.error = Some(Error::ValueTooLarge {
+                len: value.len(),
+                max: crate::MAX_VALUE_LEN,
+            });
+            return;
+        }
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(key);
+        self.bytes.extend_from_slice(value);
+        self.ops.push((put, start, key.len(), value.len()));
+    }
+
+    /// Insert or overwrite `key` when the batch commits. A key or value over
+    /// the limits makes [`commit`](Batch::commit) fail (and write nothing).
+    pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut Batch {
+        self.push(true, key.as_ref(), value.as_ref());
+        self
+    }
+
+    /// Remove `key` when the batch commits (a no-op if it is absent then).
+    pub fn remove(&mut self, key: impl AsRef<[u8]>) -> &mut Batch {
+        self.push(false, key.as_ref(), &[]);
+        self
+    }
+
+    /// Operations buffered so far.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether no operation is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Write every operation as one all-or-nothing commit, with the store's
+    /// durability. An empty batch commits nothing.
+    ///
+    /// # Errors
+    /// The first size error of any operation, or any error of
+    /// [`Db::insert`]; then nothing of the batch was applied.
+    pub fn commit(self) -> Result<()> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let ops: Vec<Op<'_>> = self
+            .ops
+            .iter()
+            .map(|&(put, s, k, v)| {
+                let key = &self.bytes[s..s + k];
+                if put {
+                    Op::Put(key, &self.bytes[s + k..s + k + v])
+                } else {
+                    Op::Del(key)
+                }
+            })
+            .collect();
+        self.db.inner.commit(&ops)
+    }
+}

@@ -1,0 +1,840 @@
+//! The public handle: open, read, write, flush, close.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::index::{self, Desc, Table, TableFull};
+use crate::log::record::{
+    self, record_len, seq_gen, seq_of, BodyCrc, Header, HEADER_LEN, KIND_DEL, KIND_PUT, MAX_KEY_LEN, MAX_VALUE_LEN,
+};
+use crate::options::{Durability, Options};
+use crate::recovery;
+use crate::OpenKind;
+use crate::storage::control::{Control, State};
+use crate::storage::mapping::{Arena, MapMode, OutOfBounds};
+use crate::storage::meta::{Meta, FLAG_CLEAN, FORMAT_VERSION, MAGIC};
+use crate::storage::{self, ARENA_START, CONTROL_OFFSET, FORMAT_PAGE, GRANULE, META_A_OFFSET, META_B_OFFSET};
+use crate::{Error, Result, Value};
+
+/// A handle to an open store. Cheap to clone; clones share one mapping and
+/// one writer lock, and may be used from any number of threads.
+///
+/// Reads ([`get`](Db::get), [`contains_key`](Db::contains_key),
+/// [`iter`](Db::iter), [`len`](Db::len)) take no lock and make no system
+/// call. Writes are serialised by one writer lock. The store is closed
+/// cleanly when the last handle is dropped (or by [`close`](Db::close),
+/// which reports errors).
+///
+/// ```
+/// use mapkv::Db;
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("db.mapkv");
+/// let db = Db::open(&path)?;
+/// db.insert(b"apple", b"red")?;
+/// assert_eq!(db.get(b"apple")?.as_deref(), Some(&b"red"[..]));
+/// assert!(db.remove(b"apple")?);
+/// assert!(db.get(b"apple")?.is_none());
+/// # Ok::<(), mapkv::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Db {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) path: PathBuf,
+    pub(crate) arena: Arena,
+    pub(crate) hash_seed: u64,
+    pub(crate) salt: u32,
+    durability: Durability,
+    read_only: bool,
+    growth_step: u64,
+    max_size: u64,
+    writer: Mutex<Writer>,
+    poisoned: AtomicBool,
+    poison_cause: Mutex<String>,
+    closed: AtomicBool,
+    opened: OpenKind,
+}
+
+/// The writer's view of the store; protected by the writer lock. The
+/// control block mirrors `st` for readers and for recovery.
+pub(crate) struct Writer {
+    pub(crate) st: State,
+    /// Everything below is on stable storage and a meta says so.
+    pub(crate) durable_tail: u64,
+    pub(crate) durable_seq_gen: u64,
+    /// File length known to be durable (fsync'd).
+    pub(crate) durable_len: u64,
+    /// Byte ranges appended since the last sync (records, chunk headers).
+    pub(crate) pending: Vec<(u64, u64)>,
+    pub(crate) meta: Meta,
+    pub(crate) boot_id: [u8; 16],
+}
+
+/// One operation of a commit.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Op<'a> {
+    Put(&'a [u8], &'a [u8]),
+    Del(&'a [u8]),
+}
+
+impl Op<'_> {
+    fn key(&self) -> &[u8] {
+        match self {
+            Op::Put(k, _) | Op::Del(k) => k,
+        }
+    }
+    fn value(&self) -> &[u8] {
+        match self {
+            Op::Put(_, v) => v,
+            Op::Del(_) => &[],
+        }
+    }
+}
+
+/// What [`Db::stats`] reports.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Live keys.
+    pub keys: u64,
+    /// Bytes of the records of live keys (headers and padding included).
+    pub live_bytes: u64,
+    /// Log bytes no live key uses: overwritten and removed records,
+    /// tombstones, old index tables. Reclaimable by compaction.
+    pub dead_bytes: u64,
+    /// Bytes of the current index table.
+    pub index_bytes: u64,
+    /// Bytes from the start of the arena to the log tail.
+    pub used_bytes: u64,
+    /// Length of the file.
+    pub file_len: u64,
+    /// Slots in the index table.
+    pub index_capacity: u64,
+    /// Occupied slots (live keys and tombstones).
+    pub index_used: u64,
+    /// `index_used / index_capacity`; the table is rebuilt before it passes 0.75.
+    pub index_load: f64,
+    /// Log tail: where the next record goes.
+    pub tail: u64,
+    /// Everything below this offset is on stable storage.
+    pub durable_tail: u64,
+    /// Commits so far (sequence number of the last commit).
+    pub commits: u64,
+    /// Recovery generation (bumped by every recovery from a crash).
+    pub generation: u64,
+    /// Times the file outgrew its address-space reservation and was remapped.
+    pub remaps: u64,
+    /// How the last open found the store.
+    pub opened: OpenKind,
+}
+
+impl From<TableFull> for Error {
+    fn from(_: TableFull) -> Error {
+        // Replaced by a located error where the table is known; see corrupt().
+        Error::Corrupted {
+            path: PathBuf::new(),
+            offset: 0,
+            what: "index table has no empty slot".into(),
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn corrupt(&self, offset: u64, what: impl Into<String>) -> Error {
+        Error::Corrupted {
+            path: self.path.clone(),
+            offset,
+            what: what.into(),
+        }
+    }
+
+    fn locate(&self, e: Error, offset: u64) -> Error {
+        match e {
+            Error::Corrupted { path, what, .. } if path.as_os_str().is_empty() => Error::Corrupted {
+                path: self.path.clone(),
+                offset,
+                what,
+            },
+            e => e,
+        }
+    }
+
+    pub(crate) fn control(&self) -> Result<Control<'_>> {
+        Control::new(&self.arena).map_err(|_| self.corrupt(CONTROL_OFFSET, "control block outside the file"))
+    }
+
+    /// The current slot table, checked against the file.
+    #[inline]
+    pub(crate) fn table(&self) -> Result<(Table<'_>, Desc)> {
+        let w = self.control()?.index_desc();
+        self.table_at(w)
+    }
+
+    pub(crate) fn table_at(&self, w: u64) -> Result<(Table<'_>, Desc)> {
+        let d = Desc::decode(w)
+            .filter(|d| d.start >= ARENA_START)
+            .ok_or_else(|| self.corrupt(CONTROL_OFFSET + 32, format!("bad index descriptor {w:#x}")))?;
+        let slots = self
+            .arena
+            .atomics(d.start, d.capacity())
+            .map_err(|_| self.corrupt(d.start, "index table runs past the end of the file"))?;
+        Ok((Table::new(slots, d.log2cap), d))
+    }
+
+    /// Read and check the header of the record a slot points at.
+    #[inline]
+    pub(crate) fn header_at(&self, off: u64) -> Result<Header> {
+        if off < ARENA_START {
+            return Err(self.corrupt(off, "slot points into the file header"));
+        }
+        let mut b = [0u8; HEADER_LEN as usize];
+        self.arena
+            .read(off, &mut b)
+            .map_err(|_| self.corrupt(off, "slot points past the end of the file"))?;
+        Ok(Header::from_bytes(&b))
+    }
+
+    /// Does the record at `off` hold `key`? Reads the header and key only.
+    pub(crate) fn key_eq(&self, off: u64, key: &[u8]) -> Result<bool> {
+        let h = self.header_at(off)?;
+        if h.kind != KIND_PUT {
+            return Err(self.corrupt(off, "slot points at something that is not a live record"));
+        }
+        if h.key_len as usize != key.len() {
+            return Ok(false);
+        }
+        let mut small = [0u8; 64];
+        let mut big;
+        let buf: &mut [u8] = if key.len() <= small.len() {
+            &mut small[..key.len()]
+        } else {
+            big = vec![0u8; key.len()];
+            &mut big
+        };
+        self.arena
+            .read(off + HEADER_LEN, buf)
+            .map_err(|_| self.corrupt(off, "record runs past the end of the file"))?;
+        Ok(buf == key)
+    }
+
+    /// Copy the key and value of the put record at `off` into one buffer
+    /// (key first) and verify the record's CRC over the copy.
+    pub(crate) fn read_record(&self, off: u64, h: &Header) -> Result<Vec<u8>> {
+        let k = h.key_len as usize;
+        let v = h.val_len as usize;
+        let mut buf = Vec::with_capacity(k + v);
+        self.read_record_into(off, h, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn read_record_into(&self, off: u64, h: &Header, buf: &mut Vec<u8>) -> Result<()> {
+        if h.kind != KIND_PUT {
+            return Err(self.corrupt(off, "slot points at something that is not a live record"));
+        }
+        let n = h.key_len as usize + h.val_len as usize;
+        if off + HEADER_LEN + n as u64 > self.arena.len() {
+            return Err(self.corrupt(off, "record runs past the end of the file"));
+        }
+        buf.clear();
+        buf.resize(n, 0);
+        self.arena
+            .read(off + HEADER_LEN, buf)
+            .map_err(|_| self.corrupt(off, "record runs past the end of the file"))?;
+        let mut crc = BodyCrc::new(self.salt, off, &h.tail_bytes());
+        crc.update(buf);
+        if crc.finish() != h.crc {
+            return Err(self.corrupt(off, "record fails its checksum"));
+        }
+        Ok(())
+    }
+
+    /// The key of the record at `off` (header already read), unverified.
+    pub(crate) fn read_key(&self, off: u64, h: &Header) -> Result<Vec<u8>> {
+        let mut k = vec![0u8; h.key_len as usize];
+        self.arena
+            .read(off + HEADER_LEN, &mut k)
+            .map_err(|_| self.corrupt(off, "record runs past the end of the file"))?;
+        Ok(k)
+    }
+
+    /// The full hash of the key a live slot word points at.
+    pub(crate) fn rehash(&self, word: u64) -> Result<u64> {
+        let o = index::word_offset(word);
+        let h = self.header_at(o)?;
+        Ok(index::hash(self.hash_seed, &self.read_key(o, &h)?))
+    }
+
+    /// Length of the live record at `off` (for accounting).
+    fn live_len(&self, off: u64) -> Result<u64> {
+        let h = self.header_at(off)?;
+        if h.kind != KIND_PUT {
+            return Err(self.corrupt(off, "slot points at something that is not a live record"));
+        }
+        Ok(record_len(h.key_len as usize, h.val_len as usize))
+    }
+
+    /// Read a key's record: `Some((record offset, header))`.
+    #[inline]
+    fn lookup(&self, key: &[u8]) -> Result<Option<(u64, Header)>> {
+        let (t, d) = self.table()?;
+        let h = index::hash(self.hash_seed, key);
+        let found = t.find(h, |off| self.key_eq(off, key)).map_err(|e| self.locate(e, d.start))?;
+        match found {
+            None => Ok(None),
+            Some((_, w)) => {
+                let off = index::word_offset(w);
+                Ok(Some((off, self.header_at(off)?)))
+            }
+        }
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(Error::Poisoned {
+                path: self.path.clone(),
+                cause: self.poison_cause.lock().clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Record a sync failure: the handle refuses writes from now on.
+    fn poison(&self, op: &'static str, e: io::Error) -> Error {
+        *self.poison_cause.lock() = format!("{op}: {e}");
+        self.poisoned.store(true, Ordering::Release);
+        Error::Io {
+            op,
+            path: self.path.clone(),
+            source: e,
+        }
+    }
+
+    /// Make sure the file is at least `end` bytes long.
+    pub(crate) fn ensure_space(&self, end: u64) -> Result<()> {
+        let len = self.arena.len();
+        if end <= len {
+            return Ok(());
+        }
+        let out_of_space = |wanted, reason: String| Error::OutOfSpace {
+            path: self.path.clone(),
+            wanted,
+            reason,
+        };
+        if end > self.max_size {
+            return Err(out_of_space(end, format!("the size limit is {} bytes", self.max_size)));
+        }
+        let mut new_len = storage::next_file_len(len, end, self.growth_step)
+            .ok_or_else(|| out_of_space(end, "length overflows".into()))?;
+        if new_len > self.max_size {
+            new_len = storage::align_up(end, GRANULE)
+                .filter(|&n| n <= self.max_size)
+                .unwrap_or(self.max_size);
+        }
+        if self.arena.mode() == MapMode::Private {
+            // Only recovery on a read-only handle gets here.
+            return Err(Error::NeedsRecovery {
+                path: self.path.clone(),
+                reason: "the index must be rebuilt into new space, which a read-only handle cannot add; \
+                         open the store read-write once"
+                    .into(),
+            });
+        }
+        self.arena.grow(new_len).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EFBIG) | Some(libc::EDQUOT) => out_of_space(new_len, e.to_string()),
+            _ => Error::Io {
+                op: "grow file",
+                path: self.path.clone(),
+                source: e,
+            },
+        })?;
+        if let Ok(c) = self.control() {
+            c.set_file_len(new_len);
+        }
+        Ok(())
+    }
+
+    fn write_bytes(&self, off: u64, data: &[u8]) -> Result<()> {
+        self.arena
+            .write(off, data)
+            .map_err(|OutOfBounds| self.corrupt(off, "write outside the file (internal error)"))
+    }
+
+    /// Apply one put/delete record at `off` to table `t`, updating `st`.
+    /// Shared by the write path and recovery.
+    pub(crate) fn apply(&self, t: &Table<'_>, st: &mut State, off: u64, h: &Header, key: &[u8]) -> Result<()> {
+        let hash = index::hash(self.hash_seed, key);
+        match h.kind {
+            KIND_PUT => {
+                let up = t.upsert(hash, index::make_word(hash, off), |o| self.key_eq(o, key))?;
+                st.index_used += up.took_empty as u64;
+                match up.old {
+                    Some(w) => {
+                        let old = self.live_len(index::word_offset(w))?;
+                        st.live_bytes = st.live_bytes.saturating_sub(old);
+                    }
+                    None => st.live_keys += 1,
+                }
+                st.live_bytes += record_len(h.key_len as usize, h.val_len as usize);
+            }
+            _ => {
+                if let Some((slot, w)) = t.find(hash, |o| self.key_eq(o, key))? {
+                    let old = self.live_len(index::word_offset(w))?;
+                    t.remove_at(slot);
+                    st.live_keys = st.live_keys.saturating_sub(1);
+                    st.live_bytes = st.live_bytes.saturating_sub(old);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuild the index into a larger (or tombstone-free) table if `more`
+    /// new entries would push it past 3/4 load. The new table is an index
+    /// chunk appended at the tail; readers switch to it atomically.
+    pub(crate) fn ensure_index_room(&self, w: &mut Writer, more: u64) -> Result<()> {
+        let (old, d) = self.table_at(w.st.index_desc)?;
+        if index::fits(d.capacity(), w.st.index_used, more) {
+            return Ok(());
+        }
+        let log2 = index::log2cap_for(w.st.live_keys.saturating_add(more).saturating_mul(2));
+        let off = w.st.tail;
+        let start = record::index_table_start(off).ok_or_else(|| self.corrupt(off, "tail overflows"))?;
+        let new = Desc { start, log2cap: log2 };
+        let end = start + new.bytes();
+        self.ensure_space(end)?;
+        let hdr = record::encode_index(self.salt, off, log2);
+        self.write_bytes(off, &hdr.to_bytes())?;
+        self.arena
+            .zero(start, new.bytes())
+            .map_err(|_| self.corrupt(start, "index table outside the file"))?;
+        let (nt, _) = self.table_at(new.encode())?;
+        let n = old.copy_into(&nt, |word| self.rehash(word))?;
+        w.pending.push((off, HEADER_LEN));
+        // Not published here: the caller publishes the new descriptor with
+        // the commit that needed it (control block begin/end).
+        w.st.index_desc = new.encode();
+        w.st.index_used = n;
+        w.st.tail = end;
+        Ok(())
+    }
+
+    /// Write, publish and (per durability) sync one commit.
+    pub(crate) fn commit(&self, ops: &[Op<'_>]) -> Result<()> {
+        for op in ops {
+            check_sizes(op.key(), op.value())?;
+        }
+        self.check_writable()?;
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut w = self.writer.lock();
+        self.commit_locked(&mut w, ops)
+    }
+
+    /// `commit` with the writer lock held.
+    pub(crate) fn commit_locked(&self, w: &mut Writer, ops: &[Op<'_>]) -> Result<()> {
+        self.check_writable()?;
+        let puts = ops.iter().filter(|o| matches!(o, Op::Put(..))).count() as u64;
+        self.ensure_index_room(w, puts)?;
+        let total: u64 = ops.iter().map(|o| record_len(o.key().len(), o.value().len())).sum();
+        let start = w.st.tail;
+        let end = start.checked_add(total).ok_or_else(|| self.corrupt(start, "tail overflows"))?;
+        self.ensure_space(end)?;
+        let sg = seq_gen(seq_of(w.st.seq_gen) + 1, w.st.generation as u16);
+        let mut off = start;
+        let last = ops.len() - 1;
+        for (i, op) in ops.iter().enumerate() {
+            let kind = if matches!(op, Op::Put(..)) { KIND_PUT } else { KIND_DEL };
+            let (k, v) = (op.key(), op.value());
+            let h = record::encode(self.salt, off, kind, i == last, k, v, sg);
+            self.write_bytes(off, &h.to_bytes())?;
+            self.write_bytes(off + HEADER_LEN, k)?;
+            self.write_bytes(off + HEADER_LEN + k.len() as u64, v)?;
+            let body_end = off + HEADER_LEN + k.len() as u64 + v.len() as u64;
+            let rec_end = off + record_len(k.len(), v.len());
+            if rec_end > body_end {
+                self.write_bytes(body_end, &[0u8; 8][..(rec_end - body_end) as usize])?;
+            }
+            off = rec_end;
+        }
+        debug_assert_eq!(off, end);
+        extend_pending(&mut w.pending, start, end);
+        if self.durability == Durability::Sync {
+            // Publish order: the records are on stable storage before any
+            // slot points at them.
+            self.sync_pending(w)?;
+        }
+        let (t, d) = self.table_at(w.st.index_desc)?;
+        let c = self.control()?;
+        c.begin();
+        let mut st = w.st;
+        let mut off = start;
+        let mut res = Ok(());
+        for op in ops {
+            let k = op.key();
+            let h = Header {
+                kind: if matches!(op, Op::Put(..)) { KIND_PUT } else { KIND_DEL },
+                key_len: k.len() as u16,
+                val_len: op.value().len() as u32,
+                ..Header::from_bytes(&[0; 24])
+            };
+            if let Err(e) = self.apply(&t, &mut st, off, &h, k) {
+                res = Err(self.locate(e, d.start));
+                break;
+            }
+            off += record_len(k.len(), op.value().len());
+        }
+        // On an error the index may hold part of this commit: leave the
+        // control block odd, so that the next open rebuilds the index from
+        // the log, and refuse further writes on this handle.
+        if let Err(e) = res {
+            *self.poison_cause.lock() = format!("index update failed: {e}");
+            self.poisoned.store(true, Ordering::Release);
+            return Err(e);
+        }
+        st.tail = end;
+        st.seq_gen = sg;
+        w.st = st;
+        c.end(&w.st);
+        match self.durability {
+            Durability::Sync => self.commit_meta(w, false)?,
+            Durability::Async => {
+                if let Err(e) = self.arena.start_writeback(start, end - start) {
+                    return Err(self.poison("start write-back", e));
+                }
+            }
+            Durability::None => {}
+        }
+        Ok(())
+    }
+
+    /// msync every range appended since the last sync.
+    fn sync_pending(&self, w: &mut Writer) -> Result<()> {
+        for (off, len) in std::mem::take(&mut w.pending) {
+            if let Err(e) = self.arena.sync(off, len) {
+                return Err(self.poison("msync log", e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Make the current state durable: sync the log, make growth durable,
+    /// then write and sync a meta that points at it.
+    pub(crate) fn commit_meta(&self, w: &mut Writer, clean: bool) -> Result<()> {
+        self.sync_pending(w)?;
+        if clean {
+            // The index is trusted after a clean close, so it must be durable.
+            if let Err(e) = self.arena.sync(0, self.arena.len()) {
+                return Err(self.poison("msync file", e));
+            }
+        }
+        let len = self.arena.len();
+        if len > w.durable_len {
+            if let Err(e) = self.arena.file().sync_all() {
+                return Err(self.poison("fsync file length", e));
+            }
+            w.durable_len = len;
+        }
+        w.durable_tail = w.st.tail;
+        w.durable_seq_gen = w.st.seq_gen;
+        self.write_meta(w, if clean { FLAG_CLEAN } else { 0 })
+    }
+
+    /// Write the next meta copy from the writer's state and msync it.
+    pub(crate) fn write_meta(&self, w: &mut Writer, flags: u32) -> Result<()> {
+        let m = Meta {
+            magic: MAGIC,
+            version: FORMAT_VERSION,
+            page_size: FORMAT_PAGE as u32,
+            meta_seq: w.meta.meta_seq + 1,
+            hash_seed: self.hash_seed,
+            crc_salt: self.salt,
+            flags,
+            boot_id: w.boot_id,
+            file_len: w.durable_len,
+            tail: w.durable_tail,
+            seq_gen: w.durable_seq_gen,
+            generation: w.st.generation as u32,
+            reserved0: 0,
+            index_desc: w.st.index_desc,
+            index_used: w.st.index_used,
+            live_keys: w.st.live_keys,
+            live_bytes: w.st.live_bytes,
+            reserved1: 0,
+            crc: 0,
+        }
+        .seal();
+        let off = if m.meta_seq % 2 == 0 { META_A_OFFSET } else { META_B_OFFSET };
+        self.write_bytes(off, &m.encode())?;
+        if let Err(e) = self.arena.sync(off, FORMAT_PAGE) {
+            return Err(self.poison("msync meta", e));
+        }
+        w.meta = m;
+        Ok(())
+    }
+
+    fn close_clean(&self) -> Result<()> {
+        if self.read_only || self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.check_writable()?;
+        let mut w = self.writer.lock();
+        self.commit_meta(&mut w, true)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Errors cannot be reported from drop; the next open recovers.
+        let _ = self.close_clean();
+    }
+}
+
+fn extend_pending(p: &mut Vec<(u64, u64)>, start: u64, end: u64) {
+    if let Some(last) = p.last_mut() {
+        if last.0 + last.1 == start {
+            last.1 += end - start;
+            return;
+        }
+    }
+    p.push((start, end - start));
+}
+
+fn check_sizes(key: &[u8], value: &[u8]) -> Result<()> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::KeyTooLarge {
+            len: key.len(),
+            max: MAX_KEY_LEN,
+        });
+    }
+    if value.len() > MAX_VALUE_LEN {
+        return Err(Error::ValueTooLarge {
+            len: value.len(),
+            max: MAX_VALUE_LEN,
+        });
+    }
+    Ok(())
+}
+
+impl Db {
+    /// Open the store at `path` with default [`Options`], creating it if it
+    /// does not exist.
+    ///
+    /// # Errors
+    /// [`Error::NotMapkv`] if the file is something else (it is left
+    /// untouched), [`Error::UnsupportedVersion`], [`Error::Corrupted`] if
+    /// the store is damaged where it cannot be repaired, [`Error::Locked`]
+    /// if another handle has it open, [`Error::Io`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Db> {
+        Db::open_with(path.as_ref(), Options::default())
+    }
+
+    pub(crate) fn open_with(path: &Path, opts: Options) -> Result<Db> {
+        let recovery::Opened { arena, meta, boot_id } = recovery::open_file(path, &opts)?;
+        let mut inner = Inner {
+            path: path.to_path_buf(),
+            hash_seed: meta.hash_seed,
+            salt: meta.crc_salt,
+            durability: opts.durability,
+            read_only: opts.read_only,
+            growth_step: opts.growth_step,
+            max_size: opts.max_size,
+            writer: Mutex::new(Writer {
+                st: State::default(),
+                durable_tail: meta.tail,
+                durable_seq_gen: meta.seq_gen,
+                durable_len: meta.file_len,
+                pending: Vec::new(),
+                meta,
+                boot_id: meta.boot_id,
+            }),
+            poisoned: AtomicBool::new(false),
+            poison_cause: Mutex::new(String::new()),
+            // Until recovery is done, dropping must not write a clean meta.
+            closed: AtomicBool::new(true),
+            opened: OpenKind::Clean,
+            arena,
+        };
+        {
+            let mut w = inner.writer.lock();
+            let opened = recovery::recover(&inner, &mut w, &meta, boot_id)?;
+            if w.st.tail > w.durable_tail {
+                let (a, b) = (w.durable_tail, w.st.tail);
+                extend_pending(&mut w.pending, a, b);
+            }
+            if !opts.read_only {
+                // Clear the clean flag, and record this boot and the new
+                // generation, durably before anything else is written.
+                w.boot_id = boot_id;
+                inner.write_meta(&mut w, 0)?;
+            }
+            drop(w);
+            inner.opened = opened;
+        }
+        inner.closed = AtomicBool::new(false);
+        Ok(Db { inner: Arc::new(inner) })
+    }
+
+    /// Insert `key` with `value`, replacing any previous value.
+    ///
+    /// With [`Durability::Sync`] the write is on stable storage when this
+    /// returns; otherwise it survives a process crash but not an OS crash
+    /// until the next [`flush`](Db::flush).
+    ///
+    /// # Errors
+    /// [`Error::KeyTooLarge`], [`Error::ValueTooLarge`], [`Error::ReadOnly`],
+    /// [`Error::OutOfSpace`], [`Error::Poisoned`], [`Error::Io`].
+    pub fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        self.inner.commit(&[Op::Put(key.as_ref(), value.as_ref())])
+    }
+
+    /// The value of `key`, copied out and checksum-verified.
+    ///
+    /// Takes no lock and makes no system call.
+    ///
+    /// # Errors
+    /// [`Error::Corrupted`] if the record fails its checks.
+    #[inline]
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
+        let key = key.as_ref();
+        let i = &*self.inner;
+        match i.lookup(key)? {
+            None => Ok(None),
+            Some((off, h)) => {
+                let buf = i.read_record(off, &h)?;
+                Ok(Some(Value::from_parts(buf, h.key_len as usize)))
+            }
+        }
+    }
+
+    /// Like [`get`](Db::get), but copies the value into `buf` (cleared
+    /// first), reusing its allocation. Returns whether the key was found.
+    pub fn get_into(&self, key: impl AsRef<[u8]>, buf: &mut Vec<u8>) -> Result<bool> {
+        let key = key.as_ref();
+        let i = &*self.inner;
+        match i.lookup(key)? {
+            None => {
+                buf.clear();
+                Ok(false)
+            }
+            Some((off, h)) => {
+                i.read_record_into(off, &h, buf)?;
+                buf.drain(..h.key_len as usize);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Whether `key` has a value. Cheaper than `get`: the value is not read.
+    pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        Ok(self.inner.lookup(key.as_ref())?.is_some())
+    }
+
+    /// Remove `key`. Returns whether it was present.
+    pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        let key = key.as_ref();
+        check_sizes(key, &[])?;
+        self.inner.check_writable()?;
+        // The check and the tombstone must be one step: hold the writer lock.
+        let i = &*self.inner;
+        // The check and the tombstone are one step under the writer lock.
+        let mut w = i.writer.lock();
+        if i.lookup(key)?.is_none() {
+            return Ok(false);
+        }
+        i.commit_locked(&mut w, &[Op::Del(key)])?;
+        Ok(true)
+    }
+
+    /// Number of live keys.
+    pub fn len(&self) -> u64 {
+        self.inner.control().map(|c| c.live_keys()).unwrap_or(0)
+    }
+
+    /// Whether the store has no keys.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A new, empty batch. Its operations become visible and durable
+    /// together when [`Batch::commit`](crate::Batch::commit) returns;
+    /// dropping it without committing does nothing.
+    pub fn batch(&self) -> crate::Batch {
+        crate::Batch::new(self.clone())
+    }
+
+    /// Make every write so far durable (msync of the log, fsync of growth,
+    /// and a synced meta). After it returns, everything written before the
+    /// call survives an OS crash or power loss.
+    pub fn flush(&self) -> Result<()> {
+        let i = &*self.inner;
+        if i.read_only {
+            return Ok(());
+        }
+        i.check_writable()?;
+        let mut w = i.writer.lock();
+        if w.pending.is_empty() && w.durable_tail == w.st.tail && w.durable_len >= i.arena.len() {
+            return Ok(());
+        }
+        i.commit_meta(&mut w, false)
+    }
+
+    /// Counters and sizes.
+    pub fn stats(&self) -> Stats {
+        let i = &*self.inner;
+        let w = i.writer.lock();
+        let st = w.st;
+        let d = Desc::decode(st.index_desc);
+        let cap = d.map(|d| d.capacity()).unwrap_or(0);
+        let index_bytes = d.map(|d| d.bytes()).unwrap_or(0);
+        let used_bytes = st.tail.saturating_sub(ARENA_START);
+        Stats {
+            keys: st.live_keys,
+            live_bytes: st.live_bytes,
+            dead_bytes: used_bytes.saturating_sub(st.live_bytes).saturating_sub(index_bytes),
+            index_bytes,
+            used_bytes,
+            file_len: i.arena.len(),
+            index_capacity: cap,
+            index_used: st.index_used,
+            index_load: if cap > 0 { st.index_used as f64 / cap as f64 } else { 0.0 },
+            tail: st.tail,
+            durable_tail: w.durable_tail,
+            commits: seq_of(st.seq_gen),
+            generation: st.generation,
+            remaps: i.arena.remaps() as u64,
+            opened: i.opened,
+        }
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Close the store cleanly and report any error. Only the last handle
+    /// closes; on other clones this just drops the handle. Dropping the last
+    /// handle does the same but cannot report errors.
+    pub fn close(self) -> Result<()> {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner.close_clean(),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Every live entry once, in no particular order. See [`Iter`](crate::Iter).
+    pub fn iter(&self) -> crate::Iter<'_> {
+        crate::Iter::new(self)
+    }
+}

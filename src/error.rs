@@ -1,0 +1,125 @@
+//! The one error type of mapkv.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong, with what and where.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A system call failed.
+    #[error("{path}: {op}: {source}")]
+    Io {
+        /// What mapkv was doing.
+        op: &'static str,
+        /// The store's file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The file is not a mapkv store (wrong magic, too short, empty when
+    /// opened read-only). The file was not modified.
+    #[error("{path}: not a mapkv store: {reason}")]
+    NotMapkv {
+        /// The file.
+        path: PathBuf,
+        /// What gave it away.
+        reason: String,
+    },
+
+    /// The file is a mapkv store of a format version this build cannot read.
+    #[error("{path}: mapkv format version {found} is not supported (this build reads version {supported})")]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// Version found in the file.
+        found: u32,
+        /// Version this build reads and writes.
+        supported: u32,
+    },
+
+    /// A header, slot or record failed its checks.
+    #[error("{path}: corrupted at offset {offset}: {what}")]
+    Corrupted {
+        /// The file.
+        path: PathBuf,
+        /// Byte offset of the damaged structure.
+        offset: u64,
+        /// What is wrong.
+        what: String,
+    },
+
+    /// A key longer than [`MAX_KEY_LEN`](crate::MAX_KEY_LEN).
+    #[error("key of {len} bytes is too large (at most {max})")]
+    KeyTooLarge {
+        /// Length given.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    /// A value longer than [`MAX_VALUE_LEN`](crate::MAX_VALUE_LEN).
+    #[error("value of {len} bytes is too large (at most {max})")]
+    ValueTooLarge {
+        /// Length given.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    /// A write on a handle opened with `Options::read_only(true)`.
+    #[error("{path}: the store was opened read-only")]
+    ReadOnly {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// Another handle (in this or another process) has the store open in a
+    /// conflicting mode.
+    #[error("{path}: the store is locked by another handle ({detail})")]
+    Locked {
+        /// The file.
+        path: PathBuf,
+        /// Which lock could not be taken.
+        detail: &'static str,
+    },
+
+    /// The file could not grow: the disk is full, a size limit was reached,
+    /// or `Options::max_size` would be exceeded. Nothing was written; the
+    /// store stays usable for reads and for writes that fit.
+    #[error("{path}: out of space: cannot grow the file to {wanted} bytes: {reason}")]
+    OutOfSpace {
+        /// The file.
+        path: PathBuf,
+        /// The length the file would have needed.
+        wanted: u64,
+        /// Why it could not grow.
+        reason: String,
+    },
+
+    /// A read-only open found a store that was not closed cleanly and
+    /// whose repair needs to write to the file. Open it read-write once.
+    #[error("{path}: the store needs recovery: {reason}")]
+    NeedsRecovery {
+        /// The file.
+        path: PathBuf,
+        /// Why the repair cannot happen in memory.
+        reason: String,
+    },
+
+    /// An earlier msync or fsync failed; the durable state of the file is
+    /// unknown, so this handle refuses further writes. Reopen the store to
+    /// recover.
+    #[error("{path}: the handle is poisoned by an earlier I/O failure ({cause}); reopen the store")]
+    Poisoned {
+        /// The file.
+        path: PathBuf,
+        /// The failure that poisoned it.
+        cause: String,
+    },
+}
+
+/// `Result` with mapkv's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,82 @@
+//! Iteration over every live entry.
+
+use crate::index::{self, Table};
+use crate::{Db, Result, Value};
+
+/// Iterator over the live entries of a store, from [`Db::iter`].
+///
+/// It walks the index table that was current when it was created, in slot
+/// order, and copies each entry out (checksum-verified), taking no lock.
+/// Entries present for the whole iteration are returned exactly once;
+/// entries inserted, overwritten or removed meanwhile may or may not be
+/// seen, and a value may be older than one written during the iteration.
+/// An entry that fails its checks is returned as an `Err`, and iteration
+/// goes on with the next slot.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let db = mapkv::Db::open(dir.path().join("i.mapkv"))?;
+/// db.insert(b"a", b"1")?;
+/// db.insert(b"b", b"2")?;
+/// let mut all = Vec::new();
+/// for item in db.iter() {
+///     let (k, v) = item?;
+///     all.push((k.to_vec(), v.to_vec()));
+/// }
+/// all.sort();
+/// assert_eq!(all, vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())]);
+/// # Ok::<(), mapkv::Error>(())
+/// ```
+pub struct Iter<'a> {
+    db: &'a Db,
+    table: Option<Table<'a>>,
+    slot: usize,
+    failed: Option<crate::Error>,
+}
+
+impl<'a> Iter<'a> {
+    pub(crate) fn new(db: &'a Db) -> Iter<'a> {
+        match db.inner.table() {
+            Ok((t, _)) => Iter {
+                db,
+                table: Some(t),
+                slot: 0,
+                failed: None,
+            },
+            Err(e) => Iter {
+                db,
+                table: None,
+                slot: 0,
+                failed: Some(e),
+            },
+        }
+    }
+}
+
+impl Iterator for Iter<'_> {
+    /// `(key, value)`, both owned copies.
+    type Item = Result<(Value, Value)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.failed.take() {
+            return Some(Err(e));
+        }
+        let t = self.table?;
+        while let Some(w) = t.word_at(self.slot) {
+            self.slot += 1;
+            if !index::is_live(w) {
+                continue;
+            }
+            let inner = &self.db.inner;
+            let off = index::word_offset(w);
+            let item = inner.header_at(off).and_then(|h| {
+                let buf = inner.read_record(off, &h)?;
+                let k = h.key_len as usize;
+                let key = Value::from_parts(buf[..k].to_vec(), 0);
+                Ok((key, Value::from_parts(buf, k)))
+            });
+            return Some(item);
+        }
+        None
+    }
+}

@@ -1,0 +1,62 @@
+//! # mapkv
+//!
+//! A persistent key-value store in one memory-mapped file: a fixed-slot hash
+//! index and an append-only log of CRC-checked records, shared by every
+//! process that maps the file.
+//!
+//! * **Reads** take no lock and make no system call: a hash, a slot load or
+//!   two, one copy of the record, a CRC check.
+//! * **Writes** append to the log under one writer lock and publish with an
+//!   atomic slot store. Durability per store: [`Durability`].
+//! * **Crashes**: a process crash loses nothing that was acknowledged; an OS
+//!   crash or power loss loses nothing acknowledged under
+//!   [`Durability::Sync`] or before a [`Db::flush`] that returned. Commits,
+//!   batches included, are all-or-nothing.
+//! * **Soundness**: no reference into the shared mapping ever reaches your
+//!   code. [`Value`] owns its bytes, which were checked after the copy, so a
+//!   corrupt or hostile file yields an [`Error`], never undefined behaviour.
+//!
+//! ```
+//! use mapkv::{Db, Durability, Options};
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let path = dir.path().join("example.mapkv");
+//! let db = Options::new().durability(Durability::Sync).open(&path)?;
+//! db.insert(b"user:1", b"ada")?;
+//! let mut batch = db.batch();
+//! batch.insert(b"user:2", b"grace").remove(b"user:1");
+//! batch.commit()?; // both or neither, even across a power cut
+//! assert_eq!(db.get(b"user:2")?.as_deref(), Some(&b"grace"[..]));
+//! assert_eq!(db.len(), 1);
+//! # Ok::<(), mapkv::Error>(())
+//! ```
+//!
+//! See `docs/ARCHITECTURE.md` and `docs/FORMAT.md` in the repository for how
+//! it works and the byte layout of the file.
+
+#![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+#[cfg(not(all(unix, target_pointer_width = "64")))]
+compile_error!("mapkv needs a 64-bit Unix target (it maps files with MAP_SHARED)");
+
+mod batch;
+mod db;
+mod error;
+mod index;
+mod iter;
+mod log;
+mod options;
+mod recovery;
+#[allow(unsafe_code)]
+mod storage;
+mod value;
+
+pub use batch::Batch;
+pub use db::{Db, Stats};
+pub use error::{Error, Result};
+pub use iter::Iter;
+pub use log::record::{MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use options::{Durability, Options};
+pub use recovery::OpenKind;
+pub use value::Value;

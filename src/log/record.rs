@@ -1,0 +1,280 @@
+//! Record framing.
+//!
+//! ```text
+//! { crc u32 | hdr_crc u32 | kind u8 | flags u8 | key_len u16 | val_len u32 | seq_gen u64 }
+//!   key bytes | value bytes | zero padding to a multiple of 8
+//!
+//! offset size field
+//! 0      4    crc      CRC32 over (offset as u64 LE, header bytes 8..24, key,
+//!                      value), initial value = the file's crc_salt
+//! 4      4    hdr_crc  CRC32 over (offset as u64 LE, header bytes 8..24),
+//!                      initial value = crc_salt ^ 0x48445243 ("HDRC")
+//! 8      1    kind     0xA5 put, 0xA6 delete (tombstone), 0xA7 index chunk;
+//!                      0 (zeroed space) and anything else: not a record
+//! 9      1    flags    bit 0 END: last record of its commit
+//! 10     2    key_len
+//! 12     4    val_len  (delete: 0; index chunk: log2 of the slot count)
+//! 16     8    seq_gen  commit sequence (bits 0..48) | generation (48..64)
+//! ```
+//!
+//! The salt makes zeroed or foreign bytes fail the CRC; the offset makes a
+//! record copied or left elsewhere fail it. The header has its own CRC so a
+//! length can be trusted before anything is read by it.
+//!
+//! An index chunk's header is followed by padding to the next 4096-byte
+//! boundary and then `8 << val_len` bytes of slot table, which no CRC
+//! covers (the index is never trusted across an OS crash).
+
+use crate::storage::align_up;
+
+pub(crate) const HEADER_LEN: u64 = 24;
+pub(crate) const KIND_PUT: u8 = 0xA5;
+pub(crate) const KIND_DEL: u8 = 0xA6;
+pub(crate) const KIND_INDEX: u8 = 0xA7;
+pub(crate) const FLAG_END: u8 = 1;
+
+/// Longest key: 65,535 bytes.
+pub const MAX_KEY_LEN: usize = u16::MAX as usize;
+/// Longest value: 4 GiB - 1 bytes.
+pub const MAX_VALUE_LEN: usize = u32::MAX as usize;
+
+const SEQ_BITS: u32 = 48;
+pub(crate) const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+const HDR_SALT: u32 = 0x4844_5243;
+
+pub(crate) fn seq_of(seq_gen: u64) -> u64 {
+    seq_gen & SEQ_MASK
+}
+
+pub(crate) fn gen_of(seq_gen: u64) -> u16 {
+    (seq_gen >> SEQ_BITS) as u16
+}
+
+pub(crate) fn seq_gen(seq: u64, gen: u16) -> u64 {
+    (seq & SEQ_MASK) | ((gen as u64) << SEQ_BITS)
+}
+
+/// True if generation `b` is not older than `a` (16-bit serial arithmetic).
+pub(crate) fn gen_not_older(a: u16, b: u16) -> bool {
+    b.wrapping_sub(a) < 0x8000
+}
+
+/// Total bytes of a put/delete record, padding included.
+pub(crate) fn record_len(key_len: usize, val_len: usize) -> u64 {
+    // Cannot overflow: both lengths are bounded far below u64::MAX / 2.
+    (HEADER_LEN + key_len as u64 + val_len as u64 + 7) & !7
+}
+
+/// A decoded header. Fields are plain values copied out of the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub crc: u32,
+    pub hdr_crc: u32,
+    pub kind: u8,
+    pub flags: u8,
+    pub key_len: u16,
+    pub val_len: u32,
+    pub seq_gen: u64,
+}
+
+impl Header {
+    pub(crate) fn from_bytes(b: &[u8; HEADER_LEN as usize]) -> Header {
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        Header {
+            crc: u32_at(0),
+            hdr_crc: u32_at(4),
+            kind: b[8],
+            flags: b[9],
+            key_len: u16::from_le_bytes([b[10], b[11]]),
+            val_len: u32_at(12),
+            seq_gen: u64::from_le_bytes([b[16], b[17], b[18], b[19], b[20], b[21], b[22], b[23]]),
+        }
+    }
+
+    /// The CRC'd part of the header (bytes 8..24).
+    pub(crate) fn tail_bytes(&self) -> [u8; 16] {
+        let mut t = [0u8; 16];
+        t[0] = self.kind;
+        t[1] = self.flags;
+        t[2..4].copy_from_slice(&self.key_len.to_le_bytes());
+        t[4..8].copy_from_slice(&self.val_len.to_le_bytes());
+        t[8..16].copy_from_slice(&self.seq_gen.to_le_bytes());
+        t
+    }
+
+    pub(crate) fn to_bytes(&self) -> [u8; HEADER_LEN as usize] {
+        let mut b = [0u8; HEADER_LEN as usize];
+        b[0..4].copy_from_slice(&self.crc.to_le_bytes());
+        b[4..8].copy_from_slice(&self.hdr_crc.to_le_bytes());
+        b[8..24].copy_from_slice(&self.tail_bytes());
+        b
+    }
+
+    pub(crate) fn is_end(&self) -> bool {
+        self.flags & FLAG_END != 0
+    }
+
+    /// Bytes of the record; for an index chunk, including padding and table.
+    pub(crate) fn len_at(&self, off: u64) -> Option<u64> {
+        match self.kind {
+            KIND_INDEX => {
+                let start = align_up(off.checked_add(HEADER_LEN)?, 4096)?;
+                start.checked_add(8u64.checked_shl(self.val_len)?)
+                    .map(|end| end - off)
+            }
+            _ => Some(record_len(self.key_len as usize, self.val_len as usize)),
+        }
+    }
+
+    /// Check the kind, the field rules and the header CRC of a header read
+    /// at `off`. Says nothing about the key and value bytes.
+    pub(crate) fn check(&self, salt: u32, off: u64) -> bool {
+        let fields_ok = match self.kind {
+            KIND_PUT => true,
+            KIND_DEL => self.val_len == 0,
+            KIND_INDEX => {
+                self.key_len == 0
+                    && self.seq_gen == 0
+                    && self.flags == 0
+                    && (crate::index::MIN_LOG2CAP..=crate::index::MAX_LOG2CAP).contains(&self.val_len)
+            }
+            _ => false,
+        };
+        fields_ok && self.flags & !FLAG_END == 0 && self.hdr_crc == header_crc(salt, off, &self.tail_bytes())
+    }
+}
+
+pub(crate) fn header_crc(salt: u32, off: u64, tail: &[u8; 16]) -> u32 {
+    let mut h = crc32fast::Hasher::new_with_initial(salt ^ HDR_SALT);
+    h.update(&off.to_le_bytes());
+    h.update(tail);
+    h.finalize()
+}
+
+/// Streaming CRC of a whole record: feed the key and value bytes in order.
+pub(crate) struct BodyCrc(crc32fast::Hasher);
+
+impl BodyCrc {
+    pub(crate) fn new(salt: u32, off: u64, tail: &[u8; 16]) -> BodyCrc {
+        let mut h = crc32fast::Hasher::new_with_initial(salt);
+        h.update(&off.to_le_bytes());
+        h.update(tail);
+        BodyCrc(h)
+    }
+
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    pub(crate) fn finish(self) -> u32 {
+        self.0.finalize()
+    }
+}
+
+/// Build the header of a put or delete record to be written at `off`.
+pub(crate) fn encode(salt: u32, off: u64, kind: u8, end: bool, key: &[u8], value: &[u8], seq_gen: u64) -> Header {
+    debug_assert!(key.len() <= MAX_KEY_LEN && value.len() <= MAX_VALUE_LEN);
+    let mut h = Header {
+        crc: 0,
+        hdr_crc: 0,
+        kind,
+        flags: if end { FLAG_END } else { 0 },
+        key_len: key.len() as u16,
+        val_len: value.len() as u32,
+        seq_gen,
+    };
+    let tail = h.tail_bytes();
+    h.hdr_crc = header_crc(salt, off, &tail);
+    let mut c = BodyCrc::new(salt, off, &tail);
+    c.update(key);
+    c.update(value);
+    h.crc = c.finish();
+    h
+}
+
+/// Build the header of an index chunk at `off` holding `1 << log2cap` slots.
+pub(crate) fn encode_index(salt: u32, off: u64, log2cap: u32) -> Header {
+    let mut h = Header {
+        crc: 0,
+        hdr_crc: 0,
+        kind: KIND_INDEX,
+        flags: 0,
+        key_len: 0,
+        val_len: log2cap,
+        seq_gen: 0,
+    };
+    h.hdr_crc = header_crc(salt, off, &h.tail_bytes());
+    h.crc = h.hdr_crc;
+    h
+}
+
+/// Offset of the slot table of an index chunk whose header is at `off`.
+pub(crate) fn index_table_start(off: u64) -> Option<u64> {
+    align_up(off.checked_add(HEADER_LEN)?, 4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_crc_binding() {
+        let h = encode(77, 4096, KIND_PUT, true, b"key", b"value", seq_gen(5, 2));
+        let b = h.to_bytes();
+        let d = Header::from_bytes(&b);
+        assert_eq!(d, h);
+        assert!(d.check(77, 4096));
+        assert!(!d.check(78, 4096), "another file's salt must not validate");
+        assert!(!d.check(77, 4104), "the same bytes elsewhere must not validate");
+        assert_eq!(d.len_at(4096), Some(32));
+        assert!(d.is_end());
+        assert_eq!(seq_of(d.seq_gen), 5);
+        assert_eq!(gen_of(d.seq_gen), 2);
+        let mut c = BodyCrc::new(77, 4096, &d.tail_bytes());
+        c.update(b"key");
+        c.update(b"value");
+        assert_eq!(c.finish(), d.crc);
+        // Every single-bit flip in the header is caught.
+        for i in 4..24 {
+            for bit in 0..8 {
+                let mut x = b;
+                x[i] ^= 1 << bit;
+                assert!(!Header::from_bytes(&x).check(77, 4096), "flip {i}:{bit}");
+            }
+        }
+    }
+
+    #[test]
+    fn zeros_never_validate() {
+        let z = Header::from_bytes(&[0; 24]);
+        for salt in [0, 1, 0xffff_ffff] {
+            assert!(!z.check(salt, 4096));
+        }
+    }
+
+    #[test]
+    fn lengths() {
+        assert_eq!(record_len(0, 0), 24);
+        assert_eq!(record_len(24, 150), 200);
+        assert_eq!(record_len(1, 0), 32);
+        let ix = encode_index(3, 12288, 9);
+        assert!(ix.check(3, 12288));
+        assert_eq!(index_table_start(12288), Some(16384));
+        assert_eq!(ix.len_at(12288), Some(4096 + 4096));
+        let del = encode(3, 64, KIND_DEL, true, b"k", b"", 1);
+        assert!(del.check(3, 64));
+        let mut bad = del;
+        bad.val_len = 1;
+        bad.hdr_crc = header_crc(3, 64, &bad.tail_bytes());
+        assert!(!bad.check(3, 64), "a delete with a value is malformed");
+    }
+
+    #[test]
+    fn generation_order_wraps() {
+        assert!(gen_not_older(5, 5));
+        assert!(gen_not_older(5, 6));
+        assert!(!gen_not_older(6, 5));
+        assert!(gen_not_older(0xffff, 0));
+        assert!(!gen_not_older(0, 0xffff));
+    }
+}

@@ -1,0 +1,479 @@
+//! Opening a store: create, lock, validate the file, then bring the index
+//! in line with the log.
+//!
+//! Three cases, told apart by the chosen meta and the boot id:
+//!
+//! 1. **Clean close** (meta CLEAN flag): the index was made durable at close.
+//!    Its descriptor and counters come from the meta; a sample of slots is
+//!    verified against the log. O(1).
+//! 2. **Process crash** (not clean, same boot): the page cache survived, so
+//!    the index and control block are what the dead writer left. If the
+//!    control block is consistent (even seqlock version, plausible fields),
+//!    only the commits past its tail are replayed (roll-forward). O(tail).
+//! 3. **OS crash or power loss** (not clean, other boot), or anything that
+//!    fails a check above: the index is rebuilt from the log. Every record
+//!    below the meta's durable tail must verify (else `Corrupted`); past it
+//!    the log ends at the first record or commit that does not. O(log).
+//!
+//! Every unclean open bumps the generation (written durably before the first
+//! new record), so bytes a crashed writer left past the recovered tail can
+//! never be mistaken for new records later.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::db::{Inner, Writer};
+use crate::index::{self, Desc, Table, MIN_LOG2CAP};
+use crate::log::record::{self, seq_gen, seq_of, KIND_PUT};
+use crate::log::{Item, RecordRef, Scanner};
+use crate::storage::control::{State, CONTROL_MAGIC};
+use crate::storage::mapping::{Arena, MapMode};
+use crate::storage::meta::{self, Meta, MetaRead, FLAG_CLEAN, FORMAT_VERSION, MAGIC, META_LEN};
+use crate::storage::{align_up, file, ARENA_START, FORMAT_PAGE, GRANULE, META_B_OFFSET};
+use crate::{Error, Options, Result};
+
+/// How [`Db::open`](crate::Db::open) found the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OpenKind {
+    /// Closed cleanly (or just created): nothing to recover.
+    Clean,
+    /// A process died with the store open; its last commits were replayed
+    /// from the log into the surviving index.
+    Replayed,
+    /// The index was rebuilt from the log (after an OS crash or power loss,
+    /// or because a check failed).
+    Rebuilt,
+}
+
+/// The file, mapped and validated, before recovery.
+pub(crate) struct Opened {
+    pub arena: Arena,
+    pub meta: Meta,
+    pub boot_id: [u8; 16],
+}
+
+pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
+    let ioe = |op: &'static str| {
+        move |source| Error::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let file = loop {
+        match file::open_existing(path, !opts.read_only) {
+            Ok(f) => break f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && opts.create && !opts.read_only => {
+                let (f, tmp) = file::create_temp(path, opts.mode).map_err(ioe("create file"))?;
+                if let Err(e) = init_file(&f, opts) {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(ioe("initialise new file")(e));
+                }
+                drop(f);
+                // If another process created the file first, open theirs.
+                file::publish(&tmp, path).map_err(ioe("publish new file"))?;
+            }
+            Err(e) => return Err(ioe("open")(e)),
+        }
+    };
+    let md = file.metadata().map_err(ioe("stat"))?;
+    if !md.is_file() {
+        return Err(Error::NotMapkv {
+            path: path.to_path_buf(),
+            reason: "not a regular file".into(),
+        });
+    }
+    if !file::try_lock(&file, !opts.read_only).map_err(ioe("lock"))? {
+        return Err(Error::Locked {
+            path: path.to_path_buf(),
+            detail: if opts.read_only {
+                "a writer has it open"
+            } else {
+                "another handle, in this or another process, has it open"
+            },
+        });
+    }
+    let mut len = file.metadata().map_err(ioe("stat"))?.len();
+    if len == 0 {
+        if opts.read_only || !opts.create {
+            return Err(Error::NotMapkv {
+                path: path.to_path_buf(),
+                reason: "the file is empty".into(),
+            });
+        }
+        init_file(&file, opts).map_err(ioe("initialise empty file"))?;
+        len = file.metadata().map_err(ioe("stat"))?.len();
+    }
+    let meta = read_meta(&file, len, path)?;
+    let corrupt = |offset, what: String| Error::Corrupted {
+        path: path.to_path_buf(),
+        offset,
+        what,
+    };
+    if meta.file_len > len {
+        return Err(corrupt(
+            len,
+            format!(
+                "the file is {len} bytes but its meta says {} bytes were made durable: it was truncated",
+                meta.file_len
+            ),
+        ));
+    }
+    if meta.tail < ARENA_START || meta.tail > meta.file_len || meta.tail % 8 != 0 {
+        return Err(corrupt(0, format!("meta tail {} is outside the file", meta.tail)));
+    }
+    let reserve = align_up(len.saturating_mul(4).max(1 << 30), GRANULE).unwrap_or(len);
+    let mode = if opts.read_only {
+        MapMode::Private
+    } else {
+        MapMode::Shared
+    };
+    let arena = Arena::new(file, len, reserve, mode).map_err(ioe("map file"))?;
+    Ok(Opened {
+        arena,
+        meta,
+        boot_id: file::boot_id(),
+    })
+}
+
+/// Read both meta copies with `pread` (nothing is mapped or written before
+/// the file is known to be ours) and pick the durable one.
+fn read_meta(f: &std::fs::File, len: u64, path: &Path) -> Result<Meta> {
+    let n = len.min(2 * FORMAT_PAGE) as usize;
+    let mut buf = vec![0u8; n];
+    f.read_exact_at(&mut buf, 0).map_err(|source| Error::Io {
+        op: "read header",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let copy = |at: usize| -> MetaRead {
+        match buf.get(at..at + META_LEN) {
+            Some(b) => Meta::decode(b.try_into().expect("slice of META_LEN")),
+            None => MetaRead::Foreign,
+        }
+    };
+    let (a, b) = (copy(0), copy(META_B_OFFSET as usize));
+    let ours = !matches!((a, b), (MetaRead::Foreign, MetaRead::Foreign)) || buf.starts_with(&MAGIC);
+    if len < ARENA_START {
+        return Err(if ours {
+            Error::Corrupted {
+                path: path.to_path_buf(),
+                offset: len,
+                what: format!("the file is truncated: {len} bytes, shorter than the {ARENA_START}-byte header"),
+            }
+        } else {
+            Error::NotMapkv {
+                path: path.to_path_buf(),
+                reason: format!("{len} bytes is too short for a mapkv store, and there is no mapkv magic number"),
+            }
+        });
+    }
+    meta::choose(a, b).map_err(|r| match r {
+        MetaRead::Version(found) => Error::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found,
+            supported: FORMAT_VERSION,
+        },
+        MetaRead::Damaged => Error::Corrupted {
+            path: path.to_path_buf(),
+            offset: 0,
+            what: "no valid meta copy: both fail their checksums or field checks".into(),
+        },
+        _ => Error::NotMapkv {
+            path: path.to_path_buf(),
+            reason: "no mapkv magic number at offset 0 or 4096".into(),
+        },
+    })
+}
+
+/// Lay out a new store in an empty file: one index chunk, both meta copies
+/// (A valid and CLEAN, B zero). The meta is written last, after everything
+/// it points at is durable, so a crash during creation leaves a file without
+/// a valid meta (reported as not-a-store), never a half-made store.
+fn init_file(f: &std::fs::File, opts: &Options) -> std::io::Result<()> {
+    let log2 = index::log2cap_for(opts.expected_keys);
+    let chunk = ARENA_START;
+    let table = record::index_table_start(chunk).expect("small offset");
+    let tail = table + (8u64 << log2);
+    let len = align_up(opts.initial_size.max(tail + GRANULE), GRANULE).expect("small length");
+    if tail > opts.max_size {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("max_size {} is too small for an empty store ({tail} bytes)", opts.max_size),
+        ));
+    }
+    let len = len.min(align_up(opts.max_size, GRANULE).unwrap_or(len)).max(align_up(tail, GRANULE).unwrap_or(tail));
+    file::allocate(f, 0, len)?;
+    let seed = file::random_u64();
+    let salt = (file::random_u64() >> 17) as u32 | 1;
+    f.write_all_at(&record::encode_index(salt, chunk, log2).to_bytes(), chunk)?;
+    f.sync_all()?;
+    let m = Meta {
+        magic: MAGIC,
+        version: FORMAT_VERSION,
+        page_size: FORMAT_PAGE as u32,
+        meta_seq: 1,
+        hash_seed: seed,
+        crc_salt: salt,
+        flags: FLAG_CLEAN,
+        boot_id: [0; 16],
+        file_len: len,
+        tail,
+        seq_gen: 0,
+        generation: 0,
+        reserved0: 0,
+        index_desc: Desc { start: table, log2cap: log2 }.encode(),
+        index_used: 0,
+        live_keys: 0,
+        live_bytes: 0,
+        reserved1: 0,
+        crc: 0,
+    }
+    .seal();
+    f.write_all_at(&m.encode(), 0)?;
+    f.sync_all()
+}
+
+/// The state a meta describes (meaningful when CLEAN).
+fn state_of(meta: &Meta) -> State {
+    State {
+        tail: meta.tail,
+        seq_gen: meta.seq_gen,
+        index_desc: meta.index_desc,
+        index_used: meta.index_used,
+        live_keys: meta.live_keys,
+        live_bytes: meta.live_bytes,
+        generation: meta.generation as u64 & 0xffff,
+    }
+}
+
+/// Bring the index in line with the log; fills `w.st` and the control block.
+pub(crate) fn recover(inner: &Inner, w: &mut Writer, meta: &Meta, boot: [u8; 16]) -> Result<OpenKind> {
+    let rw = inner.arena.mode() == MapMode::Shared;
+    let clean = state_of(meta);
+    if meta.is_clean() && plausible(inner, &clean) && sample_ok(inner, &clean) {
+        w.st = clean;
+        publish(inner, w);
+        return Ok(OpenKind::Clean);
+    }
+    if meta.is_clean() && rw {
+        // The clean meta failed its checks. Retract it durably before the
+        // index is touched, so a crash during the rebuild cannot leave a
+        // CLEAN meta over a half-rebuilt index.
+        w.st = clean;
+        inner.write_meta(w, 0)?;
+    }
+    let next_gen = (meta.generation as u64 + 1) & 0xffff;
+    let same_boot = boot != [0; 16] && meta.boot_id == boot;
+    if !meta.is_clean() && same_boot {
+        if let Some(st) = control_state(inner, meta) {
+            w.st = st;
+            mark_changing(inner);
+            replay(inner, w)?;
+            w.st.generation = next_gen;
+            publish(inner, w);
+            return Ok(OpenKind::Replayed);
+        }
+    }
+    mark_changing(inner);
+    rebuild(inner, w, meta)?;
+    w.st.generation = next_gen;
+    publish(inner, w);
+    Ok(OpenKind::Rebuilt)
+}
+
+/// Make the control block odd: a crash from here until `publish` makes the
+/// next open rebuild instead of trusting a half-changed index.
+fn mark_changing(inner: &Inner) {
+    if let Ok(c) = inner.control() {
+        c.begin();
+    }
+}
+
+fn publish(inner: &Inner, w: &Writer) {
+    if let Ok(c) = inner.control() {
+        c.reset(&w.st, inner.arena.len());
+    }
+}
+
+/// Basic bounds of a state read from the file.
+fn plausible(inner: &Inner, st: &State) -> bool {
+    let len = inner.arena.len();
+    let Some(d) = Desc::decode(st.index_desc) else {
+        return false;
+    };
+    st.tail % 8 == 0
+        && st.tail >= ARENA_START
+        && st.tail <= len
+        && d.start >= ARENA_START + record::HEADER_LEN
+        && d.start.checked_add(d.bytes()).is_some_and(|e| e <= st.tail)
+        && st.index_used < d.capacity()
+        && st.live_keys <= st.index_used
+}
+
+/// Check up to 64 live slots: each must point at a valid put record whose
+/// key leads back to that slot (odht-style sampling on open).
+fn sample_ok(inner: &Inner, st: &State) -> bool {
+    let Ok((t, _)) = inner.table_at(st.index_desc) else {
+        return false;
+    };
+    let mut checked = 0;
+    for word in t.live_words().take(64) {
+        let off = index::word_offset(word);
+        let ok = (|| -> Result<bool> {
+            if off + record::HEADER_LEN > st.tail {
+                return Ok(false);
+            }
+            let h = inner.header_at(off)?;
+            if h.kind != KIND_PUT || !h.check(inner.salt, off) {
+                return Ok(false);
+            }
+            let key = inner.read_key(off, &h)?;
+            let found = t.find(index::hash(inner.hash_seed, &key), |o| inner.key_eq(o, &key))?;
+            Ok(found.map(|(_, w)| w) == Some(word))
+        })();
+        if !matches!(ok, Ok(true)) {
+            return false;
+        }
+        checked += 1;
+    }
+    checked as u64 == st.live_keys.min(64)
+}
+
+/// The control block's state, if it can be trusted after a process crash.
+fn control_state(inner: &Inner, meta: &Meta) -> Option<State> {
+    let c = inner.control().ok()?;
+    if c.magic() != CONTROL_MAGIC {
+        return None;
+    }
+    let (st, consistent) = c.snapshot(1);
+    (consistent
+        && plausible(inner, &st)
+        && st.tail >= meta.tail
+        && seq_of(st.seq_gen) >= seq_of(meta.seq_gen)
+        && sample_ok(inner, &st))
+    .then_some(st)
+}
+
+/// Roll forward: apply the complete commits past the control block's tail.
+fn replay(inner: &Inner, w: &mut Writer) -> Result<()> {
+    let start = w.st.tail;
+    let last = w.st.seq_gen;
+    // Pass 1: find the end of the valid log and how many puts follow, so a
+    // larger index (if needed) is placed after the records, not on them.
+    let mut sc = Scanner::new(&inner.arena, inner.salt, start, inner.arena.len(), Some(last));
+    let mut puts = 0u64;
+    let mut any = false;
+    while let Ok(item) = sc.next_item() {
+        if let Item::Commit { records, .. } = item {
+            puts += records.iter().filter(|r| r.header.kind == KIND_PUT).count() as u64;
+            any = true;
+        }
+    }
+    let end = sc.pos();
+    if !any {
+        // Nothing to roll forward; a half-written index chunk past the tail
+        // (a resize that never published) is dead space.
+        w.st.tail = end;
+        return Ok(());
+    }
+    w.st.tail = end;
+    inner.ensure_index_room(w, puts)?;
+    let (t, _) = inner.table_at(w.st.index_desc)?;
+    let mut st = w.st;
+    let mut sc = Scanner::new(&inner.arena, inner.salt, start, end, Some(last));
+    while let Ok(item) = sc.next_item() {
+        if let Item::Commit { records, seq_gen, .. } = item {
+            apply_records(inner, &t, &mut st, &records)?;
+            st.seq_gen = seq_gen;
+        }
+    }
+    w.st = st;
+    Ok(())
+}
+
+fn apply_records(inner: &Inner, t: &Table<'_>, st: &mut State, records: &[RecordRef]) -> Result<()> {
+    for r in records {
+        let key = inner.read_key(r.off, &r.header)?;
+        inner.apply(t, st, r.off, &r.header, &key)?;
+    }
+    Ok(())
+}
+
+fn heap_table(log2: u32) -> Vec<std::sync::atomic::AtomicU64> {
+    (0..1usize << log2).map(|_| std::sync::atomic::AtomicU64::new(0)).collect()
+}
+
+/// Rebuild the index from the whole log.
+fn rebuild(inner: &Inner, w: &mut Writer, meta: &Meta) -> Result<()> {
+    let mut log2 = MIN_LOG2CAP;
+    let mut heap = heap_table(log2);
+    let mut st = State {
+        generation: meta.generation as u64 & 0xffff,
+        ..State::default()
+    };
+    let mut chunks: Vec<Desc> = Vec::new();
+    let mut sc = Scanner::new(&inner.arena, inner.salt, ARENA_START, inner.arena.len(), None);
+    let stop = loop {
+        match sc.next_item() {
+            Ok(Item::Commit { records, .. }) => {
+                let puts = records.iter().filter(|r| r.header.kind == KIND_PUT).count() as u64;
+                if !index::fits(1 << log2, st.index_used, puts) {
+                    let nl = index::log2cap_for(st.live_keys.saturating_add(puts).saturating_mul(2)).max(log2);
+                    let bigger = heap_table(nl);
+                    let n = Table::new(&heap, log2).copy_into(&Table::new(&bigger, nl), |w| inner.rehash(w))?;
+                    heap = bigger;
+                    log2 = nl;
+                    st.index_used = n;
+                }
+                apply_records(inner, &Table::new(&heap, log2), &mut st, &records)?;
+            }
+            Ok(Item::Index { desc, .. }) => chunks.push(desc),
+            Err(stop) => break stop,
+        }
+    };
+    let tail = sc.pos();
+    if tail < meta.tail {
+        return Err(inner.corrupt(
+            stop.bad,
+            format!("{}, below the durable tail at {}", stop.why, meta.tail),
+        ));
+    }
+    st.tail = tail;
+    st.seq_gen = sc.last_seq_gen().unwrap_or(seq_gen(0, st.generation as u16));
+    // Reuse the largest index chunk in the log if it holds the live keys
+    // comfortably; else append a new one.
+    let target = chunks
+        .iter()
+        .copied()
+        .filter(|d| index::fits(d.capacity(), st.live_keys.saturating_mul(2), 0))
+        .max_by_key(|d| d.log2cap);
+    let target = match target {
+        Some(d) => d,
+        None => {
+            let nl = index::log2cap_for(st.live_keys.saturating_mul(2));
+            let off = st.tail;
+            let start = record::index_table_start(off).ok_or_else(|| inner.corrupt(off, "tail overflows"))?;
+            let d = Desc { start, log2cap: nl };
+            inner.ensure_space(start + d.bytes())?;
+            inner
+                .arena
+                .write(off, &record::encode_index(inner.salt, off, nl).to_bytes())
+                .map_err(|_| inner.corrupt(off, "index chunk outside the file"))?;
+            w.pending.push((off, record::HEADER_LEN));
+            st.tail = start + d.bytes();
+            d
+        }
+    };
+    inner
+        .arena
+        .zero(target.start, target.bytes())
+        .map_err(|_| inner.corrupt(target.start, "index table outside the file"))?;
+    let (t, _) = inner.table_at(target.encode())?;
+    let n = Table::new(&heap, log2).copy_into(&t, |w| inner.rehash(w))?;
+    st.index_desc = target.encode();
+    st.index_used = n;
+    w.st = st;
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! The control block: the live, shared state of the store, one page of
+//! atomic words at [`CONTROL_OFFSET`](super::CONTROL_OFFSET).
+//!
+//! ```text
+//! offset field        meaning
+//! 0      magic        "MKVCTRL1" once initialised
+//! 8      version      seqlock word: odd while the writer changes the index
+//!                     or the fields below; even when they agree
+//! 16     tail         end of the log that is applied to the index
+//! 24     seq_gen      last applied commit (seq | generation << 48)
+//! 32     index_desc   current slot table (page offset | log2 capacity)
+//! 40     index_used   occupied slots (live + tombstones)
+//! 48     live_keys
+//! 56     live_bytes   bytes of live records
+//! 64     generation   generation new commits are written with
+//! 72     file_len     file length published by the last grower
+//! ```
+//!
+//! The control block is never trusted across an OS crash (it is not synced);
+//! after a process crash in the same boot it is, if its magic is right, its
+//! version is even and its fields pass their checks: then recovery only
+//! replays the log past `tail`. An odd version means the writer died while
+//! changing the index, and recovery rebuilds the index from the log.
+
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+
+use super::mapping::{Arena, OutOfBounds};
+use super::CONTROL_OFFSET;
+
+pub(crate) const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"MKVCTRL1");
+
+const MAGIC: u64 = 0;
+const VERSION: u64 = 8;
+const TAIL: u64 = 16;
+const SEQ_GEN: u64 = 24;
+const INDEX_DESC: u64 = 32;
+const INDEX_USED: u64 = 40;
+const LIVE_KEYS: u64 = 48;
+const LIVE_BYTES: u64 = 56;
+const GENERATION: u64 = 64;
+const FILE_LEN: u64 = 72;
+
+/// A consistent snapshot of the control block's state fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct State {
+    pub tail: u64,
+    pub seq_gen: u64,
+    pub index_desc: u64,
+    pub index_used: u64,
+    pub live_keys: u64,
+    pub live_bytes: u64,
+    pub generation: u64,
+}
+
+/// Typed access to the control block of an arena.
+#[derive(Clone, Copy)]
+pub(crate) struct Control<'a> {
+    words: &'a [AtomicU64],
+}
+
+impl<'a> Control<'a> {
+    pub(crate) fn new(arena: &'a Arena) -> Result<Control<'a>, OutOfBounds> {
+        Ok(Control {
+            words: arena.atomics(CONTROL_OFFSET, 16)?,
+        })
+    }
+
+    fn w(&self, off: u64) -> &'a AtomicU64 {
+        &self.words[(off / 8) as usize]
+    }
+
+    pub(crate) fn magic(&self) -> u64 {
+        self.w(MAGIC).load(Ordering::Acquire)
+    }
+
+
+    /// The current slot table descriptor, for readers.
+    #[inline]
+    pub(crate) fn index_desc(&self) -> u64 {
+        self.w(INDEX_DESC).load(Ordering::Acquire)
+    }
+
+    pub(crate) fn live_keys(&self) -> u64 {
+        self.w(LIVE_KEYS).load(Ordering::Acquire)
+    }
+
+
+    pub(crate) fn set_file_len(&self, len: u64) {
+        self.w(FILE_LEN).store(len, Ordering::Release);
+    }
+
+    /// Read the state fields without tearing. Retries while a writer is
+    /// mid-update; after `tries` failed attempts returns the last (possibly
+    /// torn) read and `false`, so a hostile or dead writer cannot make a
+    /// reader spin forever.
+    pub(crate) fn snapshot(&self, tries: u32) -> (State, bool) {
+        let mut s = State::default();
+        for _ in 0..tries.max(1) {
+            let v1 = self.w(VERSION).load(Ordering::Acquire);
+            s = self.read_fields();
+            fence(Ordering::Acquire);
+            let v2 = self.w(VERSION).load(Ordering::Relaxed);
+            if v1 == v2 && v1 % 2 == 0 {
+                return (s, true);
+            }
+            std::hint::spin_loop();
+        }
+        (s, false)
+    }
+
+    fn read_fields(&self) -> State {
+        let r = |o| self.w(o).load(Ordering::Relaxed);
+        State {
+            tail: r(TAIL),
+            seq_gen: r(SEQ_GEN),
+            index_desc: r(INDEX_DESC),
+            index_used: r(INDEX_USED),
+            live_keys: r(LIVE_KEYS),
+            live_bytes: r(LIVE_BYTES),
+            generation: r(GENERATION),
+        }
+    }
+
+    /// Mark the start of a change (version becomes odd). Only the writer,
+    /// holding the writer lock, calls this.
+    pub(crate) fn begin(&self) {
+        let v = self.w(VERSION).load(Ordering::Relaxed);
+        let v = if v % 2 == 1 { v } else { v + 1 };
+        self.w(VERSION).store(v, Ordering::Relaxed);
+        fence(Ordering::Release);
+    }
+
+
+    /// Store the state fields and end the change (version becomes even).
+    pub(crate) fn end(&self, s: &State) {
+        let st = |o, v| self.w(o).store(v, Ordering::Relaxed);
+        st(TAIL, s.tail);
+        st(SEQ_GEN, s.seq_gen);
+        self.w(INDEX_DESC).store(s.index_desc, Ordering::Release);
+        st(INDEX_USED, s.index_used);
+        st(LIVE_KEYS, s.live_keys);
+        st(LIVE_BYTES, s.live_bytes);
+        st(GENERATION, s.generation);
+        let v = self.w(VERSION).load(Ordering::Relaxed);
+        let v = if v % 2 == 1 { v + 1 } else { v + 2 };
+        self.w(VERSION).store(v, Ordering::Release);
+    }
+
+    /// Initialise (or re-initialise after recovery) the whole block.
+    pub(crate) fn reset(&self, s: &State, file_len: u64) {
+        self.begin();
+        self.set_file_len(file_len);
+        self.end(s);
+        self.w(MAGIC).store(CONTROL_MAGIC, Ordering::Release);
+    }
+}

@@ -1,0 +1,185 @@
+//! File-level operations: create atomically, lock, allocate, fsync, boot id.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Open an existing file for reading (and writing, if `write`).
+pub(crate) fn open_existing(path: &Path, write: bool) -> io::Result<File> {
+    OpenOptions::new().read(true).write(write).open(path)
+}
+
+/// Create a new file next to `path` under a temporary name with `mode`, for
+/// the caller to initialise and then [`publish`] under its real name.
+pub(crate) fn create_temp(path: &Path, mode: u32) -> io::Result<(File, PathBuf)> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    for attempt in 0..16u32 {
+        let tmp = dir.join(format!(".{name}.mapkv-new.{}.{}", std::process::id(), random_u64() ^ attempt as u64));
+        match OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(&tmp) {
+            Ok(f) => return Ok((f, tmp)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::AlreadyExists, "could not pick a temporary file name"))
+}
+
+/// Give the fully initialised temporary file its real name, atomically and
+/// without replacing anything: `link` fails if `path` exists. The temporary
+/// name is removed in every case. Returns `Ok(false)` if `path` appeared in
+/// the meantime (another process created it first).
+pub(crate) fn publish(tmp: &Path, path: &Path) -> io::Result<bool> {
+    let res = std::fs::hard_link(tmp, path);
+    let _ = std::fs::remove_file(tmp);
+    match res {
+        Ok(()) => {
+            sync_parent(path)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// fsync the directory holding `path`, so that a new name is durable.
+pub(crate) fn sync_parent(path: &Path) -> io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
+}
+
+/// Try to take the file lock: exclusive for a writer, shared for a reader.
+/// `Ok(false)` means someone else holds a conflicting lock.
+pub(crate) fn try_lock(file: &File, exclusive: bool) -> io::Result<bool> {
+    // Fully qualified: std's File gained inherent methods of the same names.
+    let res = if exclusive {
+        fs2::FileExt::try_lock_exclusive(file)
+    } else {
+        fs2::FileExt::try_lock_shared(file)
+    };
+    match res {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reserve disk blocks for `[old_len, new_len)` and extend the file to
+/// `new_len`, so that a later store into the mapping never needs to allocate
+/// (a full disk is an `Err` here, not a SIGBUS later).
+///
+/// We call `posix_fallocate` directly rather than `fs2::FileExt::allocate`:
+/// posix_fallocate returns its error number instead of setting errno, and
+/// fs2 0.4 reads errno, which turns ENOSPC into an unrelated error. Where the
+/// filesystem cannot allocate (EOPNOTSUPP), we fall back to `set_len`.
+/// On failure the file length is put back to `old_len`.
+pub(crate) fn allocate(file: &File, old_len: u64, new_len: u64) -> io::Result<()> {
+    if let Some(e) = injected_grow_failure(new_len) {
+        return Err(e);
+    }
+    let len = i64::try_from(new_len - old_len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "growth too large"))?;
+    // SAFETY: plain syscall wrapper on our own descriptor; no memory passed.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), old_len as libc::off_t, len as libc::off_t) };
+    let res = match rc {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::ENOSYS => file.set_len(new_len),
+        e => Err(io::Error::from_raw_os_error(e)),
+    };
+    if let Err(e) = res {
+        // posix_fallocate may leave the size changed on failure; nobody maps
+        // past old_len yet, so putting it back is safe.
+        if file.metadata().map(|m| m.len() != old_len).unwrap_or(false) {
+            let _ = file.set_len(old_len);
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Test hook: `MAPKV_FAIL_GROW_ABOVE=<bytes>` makes growth past that length
+/// fail with ENOSPC, to exercise the out-of-space paths without filling a
+/// real disk. Read on every growth (growth is rare).
+fn injected_grow_failure(new_len: u64) -> Option<io::Error> {
+    let limit: u64 = std::env::var("MAPKV_FAIL_GROW_ABOVE").ok()?.parse().ok()?;
+    (new_len > limit).then(|| io::Error::from_raw_os_error(libc::ENOSPC))
+}
+
+/// 16 bytes that identify the running kernel boot.
+///
+/// `MAPKV_BOOT_ID`, when set, replaces the value from
+/// `/proc/sys/kernel/random/boot_id`, so tests can simulate a reboot. Where
+/// neither is available the id is all zeros, which recovery treats as
+/// "unknown": every unclean open then verifies the whole log.
+pub(crate) fn boot_id() -> [u8; 16] {
+    let text = match std::env::var("MAPKV_BOOT_ID") {
+        Ok(v) => v,
+        Err(_) => std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default(),
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return [0; 16];
+    }
+    let h = xxhash_rust::xxh3::xxh3_128(text.as_bytes());
+    let id = h.to_le_bytes();
+    if id == [0; 16] {
+        [1; 16]
+    } else {
+        id
+    }
+}
+
+/// A random 64-bit number from the OS-seeded hasher keys of std (no extra
+/// dependency), mixed with the time and pid.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_id_is_stable_and_overridable() {
+        let a = boot_id();
+        assert_eq!(a, boot_id());
+        assert_ne!(a, [0; 16], "this test machine has a boot id");
+    }
+
+    #[test]
+    fn random_differs() {
+        assert_ne!(random_u64(), random_u64());
+    }
+
+    #[test]
+    fn create_publish_and_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x");
+        let (f, tmp) = create_temp(&path, 0o600).unwrap();
+        allocate(&f, 0, 65536).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 65536);
+        assert!(publish(&tmp, &path).unwrap());
+        assert!(!tmp.exists());
+        // A second publish under the same name refuses to replace it.
+        let (_f2, tmp2) = create_temp(&path, 0o600).unwrap();
+        assert!(!publish(&tmp2, &path).unwrap());
+        let a = open_existing(&path, true).unwrap();
+        let b = open_existing(&path, true).unwrap();
+        assert!(try_lock(&a, true).unwrap());
+        assert!(!try_lock(&b, true).unwrap());
+        assert!(!try_lock(&b, false).unwrap());
+        drop(a);
+        assert!(try_lock(&b, false).unwrap());
+    }
+}

@@ -1,0 +1,388 @@
+//! The arena: the file, its mappings and the only `unsafe` code in mapkv.
+//!
+//! # Model
+//!
+//! * A mapping ([`View`]) reserves address space that may be longer than the
+//!   file. Only the bytes below the *verified length* (`Arena::len`) are ever
+//!   touched; everything past end-of-file would raise SIGBUS.
+//! * The verified length only grows, and only after the file really is that
+//!   long (we grew it ourselves, or `fstat` said so). mapkv never shrinks a
+//!   file that is mapped.
+//! * When the file outgrows the reservation, a new, larger view is made and
+//!   published; old views stay mapped until the arena is dropped (DESIGN.md
+//!   invariant 6), so a reader that loaded an old view pointer never dangles.
+//! * No `&[u8]` into the mapping is ever created: other processes (or a
+//!   hostile writer) may change those bytes at any time. Bytes are *copied*
+//!   out with raw-pointer copies and checked afterwards; words that are shared
+//!   on purpose (index slots, control block) are accessed as `AtomicU64`.
+//!
+//! # Safety argument, once
+//!
+//! Every unsafe block below relies on the same three facts, checked right
+//! above it:
+//! 1. the range lies inside the view (`off + len <= view.len`), so the pointer
+//!    arithmetic stays inside one allocation;
+//! 2. the range lies below the verified length, so the pages are backed by
+//!    the file and touching them does not fault (unless another program
+//!    truncates the file behind our back, which the README lists as a
+//!    caveat, as SQLite does for its mmap mode);
+//! 3. views are never unmapped while the arena is alive, and every reference
+//!    handed out borrows the arena.
+
+use std::fs::File;
+use std::io;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+
+use memmap2::{MmapMut, MmapOptions, MmapRaw};
+use parking_lot::Mutex;
+
+/// How the file is mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MapMode {
+    /// `MAP_SHARED`, read-write: stores reach the page cache (and the file).
+    Shared,
+    /// `MAP_PRIVATE`, copy-on-write: stores stay in this process. Used by
+    /// read-only handles, which may need to repair the index in memory
+    /// without ever writing the file.
+    Private,
+}
+
+/// The backing of one view; kept only so that it is unmapped on drop.
+enum Backing {
+    Shared(#[allow(dead_code)] MmapRaw),
+    Private(#[allow(dead_code)] MmapMut),
+}
+
+/// One mapping of the file, from offset 0, `len` bytes of address space.
+struct View {
+    ptr: *mut u8,
+    len: u64,
+    _backing: Backing,
+}
+
+// SAFETY: a View is a pointer to a mapping that lives as long as the View
+// itself; all accesses through it go through the bounds-checked methods of
+// `Arena`, which use raw copies or atomics, so sharing it between threads
+// introduces no unsynchronised Rust references.
+unsafe impl Send for View {}
+// SAFETY: see `Send` above.
+unsafe impl Sync for View {}
+
+impl View {
+    fn map(file: &File, reserve: u64, mode: MapMode) -> io::Result<View> {
+        let len = usize::try_from(reserve)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mapping too large"))?;
+        let mut opts = MmapOptions::new();
+        opts.len(len);
+        let (ptr, backing) = match mode {
+            MapMode::Shared => {
+                let raw = opts.map_raw(file)?;
+                (raw.as_mut_ptr(), Backing::Shared(raw))
+            }
+            MapMode::Private => {
+                // SAFETY: memmap2 marks `map_copy` unsafe because the file may
+                // change under the returned `&mut [u8]`. We never use that
+                // slice: we only take its base pointer and access it through
+                // the raw-copy and atomic methods below.
+                let mut m = unsafe { opts.map_copy(file)? };
+                (m.as_mut_ptr(), Backing::Private(m))
+            }
+        };
+        Ok(View {
+            ptr,
+            len: reserve,
+            _backing: backing,
+        })
+    }
+}
+
+/// The file plus its mappings, with a bounds-checked, safe API.
+pub(crate) struct Arena {
+    file: File,
+    mode: MapMode,
+    /// Every view ever made, newest last. Never shrinks before drop.
+    views: Mutex<Vec<Box<View>>>,
+    /// The newest view. Points into `views`.
+    current: AtomicPtr<View>,
+    /// Bytes of the file known to exist (grown by us or seen by fstat).
+    len: AtomicU64,
+    /// The OS page size, for msync alignment.
+    os_page: u64,
+}
+
+/// Out-of-bounds access attempted; the caller turns it into `Corrupted`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OutOfBounds;
+
+impl Arena {
+    /// Map `file`, which is `file_len` bytes long (the caller has checked it
+    /// with fstat), reserving `reserve` bytes of address space.
+    pub(crate) fn new(file: File, file_len: u64, reserve: u64, mode: MapMode) -> io::Result<Arena> {
+        let reserve = reserve.max(file_len);
+        let view = Box::new(View::map(&file, reserve, mode)?);
+        let ptr = &*view as *const View as *mut View;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let os_page = if page > 0 { page as u64 } else { 4096 };
+        Ok(Arena {
+            file,
+            mode,
+            views: Mutex::new(vec![view]),
+            current: AtomicPtr::new(ptr),
+            len: AtomicU64::new(file_len),
+            os_page,
+        })
+    }
+
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub(crate) fn mode(&self) -> MapMode {
+        self.mode
+    }
+
+    /// The verified file length.
+    pub(crate) fn len(&self) -> u64 {
+        self.len.load(Ordering::Acquire)
+    }
+
+    fn view(&self) -> &View {
+        let p = self.current.load(Ordering::Acquire);
+        // SAFETY: `current` always points at a boxed View owned by `views`,
+        // which are only dropped with the arena (fact 3 above).
+        unsafe { &*p }
+    }
+
+    /// Check that `[off, off+n)` is inside the verified length and the
+    /// current view; return the view.
+    #[inline]
+    fn checked(&self, off: u64, n: u64) -> Result<&View, OutOfBounds> {
+        let len = self.len();
+        let view = self.view();
+        let end = off.checked_add(n).ok_or(OutOfBounds)?;
+        if end > len || end > view.len {
+            return Err(OutOfBounds);
+        }
+        Ok(view)
+    }
+
+    /// Copy `buf.len()` bytes at `off` out of the mapping.
+    #[inline]
+    pub(crate) fn read(&self, off: u64, buf: &mut [u8]) -> Result<(), OutOfBounds> {
+        let view = self.checked(off, buf.len() as u64)?;
+        debug_assert!(off + buf.len() as u64 <= view.len);
+        // SAFETY: facts 1-3: the source range is inside the view and below
+        // the verified length; `buf` is a distinct, exclusively borrowed
+        // Rust allocation, so the ranges do not overlap. The source bytes
+        // may change concurrently (another process); we copy raw bytes and
+        // the caller checks the copy (length bounds, CRC) before use.
+        unsafe {
+            std::ptr::copy_nonoverlapping(view.ptr.add(off as usize), buf.as_mut_ptr(), buf.len());
+        }
+        Ok(())
+    }
+
+    /// Copy `data` into the mapping at `off`. Only the writer calls this, and
+    /// only on bytes no reader can reach yet (past the published tail) or on
+    /// pages nobody else maps as Rust references (meta).
+    pub(crate) fn write(&self, off: u64, data: &[u8]) -> Result<(), OutOfBounds> {
+        let view = self.checked(off, data.len() as u64)?;
+        debug_assert!(off + data.len() as u64 <= view.len);
+        // SAFETY: facts 1-3; the destination is writable (read-write shared
+        // mapping, or a private copy-on-write mapping); no Rust reference to
+        // these bytes exists anywhere (we never create one), so the raw
+        // store does not alias a `&`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), view.ptr.add(off as usize), data.len());
+        }
+        Ok(())
+    }
+
+    /// Fill `[off, off+n)` with zeros.
+    pub(crate) fn zero(&self, off: u64, n: u64) -> Result<(), OutOfBounds> {
+        let view = self.checked(off, n)?;
+        // SAFETY: as in `write`.
+        unsafe {
+            std::ptr::write_bytes(view.ptr.add(off as usize), 0, n as usize);
+        }
+        Ok(())
+    }
+
+
+    /// `n` consecutive 8-byte words at `off` (8-aligned) as atomics.
+    pub(crate) fn atomics(&self, off: u64, n: u64) -> Result<&[AtomicU64], OutOfBounds> {
+        if off % 8 != 0 {
+            return Err(OutOfBounds);
+        }
+        let bytes = n.checked_mul(8).ok_or(OutOfBounds)?;
+        let view = self.checked(off, bytes)?;
+        // SAFETY: facts 1-3 for every word of the range; the view base is
+        // page-aligned and `off` a multiple of 8, so each word is aligned
+        // for AtomicU64; AtomicU64 has interior mutability, so other threads
+        // and processes storing into the words do not invalidate the shared
+        // reference.
+        Ok(unsafe {
+            std::slice::from_raw_parts(view.ptr.add(off as usize) as *const AtomicU64, n as usize)
+        })
+    }
+
+    fn page_range(&self, off: u64, n: u64) -> Result<(usize, usize), OutOfBounds> {
+        let end = off.checked_add(n).ok_or(OutOfBounds)?.min(self.len());
+        let start = off & !(self.os_page - 1);
+        if end <= start {
+            return Ok((start as usize, 0));
+        }
+        Ok((start as usize, (end - start) as usize))
+    }
+
+    /// `msync(MS_SYNC)` the pages covering `[off, off+n)`: when this returns
+    /// `Ok`, those bytes are on stable storage.
+    pub(crate) fn sync(&self, off: u64, n: u64) -> io::Result<()> {
+        if self.mode == MapMode::Private {
+            return Ok(());
+        }
+        let (start, len) = self.page_range(off, n).map_err(|_| oob())?;
+        if len == 0 {
+            return Ok(());
+        }
+        let view = self.view();
+        // SAFETY: the page-aligned range is inside the view (it is clamped
+        // to the verified length, which never exceeds the view); msync does
+        // not access memory from Rust's point of view.
+        let rc = unsafe { libc::msync(view.ptr.add(start) as *mut libc::c_void, len, libc::MS_SYNC) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Start write-back of `[off, off+n)` without waiting (Linux:
+    /// `sync_file_range(SYNC_FILE_RANGE_WRITE)`; `MS_ASYNC` is a no-op there).
+    pub(crate) fn start_writeback(&self, off: u64, n: u64) -> io::Result<()> {
+        if self.mode == MapMode::Private {
+            return Ok(());
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: plain syscall on our own descriptor; no memory is passed.
+            let rc = unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    off as libc::off64_t,
+                    n as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let (start, len) = self.page_range(off, n).map_err(|_| oob())?;
+            if len == 0 {
+                return Ok(());
+            }
+            let view = self.view();
+            // SAFETY: as in `sync`.
+            let rc = unsafe { libc::msync(view.ptr.add(start) as *mut libc::c_void, len, libc::MS_ASYNC) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        }
+    }
+
+    /// Make the file at least `new_len` bytes long with its blocks reserved,
+    /// remapping if the reservation is too small, then publish the length.
+    /// A full disk is an `Err` here, never a SIGBUS later.
+    pub(crate) fn grow(&self, new_len: u64) -> io::Result<()> {
+        let old = self.len();
+        if new_len <= old {
+            return Ok(());
+        }
+        if self.mode == MapMode::Private {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "read-only handle cannot grow the file",
+            ));
+        }
+        super::file::allocate(&self.file, old, new_len)?;
+        let mut views = self.views.lock();
+        let cur_len = views.last().map(|v| v.len).unwrap_or(0);
+        if new_len > cur_len {
+            let reserve = new_len.max(cur_len.saturating_mul(2));
+            let view = Box::new(View::map(&self.file, reserve, self.mode)?);
+            let ptr = &*view as *const View as *mut View;
+            views.push(view);
+            self.current.store(ptr, Ordering::Release);
+        }
+        drop(views);
+        self.len.store(new_len, Ordering::Release);
+        Ok(())
+    }
+
+    /// Number of mappings made so far (for stats and tests).
+    pub(crate) fn remaps(&self) -> usize {
+        self.views.lock().len() - 1
+    }
+}
+
+fn oob() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, "range outside the file")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arena(len: u64, reserve: u64) -> (tempfile::TempDir, Arena) {
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("a"))
+            .unwrap();
+        f.set_len(len).unwrap();
+        let a = Arena::new(f, len, reserve, MapMode::Shared).unwrap();
+        (dir, a)
+    }
+
+    #[test]
+    fn bounds_are_checked() {
+        let (_d, a) = arena(65536, 1 << 20);
+        let mut b = [0u8; 16];
+        assert!(a.read(65536 - 16, &mut b).is_ok());
+        assert_eq!(a.read(65536 - 15, &mut b), Err(OutOfBounds));
+        assert_eq!(a.read(u64::MAX - 3, &mut b), Err(OutOfBounds));
+        assert!(a.atomics(3, 1).is_err());
+        assert!(a.atomics(65536, 1).is_err());
+        assert!(a.atomics(0, 8192).is_ok());
+        assert!(a.atomics(0, 8193).is_err());
+        assert!(a.atomics(8, u64::MAX / 4).is_err());
+    }
+
+    #[test]
+    fn write_read_grow_remap() {
+        let (_d, a) = arena(65536, 65536);
+        a.write(100, b"hello").unwrap();
+        a.atomics(64, 1).unwrap()[0].store(7, Ordering::Release);
+        // Past the reservation: a remap must happen and old data stays.
+        a.grow(4 * 65536).unwrap();
+        assert_eq!(a.len(), 4 * 65536);
+        assert_eq!(a.file().metadata().unwrap().len(), 4 * 65536);
+        assert!(a.remaps() >= 1);
+        let mut b = [0u8; 5];
+        a.read(100, &mut b).unwrap();
+        assert_eq!(&b, b"hello");
+        assert_eq!(a.atomics(64, 1).unwrap()[0].load(Ordering::Acquire), 7);
+        a.write(3 * 65536, b"far").unwrap();
+        a.sync(0, 4 * 65536).unwrap();
+        a.start_writeback(0, 65536).unwrap();
+    }
+}

@@ -1,0 +1,89 @@
+//! The file and its mapping: layout constants, the meta copies, the control
+//! block, page-aligned growth, msync, locks.
+//!
+//! This module is the only place with `unsafe` code (in [`mapping`]). Everything
+//! above it sees bounds-checked byte copies and atomic words at checked,
+//! aligned offsets.
+//!
+//! # Byte map of the file
+//!
+//! ```text
+//! offset      size   what
+//! 0           4096   meta A   (see meta.rs; 128 bytes used, rest zero)
+//! 4096        4096   meta B
+//! 8192        4096   control block (live, shared state; atomic words)
+//! 12288       ...    arena: index chunks and log records, bump-allocated
+//!                    from the tail towards the end of the file
+//! ```
+//!
+//! The file length is always a multiple of [`GRANULE`] (64 KiB), which is a
+//! multiple of every common OS page size (4, 16 and 64 KiB).
+
+pub(crate) mod control;
+pub(crate) mod file;
+pub(crate) mod mapping;
+pub(crate) mod meta;
+
+/// The unit of the on-disk layout. Independent of the OS page size.
+pub(crate) const FORMAT_PAGE: u64 = 4096;
+/// File offset of meta copy A.
+pub(crate) const META_A_OFFSET: u64 = 0;
+/// File offset of meta copy B.
+pub(crate) const META_B_OFFSET: u64 = FORMAT_PAGE;
+/// File offset of the control block.
+pub(crate) const CONTROL_OFFSET: u64 = 2 * FORMAT_PAGE;
+/// First byte of the arena (index chunks and log records).
+pub(crate) const ARENA_START: u64 = 3 * FORMAT_PAGE;
+/// File lengths are multiples of this.
+pub(crate) const GRANULE: u64 = 64 * 1024;
+/// Largest file the slot encoding can address (36 bits of 8-byte units).
+pub(crate) const MAX_FILE_LEN: u64 = 1 << 39;
+
+/// Round `x` up to a multiple of `to` (a power of two). `None` on overflow.
+pub(crate) fn align_up(x: u64, to: u64) -> Option<u64> {
+    debug_assert!(to.is_power_of_two());
+    Some(x.checked_add(to - 1)? & !(to - 1))
+}
+
+/// The next file length when `needed` bytes must fit and the file is `cur`
+/// bytes long: double up to `step`, then grow by `step`, never less than
+/// `needed`, always a multiple of [`GRANULE`].
+pub(crate) fn next_file_len(cur: u64, needed: u64, step: u64) -> Option<u64> {
+    let grown = cur.checked_add(cur.min(step).max(GRANULE))?;
+    align_up(grown.max(needed), GRANULE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn growth_doubles_then_steps() {
+        let step = 1 << 30;
+        assert_eq!(next_file_len(1 << 20, 1 << 20, step), Some(2 << 20));
+        assert_eq!(next_file_len(1 << 30, 1 << 30, step), Some(2 << 30));
+        assert_eq!(next_file_len(4 << 30, 4 << 30, step), Some(5 << 30));
+        // A single large request is honoured and rounded to the granule.
+        assert_eq!(
+            next_file_len(1 << 20, (100 << 20) + 1, step),
+            Some((100 << 20) + GRANULE)
+        );
+        // Every result is granule-aligned.
+        for cur in [GRANULE, 3 * GRANULE, 1 << 25] {
+            for need in [cur, cur + 1, cur * 3 + 17] {
+                let n = next_file_len(cur, need, step).unwrap();
+                assert_eq!(n % GRANULE, 0);
+                assert!(n >= need && n > cur);
+            }
+        }
+        assert_eq!(next_file_len(u64::MAX - 10, u64::MAX, step), None);
+    }
+
+    #[test]
+    fn align_up_works() {
+        assert_eq!(align_up(0, 8), Some(0));
+        assert_eq!(align_up(1, 8), Some(8));
+        assert_eq!(align_up(8, 8), Some(8));
+        assert_eq!(align_up(u64::MAX, 8), None);
+    }
+}
