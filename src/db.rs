@@ -9,15 +9,18 @@ use parking_lot::Mutex;
 
 use crate::index::{self, Desc, Table, TableFull};
 use crate::log::record::{
-    self, record_len, seq_gen, seq_of, BodyCrc, Header, HEADER_LEN, KIND_DEL, KIND_PUT, MAX_KEY_LEN, MAX_VALUE_LEN,
+    self, record_len, seq_gen, seq_of, BodyCrc, Header, HEADER_LEN, KIND_DEL, KIND_PUT,
+    MAX_KEY_LEN, MAX_VALUE_LEN,
 };
 use crate::options::{Durability, Options};
 use crate::recovery;
-use crate::OpenKind;
 use crate::storage::control::{Control, State};
 use crate::storage::mapping::{Arena, MapMode, OutOfBounds};
 use crate::storage::meta::{Meta, FLAG_CLEAN, FORMAT_VERSION, MAGIC};
-use crate::storage::{self, ARENA_START, CONTROL_OFFSET, FORMAT_PAGE, GRANULE, META_A_OFFSET, META_B_OFFSET};
+use crate::storage::{
+    self, ARENA_START, CONTROL_OFFSET, FORMAT_PAGE, GRANULE, META_A_OFFSET, META_B_OFFSET,
+};
+use crate::OpenKind;
 use crate::{Error, Result, Value};
 
 /// A handle to an open store. Cheap to clone; clones share one mapping and
@@ -156,17 +159,20 @@ impl Inner {
 
     fn locate(&self, e: Error, offset: u64) -> Error {
         match e {
-            Error::Corrupted { path, what, .. } if path.as_os_str().is_empty() => Error::Corrupted {
-                path: self.path.clone(),
-                offset,
-                what,
-            },
+            Error::Corrupted { path, what, .. } if path.as_os_str().is_empty() => {
+                Error::Corrupted {
+                    path: self.path.clone(),
+                    offset,
+                    what,
+                }
+            }
             e => e,
         }
     }
 
     pub(crate) fn control(&self) -> Result<Control<'_>> {
-        Control::new(&self.arena).map_err(|_| self.corrupt(CONTROL_OFFSET, "control block outside the file"))
+        Control::new(&self.arena)
+            .map_err(|_| self.corrupt(CONTROL_OFFSET, "control block outside the file"))
     }
 
     /// The current slot table, checked against the file.
@@ -179,7 +185,9 @@ impl Inner {
     pub(crate) fn table_at(&self, w: u64) -> Result<(Table<'_>, Desc)> {
         let d = Desc::decode(w)
             .filter(|d| d.start >= ARENA_START)
-            .ok_or_else(|| self.corrupt(CONTROL_OFFSET + 32, format!("bad index descriptor {w:#x}")))?;
+            .ok_or_else(|| {
+                self.corrupt(CONTROL_OFFSET + 32, format!("bad index descriptor {w:#x}"))
+            })?;
         let slots = self
             .arena
             .atomics(d.start, d.capacity())
@@ -284,7 +292,9 @@ impl Inner {
     fn lookup(&self, key: &[u8]) -> Result<Option<(u64, Header)>> {
         let (t, d) = self.table()?;
         let h = index::hash(self.hash_seed, key);
-        let found = t.find(h, |off| self.key_eq(off, key)).map_err(|e| self.locate(e, d.start))?;
+        let found = t
+            .find(h, |off| self.key_eq(off, key))
+            .map_err(|e| self.locate(e, d.start))?;
         match found {
             None => Ok(None),
             Some((_, w)) => {
@@ -332,7 +342,10 @@ impl Inner {
             reason,
         };
         if end > self.max_size {
-            return Err(out_of_space(end, format!("the size limit is {} bytes", self.max_size)));
+            return Err(out_of_space(
+                end,
+                format!("the size limit is {} bytes", self.max_size),
+            ));
         }
         let mut new_len = storage::next_file_len(len, end, self.growth_step)
             .ok_or_else(|| out_of_space(end, "length overflows".into()))?;
@@ -350,14 +363,18 @@ impl Inner {
                     .into(),
             });
         }
-        self.arena.grow(new_len).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EFBIG) | Some(libc::EDQUOT) => out_of_space(new_len, e.to_string()),
-            _ => Error::Io {
-                op: "grow file",
-                path: self.path.clone(),
-                source: e,
-            },
-        })?;
+        self.arena
+            .grow(new_len)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOSPC) | Some(libc::EFBIG) | Some(libc::EDQUOT) => {
+                    out_of_space(new_len, e.to_string())
+                }
+                _ => Error::Io {
+                    op: "grow file",
+                    path: self.path.clone(),
+                    source: e,
+                },
+            })?;
         if let Ok(c) = self.control() {
             c.set_file_len(new_len);
         }
@@ -372,7 +389,14 @@ impl Inner {
 
     /// Apply one put/delete record at `off` to table `t`, updating `st`.
     /// Shared by the write path and recovery.
-    pub(crate) fn apply(&self, t: &Table<'_>, st: &mut State, off: u64, h: &Header, key: &[u8]) -> Result<()> {
+    pub(crate) fn apply(
+        &self,
+        t: &Table<'_>,
+        st: &mut State,
+        off: u64,
+        h: &Header,
+        key: &[u8],
+    ) -> Result<()> {
         let hash = index::hash(self.hash_seed, key);
         match h.kind {
             KIND_PUT => {
@@ -407,10 +431,14 @@ impl Inner {
         if index::fits(d.capacity(), w.st.index_used, more) {
             return Ok(());
         }
-        let log2 = index::log2cap_for(w.st.live_keys.saturating_add(more).saturating_mul(2));
+        let log2 = index::log2cap_for(w.st.live_keys.saturating_add(more).saturating_mul(3) / 2);
         let off = w.st.tail;
-        let start = record::index_table_start(off).ok_or_else(|| self.corrupt(off, "tail overflows"))?;
-        let new = Desc { start, log2cap: log2 };
+        let start =
+            record::index_table_start(off).ok_or_else(|| self.corrupt(off, "tail overflows"))?;
+        let new = Desc {
+            start,
+            log2cap: log2,
+        };
         let end = start + new.bytes();
         self.ensure_space(end)?;
         let hdr = record::encode_index(self.salt, off, log2);
@@ -447,15 +475,24 @@ impl Inner {
         self.check_writable()?;
         let puts = ops.iter().filter(|o| matches!(o, Op::Put(..))).count() as u64;
         self.ensure_index_room(w, puts)?;
-        let total: u64 = ops.iter().map(|o| record_len(o.key().len(), o.value().len())).sum();
+        let total: u64 = ops
+            .iter()
+            .map(|o| record_len(o.key().len(), o.value().len()))
+            .sum();
         let start = w.st.tail;
-        let end = start.checked_add(total).ok_or_else(|| self.corrupt(start, "tail overflows"))?;
+        let end = start
+            .checked_add(total)
+            .ok_or_else(|| self.corrupt(start, "tail overflows"))?;
         self.ensure_space(end)?;
         let sg = seq_gen(seq_of(w.st.seq_gen) + 1, w.st.generation as u16);
         let mut off = start;
         let last = ops.len() - 1;
         for (i, op) in ops.iter().enumerate() {
-            let kind = if matches!(op, Op::Put(..)) { KIND_PUT } else { KIND_DEL };
+            let kind = if matches!(op, Op::Put(..)) {
+                KIND_PUT
+            } else {
+                KIND_DEL
+            };
             let (k, v) = (op.key(), op.value());
             let h = record::encode(self.salt, off, kind, i == last, k, v, sg);
             self.write_bytes(off, &h.to_bytes())?;
@@ -484,7 +521,11 @@ impl Inner {
         for op in ops {
             let k = op.key();
             let h = Header {
-                kind: if matches!(op, Op::Put(..)) { KIND_PUT } else { KIND_DEL },
+                kind: if matches!(op, Op::Put(..)) {
+                    KIND_PUT
+                } else {
+                    KIND_DEL
+                },
                 key_len: k.len() as u16,
                 val_len: op.value().len() as u32,
                 ..Header::from_bytes(&[0; 24])
@@ -575,7 +616,11 @@ impl Inner {
             crc: 0,
         }
         .seal();
-        let off = if m.meta_seq % 2 == 0 { META_A_OFFSET } else { META_B_OFFSET };
+        let off = if m.meta_seq % 2 == 0 {
+            META_A_OFFSET
+        } else {
+            META_B_OFFSET
+        };
         self.write_bytes(off, &m.encode())?;
         if let Err(e) = self.arena.sync(off, FORMAT_PAGE) {
             return Err(self.poison("msync meta", e));
@@ -641,7 +686,11 @@ impl Db {
     }
 
     pub(crate) fn open_with(path: &Path, opts: Options) -> Result<Db> {
-        let recovery::Opened { arena, meta, boot_id } = recovery::open_file(path, &opts)?;
+        let recovery::Opened {
+            arena,
+            meta,
+            boot_id,
+        } = recovery::open_file(path, &opts)?;
         let mut inner = Inner {
             path: path.to_path_buf(),
             hash_seed: meta.hash_seed,
@@ -683,7 +732,9 @@ impl Db {
             inner.opened = opened;
         }
         inner.closed = AtomicBool::new(false);
-        Ok(Db { inner: Arc::new(inner) })
+        Ok(Db {
+            inner: Arc::new(inner),
+        })
     }
 
     /// Insert `key` with `value`, replacing any previous value.
@@ -802,13 +853,19 @@ impl Db {
         Stats {
             keys: st.live_keys,
             live_bytes: st.live_bytes,
-            dead_bytes: used_bytes.saturating_sub(st.live_bytes).saturating_sub(index_bytes),
+            dead_bytes: used_bytes
+                .saturating_sub(st.live_bytes)
+                .saturating_sub(index_bytes),
             index_bytes,
             used_bytes,
             file_len: i.arena.len(),
             index_capacity: cap,
             index_used: st.index_used,
-            index_load: if cap > 0 { st.index_used as f64 / cap as f64 } else { 0.0 },
+            index_load: if cap > 0 {
+                st.index_used as f64 / cap as f64
+            } else {
+                0.0
+            },
             tail: st.tail,
             durable_tail: w.durable_tail,
             commits: seq_of(st.seq_gen),

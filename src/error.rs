@@ -112,7 +112,9 @@ pub enum Error {
     /// An earlier msync or fsync failed; the durable state of the file is
     /// unknown, so this handle refuses further writes. Reopen the store to
     /// recover.
-    #[error("{path}: the handle is poisoned by an earlier I/O failure ({cause}); reopen the store")]
+    #[error(
+        "{path}: the handle is poisoned by an earlier I/O failure ({cause}); reopen the store"
+    )]
     Poisoned {
         /// The file.
         path: PathBuf,

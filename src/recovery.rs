@@ -64,7 +64,9 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
     let file = loop {
         match file::open_existing(path, !opts.read_only) {
             Ok(f) => break f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && opts.create && !opts.read_only => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound && opts.create && !opts.read_only =>
+            {
                 let (f, tmp) = file::create_temp(path, opts.mode).map_err(ioe("create file"))?;
                 if let Err(e) = init_file(&f, opts) {
                     let _ = std::fs::remove_file(&tmp);
@@ -121,7 +123,10 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
         ));
     }
     if meta.tail < ARENA_START || meta.tail > meta.file_len || meta.tail % 8 != 0 {
-        return Err(corrupt(0, format!("meta tail {} is outside the file", meta.tail)));
+        return Err(corrupt(
+            0,
+            format!("meta tail {} is outside the file", meta.tail),
+        ));
     }
     let reserve = align_up(len.saturating_mul(4).max(1 << 30), GRANULE).unwrap_or(len);
     let mode = if opts.read_only {
@@ -200,10 +205,15 @@ fn init_file(f: &std::fs::File, opts: &Options) -> std::io::Result<()> {
     if tail > opts.max_size {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("max_size {} is too small for an empty store ({tail} bytes)", opts.max_size),
+            format!(
+                "max_size {} is too small for an empty store ({tail} bytes)",
+                opts.max_size
+            ),
         ));
     }
-    let len = len.min(align_up(opts.max_size, GRANULE).unwrap_or(len)).max(align_up(tail, GRANULE).unwrap_or(tail));
+    let len = len
+        .min(align_up(opts.max_size, GRANULE).unwrap_or(len))
+        .max(align_up(tail, GRANULE).unwrap_or(tail));
     file::allocate(f, 0, len)?;
     let seed = file::random_u64();
     let salt = (file::random_u64() >> 17) as u32 | 1;
@@ -223,7 +233,11 @@ fn init_file(f: &std::fs::File, opts: &Options) -> std::io::Result<()> {
         seq_gen: 0,
         generation: 0,
         reserved0: 0,
-        index_desc: Desc { start: table, log2cap: log2 }.encode(),
+        index_desc: Desc {
+            start: table,
+            log2cap: log2,
+        }
+        .encode(),
         index_used: 0,
         live_keys: 0,
         live_bytes: 0,
@@ -249,7 +263,12 @@ fn state_of(meta: &Meta) -> State {
 }
 
 /// Bring the index in line with the log; fills `w.st` and the control block.
-pub(crate) fn recover(inner: &Inner, w: &mut Writer, meta: &Meta, boot: [u8; 16]) -> Result<OpenKind> {
+pub(crate) fn recover(
+    inner: &Inner,
+    w: &mut Writer,
+    meta: &Meta,
+    boot: [u8; 16],
+) -> Result<OpenKind> {
     let rw = inner.arena.mode() == MapMode::Shared;
     let clean = state_of(meta);
     if meta.is_clean() && plausible(inner, &clean) && sample_ok(inner, &clean) {
@@ -330,7 +349,9 @@ fn sample_ok(inner: &Inner, st: &State) -> bool {
                 return Ok(false);
             }
             let key = inner.read_key(off, &h)?;
-            let found = t.find(index::hash(inner.hash_seed, &key), |o| inner.key_eq(o, &key))?;
+            let found = t.find(index::hash(inner.hash_seed, &key), |o| {
+                inner.key_eq(o, &key)
+            })?;
             Ok(found.map(|(_, w)| w) == Some(word))
         })();
         if !matches!(ok, Ok(true)) {
@@ -362,7 +383,13 @@ fn replay(inner: &Inner, w: &mut Writer) -> Result<()> {
     let last = w.st.seq_gen;
     // Pass 1: find the end of the valid log and how many puts follow, so a
     // larger index (if needed) is placed after the records, not on them.
-    let mut sc = Scanner::new(&inner.arena, inner.salt, start, inner.arena.len(), Some(last));
+    let mut sc = Scanner::new(
+        &inner.arena,
+        inner.salt,
+        start,
+        inner.arena.len(),
+        Some(last),
+    );
     let mut puts = 0u64;
     let mut any = false;
     while let Ok(item) = sc.next_item() {
@@ -384,7 +411,10 @@ fn replay(inner: &Inner, w: &mut Writer) -> Result<()> {
     let mut st = w.st;
     let mut sc = Scanner::new(&inner.arena, inner.salt, start, end, Some(last));
     while let Ok(item) = sc.next_item() {
-        if let Item::Commit { records, seq_gen, .. } = item {
+        if let Item::Commit {
+            records, seq_gen, ..
+        } = item
+        {
             apply_records(inner, &t, &mut st, &records)?;
             st.seq_gen = seq_gen;
         }
@@ -393,7 +423,12 @@ fn replay(inner: &Inner, w: &mut Writer) -> Result<()> {
     Ok(())
 }
 
-fn apply_records(inner: &Inner, t: &Table<'_>, st: &mut State, records: &[RecordRef]) -> Result<()> {
+fn apply_records(
+    inner: &Inner,
+    t: &Table<'_>,
+    st: &mut State,
+    records: &[RecordRef],
+) -> Result<()> {
     for r in records {
         let key = inner.read_key(r.off, &r.header)?;
         inner.apply(t, st, r.off, &r.header, &key)?;
@@ -402,7 +437,9 @@ fn apply_records(inner: &Inner, t: &Table<'_>, st: &mut State, records: &[Record
 }
 
 fn heap_table(log2: u32) -> Vec<std::sync::atomic::AtomicU64> {
-    (0..1usize << log2).map(|_| std::sync::atomic::AtomicU64::new(0)).collect()
+    (0..1usize << log2)
+        .map(|_| std::sync::atomic::AtomicU64::new(0))
+        .collect()
 }
 
 /// Rebuild the index from the whole log.
@@ -414,15 +451,24 @@ fn rebuild(inner: &Inner, w: &mut Writer, meta: &Meta) -> Result<()> {
         ..State::default()
     };
     let mut chunks: Vec<Desc> = Vec::new();
-    let mut sc = Scanner::new(&inner.arena, inner.salt, ARENA_START, inner.arena.len(), None);
+    let mut sc = Scanner::new(
+        &inner.arena,
+        inner.salt,
+        ARENA_START,
+        inner.arena.len(),
+        None,
+    );
     let stop = loop {
         match sc.next_item() {
             Ok(Item::Commit { records, .. }) => {
                 let puts = records.iter().filter(|r| r.header.kind == KIND_PUT).count() as u64;
                 if !index::fits(1 << log2, st.index_used, puts) {
-                    let nl = index::log2cap_for(st.live_keys.saturating_add(puts).saturating_mul(2)).max(log2);
+                    let nl =
+                        index::log2cap_for(st.live_keys.saturating_add(puts).saturating_mul(3) / 2)
+                            .max(log2);
                     let bigger = heap_table(nl);
-                    let n = Table::new(&heap, log2).copy_into(&Table::new(&bigger, nl), |w| inner.rehash(w))?;
+                    let n = Table::new(&heap, log2)
+                        .copy_into(&Table::new(&bigger, nl), |w| inner.rehash(w))?;
                     heap = bigger;
                     log2 = nl;
                     st.index_used = n;
@@ -441,20 +487,23 @@ fn rebuild(inner: &Inner, w: &mut Writer, meta: &Meta) -> Result<()> {
         ));
     }
     st.tail = tail;
-    st.seq_gen = sc.last_seq_gen().unwrap_or(seq_gen(0, st.generation as u16));
+    st.seq_gen = sc
+        .last_seq_gen()
+        .unwrap_or(seq_gen(0, st.generation as u16));
     // Reuse the largest index chunk in the log if it holds the live keys
     // comfortably; else append a new one.
     let target = chunks
         .iter()
         .copied()
-        .filter(|d| index::fits(d.capacity(), st.live_keys.saturating_mul(2), 0))
+        .filter(|d| index::fits(d.capacity(), st.live_keys.saturating_mul(3) / 2, 0))
         .max_by_key(|d| d.log2cap);
     let target = match target {
         Some(d) => d,
         None => {
-            let nl = index::log2cap_for(st.live_keys.saturating_mul(2));
+            let nl = index::log2cap_for(st.live_keys.saturating_mul(3) / 2);
             let off = st.tail;
-            let start = record::index_table_start(off).ok_or_else(|| inner.corrupt(off, "tail overflows"))?;
+            let start = record::index_table_start(off)
+                .ok_or_else(|| inner.corrupt(off, "tail overflows"))?;
             let d = Desc { start, log2cap: nl };
             inner.ensure_space(start + d.bytes())?;
             inner

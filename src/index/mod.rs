@@ -189,7 +189,10 @@ impl<'a> Table<'a> {
                     None => (i, true),
                 };
                 self.slots[at].store(word, Ordering::Release);
-                return Ok(Upsert { old: None, took_empty });
+                return Ok(Upsert {
+                    old: None,
+                    took_empty,
+                });
             }
             if w == TOMBSTONE {
                 tomb.get_or_insert(i);
@@ -270,7 +273,10 @@ impl<'a> Table<'a> {
 
     /// Every live word, in slot order.
     pub(crate) fn live_words(&self) -> impl Iterator<Item = u64> + 'a {
-        self.slots.iter().map(|s| s.load(Ordering::Acquire)).filter(|&w| is_live(w))
+        self.slots
+            .iter()
+            .map(|s| s.load(Ordering::Acquire))
+            .filter(|&w| is_live(w))
     }
 
     /// The word in `slot` (for iteration by position).
@@ -395,7 +401,9 @@ mod tests {
                         let nl = log2cap_for(model.len() as u64 + 1).max(log2);
                         let ns = heap(nl);
                         let nt = Table::new(&ns, nl);
-                        let n = t.copy_into(&nt, |_| -> Result<u64, TableFull> { unreachable!() }).unwrap();
+                        let n = t
+                            .copy_into(&nt, |_| -> Result<u64, TableFull> { unreachable!() })
+                            .unwrap();
                         assert_eq!(n, model.len() as u64);
                         store = ns;
                         log2 = nl;
@@ -424,7 +432,9 @@ mod tests {
         let t = Table::new(&store, log2);
         for (k, off) in &model {
             let lk = &log.keys;
-            let got = t.find(h_of(k), |o| Ok::<_, TableFull>(lk[&o] == *k)).unwrap();
+            let got = t
+                .find(h_of(k), |o| Ok::<_, TableFull>(lk[&o] == *k))
+                .unwrap();
             assert_eq!(got.map(|(_, w)| word_offset(w)), Some(*off));
         }
         assert_eq!(t.live_words().count(), model.len());
@@ -439,7 +449,8 @@ mod tests {
         for k in &keys {
             let h = hash(7, k);
             let off = log.append(k);
-            t.upsert(h, make_word(h, off), |_| Ok::<_, TableFull>(false)).unwrap();
+            t.upsert(h, make_word(h, off), |_| Ok::<_, TableFull>(false))
+                .unwrap();
         }
         for (limit, expect_calls) in [(TAG_BITS, 0), (10, keys.len())] {
             let dst = heap(11);
@@ -453,7 +464,9 @@ mod tests {
             assert_eq!(calls, expect_calls);
             let d = Table::new(&dst, 11);
             for k in &keys {
-                let got = d.find(hash(7, k), |o| Ok::<_, TableFull>(lk[&o] == *k)).unwrap();
+                let got = d
+                    .find(hash(7, k), |o| Ok::<_, TableFull>(lk[&o] == *k))
+                    .unwrap();
                 assert!(got.is_some(), "lost a key with tag limit {limit}");
             }
         }
@@ -468,11 +481,16 @@ mod tests {
         let t = Table::new(&s, MIN_LOG2CAP);
         assert_eq!(t.find(5, |_| Ok::<_, TableFull>(true)), Err(TableFull));
         // Upsert reuses a tombstone even in a table with no empty slot.
-        let r = t.upsert(5, make_word(5, 4096), |_| Ok::<_, TableFull>(false)).unwrap();
+        let r = t
+            .upsert(5, make_word(5, 4096), |_| Ok::<_, TableFull>(false))
+            .unwrap();
         assert!(!r.took_empty && r.old.is_none());
         for w in &s {
             w.store(make_word(0, 4096), Ordering::Relaxed);
         }
-        assert_eq!(t.upsert(5, make_word(5, 8192), |_| Ok::<_, TableFull>(false)), Err(TableFull));
+        assert_eq!(
+            t.upsert(5, make_word(5, 8192), |_| Ok::<_, TableFull>(false)),
+            Err(TableFull)
+        );
     }
 }

@@ -57,7 +57,13 @@ pub(crate) struct Scanner<'a> {
 impl<'a> Scanner<'a> {
     /// Scan from `pos` up to `limit` (exclusive). `last_seq_gen` is the
     /// commit just before `pos`, if known: the next commit must follow it.
-    pub(crate) fn new(arena: &'a Arena, salt: u32, pos: u64, limit: u64, last_seq_gen: Option<u64>) -> Scanner<'a> {
+    pub(crate) fn new(
+        arena: &'a Arena,
+        salt: u32,
+        pos: u64,
+        limit: u64,
+        last_seq_gen: Option<u64>,
+    ) -> Scanner<'a> {
         Scanner {
             arena,
             salt,
@@ -108,7 +114,9 @@ impl<'a> Scanner<'a> {
         while left > 0 {
             let n = left.min(CHUNK) as usize;
             self.buf.resize(n, 0);
-            self.arena.read(at, &mut self.buf).map_err(|_| "record runs past the end of the file")?;
+            self.arena
+                .read(at, &mut self.buf)
+                .map_err(|_| "record runs past the end of the file")?;
             crc.update(&self.buf);
             at += n as u64;
             left -= n as u64;
@@ -122,7 +130,11 @@ impl<'a> Scanner<'a> {
     /// The next complete item, or where and why the log ends.
     pub(crate) fn next_item(&mut self) -> Result<Item, Stop> {
         let start = self.pos;
-        let stop = |bad: u64, why| Stop { at: start, bad, why };
+        let stop = |bad: u64, why| Stop {
+            at: start,
+            bad,
+            why,
+        };
         let first = self.header_at(start).map_err(|why| stop(start, why))?;
         if first.kind == KIND_INDEX {
             let end = first
@@ -135,12 +147,19 @@ impl<'a> Scanner<'a> {
                 log2cap: first.val_len,
             };
             self.pos = end;
-            return Ok(Item::Index { off: start, desc, end });
+            return Ok(Item::Index {
+                off: start,
+                desc,
+                end,
+            });
         }
         let sg = first.seq_gen;
         if let Some(last) = self.last {
             if seq_of(sg) != seq_of(last).wrapping_add(1) & record::SEQ_MASK {
-                return Err(stop(start, "commit sequence does not follow the previous commit"));
+                return Err(stop(
+                    start,
+                    "commit sequence does not follow the previous commit",
+                ));
             }
             if !gen_not_older(gen_of(last), gen_of(sg)) {
                 return Err(stop(start, "commit from an older generation (stale bytes)"));

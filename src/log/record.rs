@@ -119,7 +119,8 @@ impl Header {
         match self.kind {
             KIND_INDEX => {
                 let start = align_up(off.checked_add(HEADER_LEN)?, 4096)?;
-                start.checked_add(8u64.checked_shl(self.val_len)?)
+                start
+                    .checked_add(8u64.checked_shl(self.val_len)?)
                     .map(|end| end - off)
             }
             _ => Some(record_len(self.key_len as usize, self.val_len as usize)),
@@ -136,11 +137,14 @@ impl Header {
                 self.key_len == 0
                     && self.seq_gen == 0
                     && self.flags == 0
-                    && (crate::index::MIN_LOG2CAP..=crate::index::MAX_LOG2CAP).contains(&self.val_len)
+                    && (crate::index::MIN_LOG2CAP..=crate::index::MAX_LOG2CAP)
+                        .contains(&self.val_len)
             }
             _ => false,
         };
-        fields_ok && self.flags & !FLAG_END == 0 && self.hdr_crc == header_crc(salt, off, &self.tail_bytes())
+        fields_ok
+            && self.flags & !FLAG_END == 0
+            && self.hdr_crc == header_crc(salt, off, &self.tail_bytes())
     }
 }
 
@@ -172,7 +176,15 @@ impl BodyCrc {
 }
 
 /// Build the header of a put or delete record to be written at `off`.
-pub(crate) fn encode(salt: u32, off: u64, kind: u8, end: bool, key: &[u8], value: &[u8], seq_gen: u64) -> Header {
+pub(crate) fn encode(
+    salt: u32,
+    off: u64,
+    kind: u8,
+    end: bool,
+    key: &[u8],
+    value: &[u8],
+    seq_gen: u64,
+) -> Header {
     debug_assert!(key.len() <= MAX_KEY_LEN && value.len() <= MAX_VALUE_LEN);
     let mut h = Header {
         crc: 0,
@@ -225,7 +237,10 @@ mod tests {
         assert_eq!(d, h);
         assert!(d.check(77, 4096));
         assert!(!d.check(78, 4096), "another file's salt must not validate");
-        assert!(!d.check(77, 4104), "the same bytes elsewhere must not validate");
+        assert!(
+            !d.check(77, 4104),
+            "the same bytes elsewhere must not validate"
+        );
         assert_eq!(d.len_at(4096), Some(32));
         assert!(d.is_end());
         assert_eq!(seq_of(d.seq_gen), 5);

@@ -73,7 +73,6 @@ impl<'a> Control<'a> {
         self.w(MAGIC).load(Ordering::Acquire)
     }
 
-
     /// The current slot table descriptor, for readers.
     #[inline]
     pub(crate) fn index_desc(&self) -> u64 {
@@ -83,7 +82,6 @@ impl<'a> Control<'a> {
     pub(crate) fn live_keys(&self) -> u64 {
         self.w(LIVE_KEYS).load(Ordering::Acquire)
     }
-
 
     pub(crate) fn set_file_len(&self, len: u64) {
         self.w(FILE_LEN).store(len, Ordering::Release);
@@ -129,7 +127,6 @@ impl<'a> Control<'a> {
         self.w(VERSION).store(v, Ordering::Relaxed);
         fence(Ordering::Release);
     }
-
 
     /// Store the state fields and end the change (version becomes even).
     pub(crate) fn end(&self, s: &State) {

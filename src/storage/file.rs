@@ -14,17 +14,36 @@ pub(crate) fn open_existing(path: &Path, write: bool) -> io::Result<File> {
 /// Create a new file next to `path` under a temporary name with `mode`, for
 /// the caller to initialise and then [`publish`] under its real name.
 pub(crate) fn create_temp(path: &Path, mode: u32) -> io::Result<(File, PathBuf)> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     for attempt in 0..16u32 {
-        let tmp = dir.join(format!(".{name}.mapkv-new.{}.{}", std::process::id(), random_u64() ^ attempt as u64));
-        match OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(&tmp) {
+        let tmp = dir.join(format!(
+            ".{name}.mapkv-new.{}.{}",
+            std::process::id(),
+            random_u64() ^ attempt as u64
+        ));
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+        {
             Ok(f) => return Ok((f, tmp)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
     }
-    Err(io::Error::new(io::ErrorKind::AlreadyExists, "could not pick a temporary file name"))
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "could not pick a temporary file name",
+    ))
 }
 
 /// Give the fully initialised temporary file its real name, atomically and
@@ -46,7 +65,10 @@ pub(crate) fn publish(tmp: &Path, path: &Path) -> io::Result<bool> {
 
 /// fsync the directory holding `path`, so that a new name is durable.
 pub(crate) fn sync_parent(path: &Path) -> io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     File::open(dir)?.sync_all()
 }
 
@@ -61,7 +83,12 @@ pub(crate) fn try_lock(file: &File, exclusive: bool) -> io::Result<bool> {
     };
     match res {
         Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
+        Err(e)
+            if e.kind() == io::ErrorKind::WouldBlock
+                || e.raw_os_error() == Some(libc::EWOULDBLOCK) =>
+        {
+            Ok(false)
+        }
         Err(e) => Err(e),
     }
 }
@@ -82,7 +109,9 @@ pub(crate) fn allocate(file: &File, old_len: u64, new_len: u64) -> io::Result<()
     let len = i64::try_from(new_len - old_len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "growth too large"))?;
     // SAFETY: plain syscall wrapper on our own descriptor; no memory passed.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), old_len as libc::off_t, len as libc::off_t) };
+    let rc = unsafe {
+        libc::posix_fallocate(file.as_raw_fd(), old_len as libc::off_t, len as libc::off_t)
+    };
     let res = match rc {
         0 => Ok(()),
         libc::EOPNOTSUPP | libc::ENOSYS => file.set_len(new_len),

@@ -209,7 +209,6 @@ impl Arena {
         Ok(())
     }
 
-
     /// `n` consecutive 8-byte words at `off` (8-aligned) as atomics.
     pub(crate) fn atomics(&self, off: u64, n: u64) -> Result<&[AtomicU64], OutOfBounds> {
         if off % 8 != 0 {
@@ -250,7 +249,8 @@ impl Arena {
         // SAFETY: the page-aligned range is inside the view (it is clamped
         // to the verified length, which never exceeds the view); msync does
         // not access memory from Rust's point of view.
-        let rc = unsafe { libc::msync(view.ptr.add(start) as *mut libc::c_void, len, libc::MS_SYNC) };
+        let rc =
+            unsafe { libc::msync(view.ptr.add(start) as *mut libc::c_void, len, libc::MS_SYNC) };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -288,7 +288,13 @@ impl Arena {
             }
             let view = self.view();
             // SAFETY: as in `sync`.
-            let rc = unsafe { libc::msync(view.ptr.add(start) as *mut libc::c_void, len, libc::MS_ASYNC) };
+            let rc = unsafe {
+                libc::msync(
+                    view.ptr.add(start) as *mut libc::c_void,
+                    len,
+                    libc::MS_ASYNC,
+                )
+            };
             if rc != 0 {
                 return Err(io::Error::last_os_error());
             }

@@ -167,7 +167,10 @@ mod tests {
             b[i] ^= 0x10;
             let r = Meta::decode(&b);
             assert!(
-                matches!(r, MetaRead::Foreign | MetaRead::Version(_) | MetaRead::Damaged),
+                matches!(
+                    r,
+                    MetaRead::Foreign | MetaRead::Version(_) | MetaRead::Damaged
+                ),
                 "flip at {i} gave {r:?}"
             );
         }
@@ -184,10 +187,19 @@ mod tests {
         assert_eq!(choose(a, b).unwrap().meta_seq, 5);
         assert_eq!(choose(b, a).unwrap().meta_seq, 5);
         assert_eq!(choose(MetaRead::Damaged, a).unwrap().meta_seq, 4);
-        assert_eq!(choose(MetaRead::Foreign, MetaRead::Foreign), Err(MetaRead::Foreign));
-        assert_eq!(choose(MetaRead::Damaged, MetaRead::Foreign), Err(MetaRead::Damaged));
+        assert_eq!(
+            choose(MetaRead::Foreign, MetaRead::Foreign),
+            Err(MetaRead::Foreign)
+        );
+        assert_eq!(
+            choose(MetaRead::Damaged, MetaRead::Foreign),
+            Err(MetaRead::Damaged)
+        );
         let mut other = sample(4);
         other.tail = 99;
-        assert_eq!(choose(a, MetaRead::Valid(other.seal())), Err(MetaRead::Damaged));
+        assert_eq!(
+            choose(a, MetaRead::Valid(other.seal())),
+            Err(MetaRead::Damaged)
+        );
     }
 }

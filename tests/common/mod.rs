@@ -1,0 +1,92 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// A small, fast, seedable PRNG (SplitMix64), so tests need no extra crate
+/// and every failure can be replayed from its seed.
+#[derive(Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// The seed for a randomized test: `MAPKV_SEED` if set, else a fresh one.
+/// Printed so that a failure can be replayed.
+pub fn seed(test: &str) -> u64 {
+    let s = std::env::var("MAPKV_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("{test}: MAPKV_SEED={s}");
+    s
+}
+
+/// A temporary directory with a store path in it.
+pub fn store() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("test.mapkv");
+    (dir, path)
+}
+
+/// A value that says which key and version it belongs to and carries its
+/// own checksum, so a reader can tell a torn or misplaced value.
+pub fn self_checking(key: u64, version: u64, len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len.max(24));
+    v.extend_from_slice(&key.to_le_bytes());
+    v.extend_from_slice(&version.to_le_bytes());
+    let mut x = key.wrapping_mul(31).wrapping_add(version);
+    while v.len() < len.max(24) - 8 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        v.push((x >> 33) as u8);
+    }
+    let sum = v
+        .iter()
+        .fold(0u64, |a, &b| a.wrapping_mul(131).wrapping_add(b as u64));
+    v.extend_from_slice(&sum.to_le_bytes());
+    v
+}
+
+/// Check a value made by `self_checking`; returns (key, version).
+pub fn check_self(v: &[u8]) -> Result<(u64, u64), String> {
+    if v.len() < 24 {
+        return Err(format!("value too short: {} bytes", v.len()));
+    }
+    let (body, sum) = v.split_at(v.len() - 8);
+    let want = body
+        .iter()
+        .fold(0u64, |a, &b| a.wrapping_mul(131).wrapping_add(b as u64));
+    if u64::from_le_bytes(sum.try_into().unwrap()) != want {
+        return Err("checksum mismatch: torn or foreign value".into());
+    }
+    Ok((
+        u64::from_le_bytes(v[0..8].try_into().unwrap()),
+        u64::from_le_bytes(v[8..16].try_into().unwrap()),
+    ))
+}

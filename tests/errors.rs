@@ -1,0 +1,248 @@
+//! One test per error, and foreign or damaged files: a clear `Error`, the
+//! file left byte-for-byte as it was, never a panic.
+
+mod common;
+
+use common::{store, Rng};
+use mapkv::{Db, Error, Options};
+
+fn open_err(path: &std::path::Path) -> Error {
+    match Db::open(path) {
+        Ok(_) => panic!("{} opened", path.display()),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn io_error_names_the_path() {
+    let (_d, path) = store();
+    let bad = path.join("no").join("such").join("dir.mapkv");
+    let e = open_err(&bad);
+    assert!(matches!(e, Error::Io { .. }), "{e:?}");
+    assert!(e.to_string().contains("dir.mapkv"), "{e}");
+}
+
+#[test]
+fn foreign_files_are_refused_and_untouched() {
+    let (_d, path) = store();
+    let mut rng = Rng::new(7);
+    let samples: Vec<Vec<u8>> = vec![
+        b"hello, I am a text file\n".repeat(1000),
+        rng.bytes(100),
+        rng.bytes(12288),
+        rng.bytes(1 << 20),
+        vec![0u8; 1 << 16],
+        b"\x89PNG\r\n\x1a\n"
+            .iter()
+            .copied()
+            .chain(rng.bytes(5000))
+            .collect(),
+    ];
+    for (i, bytes) in samples.iter().enumerate() {
+        std::fs::write(&path, bytes).unwrap();
+        let e = open_err(&path);
+        assert!(matches!(e, Error::NotMapkv { .. }), "sample {i}: {e:?}");
+        assert!(e.to_string().contains("not a mapkv store"), "{e}");
+        let ro = Options::new().read_only(true).open(&path);
+        assert!(
+            matches!(ro, Err(Error::NotMapkv { .. })),
+            "sample {i} read-only"
+        );
+        assert!(
+            std::fs::read(&path).unwrap() == *bytes,
+            "sample {i} was modified"
+        );
+    }
+    // A directory is not a store either.
+    let e = open_err(path.parent().unwrap());
+    assert!(
+        matches!(e, Error::NotMapkv { .. } | Error::Io { .. }),
+        "{e:?}"
+    );
+}
+
+fn made_store() -> (tempfile::TempDir, std::path::PathBuf) {
+    let (d, path) = store();
+    let db = Db::open(&path).unwrap();
+    for i in 0..100u32 {
+        db.insert(i.to_le_bytes(), [i as u8; 50]).unwrap();
+    }
+    db.close().unwrap();
+    (d, path)
+}
+
+#[test]
+fn truncated_header_is_corrupted_and_untouched() {
+    let (_d, path) = made_store();
+    let full = std::fs::read(&path).unwrap();
+    for cut in [200usize, 4096, 5000, 12287] {
+        std::fs::write(&path, &full[..cut]).unwrap();
+        let e = open_err(&path);
+        assert!(matches!(e, Error::Corrupted { .. }), "cut {cut}: {e:?}");
+        assert!(
+            std::fs::read(&path).unwrap() == full[..cut],
+            "cut {cut} was modified"
+        );
+    }
+    // Cut below what the meta says is durable.
+    std::fs::write(&path, &full[..65536]).unwrap();
+    let e = open_err(&path);
+    assert!(matches!(e, Error::Corrupted { .. }), "{e:?}");
+    assert!(e.to_string().contains("truncated"), "{e}");
+}
+
+#[test]
+fn unsupported_version() {
+    let (_d, path) = made_store();
+    let mut bytes = std::fs::read(&path).unwrap();
+    for at in [0usize, 4096] {
+        if &bytes[at..at + 8] == b"\x89MAPKV\r\n" {
+            bytes[at + 8..at + 12].copy_from_slice(&77u32.to_le_bytes());
+        }
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    match open_err(&path) {
+        Error::UnsupportedVersion {
+            found, supported, ..
+        } => {
+            assert_eq!((found, supported), (77, 1));
+        }
+        e => panic!("{e:?}"),
+    }
+    assert!(std::fs::read(&path).unwrap() == bytes);
+}
+
+#[test]
+fn damaged_metas_are_corrupted() {
+    let (_d, path) = made_store();
+    let mut bytes = std::fs::read(&path).unwrap();
+    for at in [0usize, 4096] {
+        bytes[at + 70] ^= 0xff;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let e = open_err(&path);
+    assert!(matches!(e, Error::Corrupted { offset: 0, .. }), "{e:?}");
+    assert!(std::fs::read(&path).unwrap() == bytes);
+}
+
+#[test]
+fn damaged_record_is_reported_by_get_with_its_offset() {
+    let (_d, path) = made_store();
+    // Find the record of key 5 and flip a byte of its value.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let needle = [5u8; 50];
+    let pos = bytes.windows(50).position(|w| w == needle).unwrap();
+    bytes[pos + 10] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let db = Db::open(&path).unwrap();
+    match db.get(5u32.to_le_bytes()) {
+        Err(Error::Corrupted { offset, what, .. }) => {
+            assert!(
+                offset < pos as u64 && pos as u64 - offset < 64,
+                "offset {offset} vs {pos}"
+            );
+            assert!(what.contains("checksum"), "{what}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Other keys are fine.
+    assert_eq!(db.get(6u32.to_le_bytes()).unwrap().unwrap(), &[6u8; 50][..]);
+    // Iteration reports the bad entry and goes on.
+    let (ok, bad): (Vec<_>, Vec<_>) = db.iter().partition(|r| r.is_ok());
+    assert_eq!((ok.len(), bad.len()), (99, 1));
+}
+
+#[test]
+fn size_limits() {
+    let (_d, path) = store();
+    let db = Db::open(&path).unwrap();
+    let key = vec![1u8; mapkv::MAX_KEY_LEN + 1];
+    match db.insert(&key, b"v") {
+        Err(Error::KeyTooLarge { len, max }) => assert_eq!((len, max), (65536, 65535)),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(db.remove(&key), Err(Error::KeyTooLarge { .. })));
+    // vec! of zeros is a lazily zeroed allocation: no 4 GiB of real memory.
+    let value = vec![0u8; mapkv::MAX_VALUE_LEN + 1];
+    match db.insert(b"k", &value) {
+        Err(Error::ValueTooLarge { len, max }) => assert_eq!((len, max), (1 << 32, (1 << 32) - 1)),
+        other => panic!("{other:?}"),
+    }
+    assert!(db.is_empty());
+}
+
+#[test]
+fn second_writer_is_locked_out() {
+    let (_d, path) = store();
+    let db = Db::open(&path).unwrap();
+    db.insert(b"k", b"v").unwrap();
+    match Db::open(&path) {
+        Err(e @ Error::Locked { .. }) => assert!(e.to_string().contains("locked"), "{e}"),
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("opened twice"),
+    }
+    assert!(matches!(
+        Options::new().read_only(true).open(&path),
+        Err(Error::Locked { .. })
+    ));
+    drop(db);
+    let db = Db::open(&path).unwrap();
+    assert_eq!(db.get(b"k").unwrap().unwrap(), &b"v"[..]);
+}
+
+#[test]
+fn second_writer_in_another_process_is_locked_out() {
+    if let Ok(p) = std::env::var("MAPKV_TEST_CHILD_OPEN") {
+        // Child: report what opening gives.
+        match Db::open(&p) {
+            Err(Error::Locked { .. }) => std::process::exit(3),
+            Err(_) => std::process::exit(4),
+            Ok(_) => std::process::exit(5),
+        }
+    }
+    let (_d, path) = store();
+    let _db = Db::open(&path).unwrap();
+    let st = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "second_writer_in_another_process_is_locked_out",
+            "--nocapture",
+        ])
+        .env("MAPKV_TEST_CHILD_OPEN", &path)
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(3), "child did not get Error::Locked");
+}
+
+#[test]
+fn out_of_space_at_max_size_keeps_the_store_usable() {
+    let (_d, path) = store();
+    let db = Options::new()
+        .initial_size(256 << 10)
+        .max_size(1 << 20)
+        .open(&path)
+        .unwrap();
+    let mut n = 0u32;
+    let err = loop {
+        match db.insert(n.to_le_bytes(), [3u8; 1000]) {
+            Ok(()) => n += 1,
+            Err(e) => break e,
+        }
+        assert!(n < 10_000, "max_size not enforced");
+    };
+    assert!(matches!(err, Error::OutOfSpace { .. }), "{err:?}");
+    assert!(err.to_string().contains("out of space"), "{err}");
+    assert!(std::fs::metadata(&path).unwrap().len() <= 1 << 20);
+    // Reads work, small writes that fit still work, and nothing was lost.
+    for i in 0..n {
+        assert_eq!(
+            db.get(i.to_le_bytes()).unwrap().unwrap().len(),
+            1000,
+            "key {i}"
+        );
+    }
+    assert!(db.remove(0u32.to_le_bytes()).unwrap());
+    db.close().unwrap();
+    let db = Db::open(&path).unwrap();
+    assert_eq!(db.len(), n as u64 - 1);
+}
