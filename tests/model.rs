@@ -17,7 +17,11 @@ fn check_all(db: &Db, model: &HashMap<Vec<u8>, Vec<u8>>, ctx: &str) {
     let mut n = 0;
     for item in db.iter() {
         let (k, v) = item.unwrap_or_else(|e| panic!("{ctx}: iter: {e}"));
-        assert_eq!(model.get(&*k).map(|v| &v[..]), Some(&*v), "{ctx}: iter entry {k:?}");
+        assert_eq!(
+            model.get(&*k).map(|v| &v[..]),
+            Some(&*v),
+            "{ctx}: iter entry {k:?}"
+        );
         n += 1;
     }
     assert_eq!(n, model.len(), "{ctx}: iter count");
@@ -60,8 +64,16 @@ fn run(seed: u64, steps: usize, durability: Durability) {
             }
             6000..=8999 => {
                 let got = db.get(&key).unwrap();
-                assert_eq!(got.as_deref(), model.get(&key).map(|v| &v[..]), "{ctx}: get");
-                assert_eq!(db.contains_key(&key).unwrap(), model.contains_key(&key), "{ctx}: contains");
+                assert_eq!(
+                    got.as_deref(),
+                    model.get(&key).map(|v| &v[..]),
+                    "{ctx}: get"
+                );
+                assert_eq!(
+                    db.contains_key(&key).unwrap(),
+                    model.contains_key(&key),
+                    "{ctx}: contains"
+                );
             }
             9000..=9899 => {
                 let mut b = db.batch();
@@ -102,7 +114,11 @@ fn run(seed: u64, steps: usize, durability: Durability) {
                 std::fs::remove_file(&path).unwrap();
                 path = copy;
                 let opened = db.stats().opened;
-                assert_eq!(opened, mapkv::OpenKind::Replayed, "{ctx}: crash image opened as {opened:?}");
+                assert_eq!(
+                    opened,
+                    mapkv::OpenKind::Replayed,
+                    "{ctx}: crash image opened as {opened:?}"
+                );
                 check_all(&db, &model, &ctx);
             }
             _ => {
