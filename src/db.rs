@@ -635,7 +635,26 @@ impl Inner {
         }
         self.check_writable()?;
         let mut w = self.writer.lock();
-        self.commit_meta(&mut w, true)
+        self.commit_meta(&mut w, true)?;
+        // Give back the space preallocated past the tail. The meta that
+        // names the shorter length is durable before the file is cut, so a
+        // crash in between leaves a file longer than its meta says (fine),
+        // never shorter. This handle holds the only lock, so no other
+        // process maps the file.
+        let keep = storage::align_up(w.st.tail, GRANULE).unwrap_or(u64::MAX);
+        if keep < self.arena.len() {
+            w.durable_len = keep;
+            self.write_meta(&mut w, FLAG_CLEAN)?;
+            let f = self.arena.file();
+            f.set_len(keep)
+                .and_then(|()| f.sync_all())
+                .map_err(|source| Error::Io {
+                    op: "trim file on close",
+                    path: self.path.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
     }
 }
 

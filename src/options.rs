@@ -60,6 +60,7 @@ pub struct Options {
     pub(crate) max_size: u64,
     pub(crate) mode: u32,
     pub(crate) expected_keys: u64,
+    pub(crate) map_reserve: u64,
 }
 
 impl Default for Options {
@@ -73,6 +74,7 @@ impl Default for Options {
             max_size: crate::storage::MAX_FILE_LEN,
             mode: 0o600,
             expected_keys: 0,
+            map_reserve: 16 << 30,
         }
     }
 }
@@ -139,6 +141,15 @@ impl Options {
     /// them needs no index rebuild (default 0: start small and grow).
     pub fn expected_keys(mut self, n: u64) -> Options {
         self.expected_keys = n;
+        self
+    }
+
+    /// Address space to reserve for the mapping up front (default 16 GiB;
+    /// no memory or disk is used for it). The file grows in place up to this
+    /// size; past it the file is mapped again at twice the size, and the old
+    /// mapping stays until the store is closed.
+    pub fn map_reserve(mut self, bytes: u64) -> Options {
+        self.map_reserve = bytes;
         self
     }
 

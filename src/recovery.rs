@@ -128,7 +128,7 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
             format!("meta tail {} is outside the file", meta.tail),
         ));
     }
-    let reserve = align_up(len.saturating_mul(4).max(1 << 30), GRANULE).unwrap_or(len);
+    let reserve = align_up(len.saturating_mul(2).max(opts.map_reserve), GRANULE).unwrap_or(len);
     let mode = if opts.read_only {
         MapMode::Private
     } else {
@@ -175,17 +175,17 @@ fn read_meta(f: &std::fs::File, len: u64, path: &Path) -> Result<Meta> {
         });
     }
     meta::choose(a, b).map_err(|r| match r {
-        MetaRead::Version(found) => Error::UnsupportedVersion {
+        meta::Refused::Version(found) => Error::UnsupportedVersion {
             path: path.to_path_buf(),
             found,
             supported: FORMAT_VERSION,
         },
-        MetaRead::Damaged => Error::Corrupted {
+        meta::Refused::Damaged => Error::Corrupted {
             path: path.to_path_buf(),
             offset: 0,
             what: "no valid meta copy: both fail their checksums or field checks".into(),
         },
-        _ => Error::NotMapkv {
+        meta::Refused::Foreign => Error::NotMapkv {
             path: path.to_path_buf(),
             reason: "no mapkv magic number at offset 0 or 4096".into(),
         },

@@ -295,6 +295,7 @@ fn growth_is_page_aligned_and_remaps_work() {
     let db = Options::new()
         .initial_size(64 << 10)
         .growth_step(1 << 20)
+        .map_reserve(1 << 20)
         .open(&path)
         .unwrap();
     let mut lens = vec![];
@@ -306,6 +307,10 @@ fn growth_is_page_aligned_and_remaps_work() {
         }
     }
     assert!(lens.len() > 5, "file never grew: {lens:?}");
+    assert!(
+        db.stats().remaps >= 2,
+        "the file outgrew a 1 MiB reservation without a remap"
+    );
     for w in lens.windows(2) {
         assert_eq!(w[1] % 65536, 0);
         // Doubling up to the 1 MiB step, then steps.
@@ -368,4 +373,20 @@ fn umask() -> u32 {
                 .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
         })
         .unwrap_or(0o022)
+}
+
+#[test]
+fn close_gives_back_preallocated_space() {
+    let (_d, path) = store();
+    let db = Options::new().initial_size(32 << 20).open(&path).unwrap();
+    db.insert(b"k", [1u8; 1000]).unwrap();
+    let tail = db.stats().tail;
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 32 << 20);
+    db.close().unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert_eq!(len, tail.div_ceil(65536) * 65536);
+    let db = Db::open(&path).unwrap();
+    assert_eq!(db.stats().opened, OpenKind::Clean);
+    assert_eq!(db.get(b"k").unwrap().unwrap().len(), 1000);
+    db.insert(b"more", [2u8; 100_000]).unwrap();
 }

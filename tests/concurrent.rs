@@ -15,7 +15,11 @@ fn readers_never_see_torn_or_older_values() {
     let (_d, path) = store();
     // A small start so that the file grows, remaps and the index is rebuilt
     // several times while the readers run.
-    let db = Options::new().initial_size(64 << 10).open(&path).unwrap();
+    let db = Options::new()
+        .initial_size(64 << 10)
+        .map_reserve(1 << 20)
+        .open(&path)
+        .unwrap();
     const KEYS: u64 = 3000;
     let stop = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicU64::new(0));

@@ -102,7 +102,7 @@ impl Header {
         t
     }
 
-    pub(crate) fn to_bytes(&self) -> [u8; HEADER_LEN as usize] {
+    pub(crate) fn to_bytes(self) -> [u8; HEADER_LEN as usize] {
         let mut b = [0u8; HEADER_LEN as usize];
         b[0..4].copy_from_slice(&self.crc.to_le_bytes());
         b[4..8].copy_from_slice(&self.hdr_crc.to_le_bytes());

@@ -100,7 +100,9 @@ impl View {
 pub(crate) struct Arena {
     file: File,
     mode: MapMode,
-    /// Every view ever made, newest last. Never shrinks before drop.
+    /// Every view ever made, newest last. Never shrinks before drop. Boxed
+    /// so that `current` can point at a View while the Vec reallocates.
+    #[allow(clippy::vec_box)]
     views: Mutex<Vec<Box<View>>>,
     /// The newest view. Points into `views`.
     current: AtomicPtr<View>,

@@ -118,14 +118,22 @@ impl Meta {
     }
 }
 
+/// Why no meta copy can be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Foreign,
+    Version(u32),
+    Damaged,
+}
+
 /// Pick the durable state from the two copies: the valid one with the
 /// higher sequence number. Two valid copies with the same sequence number
 /// cannot be produced by mapkv and are reported as damage.
-pub(crate) fn choose(a: MetaRead, b: MetaRead) -> Result<Meta, MetaRead> {
+pub(crate) fn choose(a: MetaRead, b: MetaRead) -> Result<Meta, Refused> {
     match (a, b) {
         (MetaRead::Valid(x), MetaRead::Valid(y)) => {
             if x.meta_seq == y.meta_seq && x != y {
-                Err(MetaRead::Damaged)
+                Err(Refused::Damaged)
             } else if x.meta_seq >= y.meta_seq {
                 Ok(x)
             } else {
@@ -133,9 +141,9 @@ pub(crate) fn choose(a: MetaRead, b: MetaRead) -> Result<Meta, MetaRead> {
             }
         }
         (MetaRead::Valid(x), _) | (_, MetaRead::Valid(x)) => Ok(x),
-        (MetaRead::Version(v), _) | (_, MetaRead::Version(v)) => Err(MetaRead::Version(v)),
-        (MetaRead::Damaged, _) | (_, MetaRead::Damaged) => Err(MetaRead::Damaged),
-        _ => Err(MetaRead::Foreign),
+        (MetaRead::Version(v), _) | (_, MetaRead::Version(v)) => Err(Refused::Version(v)),
+        (MetaRead::Damaged, _) | (_, MetaRead::Damaged) => Err(Refused::Damaged),
+        _ => Err(Refused::Foreign),
     }
 }
 
@@ -189,17 +197,17 @@ mod tests {
         assert_eq!(choose(MetaRead::Damaged, a).unwrap().meta_seq, 4);
         assert_eq!(
             choose(MetaRead::Foreign, MetaRead::Foreign),
-            Err(MetaRead::Foreign)
+            Err(Refused::Foreign)
         );
         assert_eq!(
             choose(MetaRead::Damaged, MetaRead::Foreign),
-            Err(MetaRead::Damaged)
+            Err(Refused::Damaged)
         );
         let mut other = sample(4);
         other.tail = 99;
         assert_eq!(
             choose(a, MetaRead::Valid(other.seal())),
-            Err(MetaRead::Damaged)
+            Err(Refused::Damaged)
         );
     }
 }
