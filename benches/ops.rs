@@ -1,1 +1,297 @@
-fn main() {}
+//! mapkv's own operations on the comparison workload: 1 M keys of 24 bytes
+//! with 150-byte random values.
+//!
+//! ```text
+//! cargo bench --bench ops                 # everything
+//! cargo bench --bench ops -- get/         # one group
+//! ```
+//! Criterion reports the median time per operation (or per element for
+//! batches and scans); peak memory and file sizes are printed at the end.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use criterion::{BatchSize, Criterion, Throughput};
+use mapkv::{Db, Durability, Options};
+
+const N: u64 = 1_000_000;
+const VALUE: usize = 150;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// The i-th key: 24 bytes that look random.
+fn key(i: u64) -> [u8; 24] {
+    let mut r = Rng(i);
+    let mut k = [0u8; 24];
+    for c in k.chunks_mut(8) {
+        c.copy_from_slice(&r.next().to_le_bytes());
+    }
+    k
+}
+
+fn value(i: u64) -> [u8; VALUE] {
+    let mut r = Rng(i ^ 0xabcdef);
+    let mut v = [0u8; VALUE];
+    for c in v.chunks_mut(8) {
+        let x = r.next().to_le_bytes();
+        c.copy_from_slice(&x[..c.len()]);
+    }
+    v
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    db: Db,
+}
+
+fn load(db: &Db, range: std::ops::Range<u64>) {
+    let mut b = db.batch();
+    for i in range {
+        b.insert(key(i), value(i));
+        if b.len() == 1000 {
+            std::mem::replace(&mut b, db.batch()).commit().unwrap();
+        }
+    }
+    b.commit().unwrap();
+}
+
+/// One store with N keys, shared by the read benchmarks.
+fn loaded() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bench.mapkv");
+        let db = Db::open(&path).unwrap();
+        load(&db, 0..N);
+        Fixture { _dir: dir, path, db }
+    })
+}
+
+fn fresh(durability: Durability, preload: u64) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.mapkv");
+    let db = Options::new().durability(durability).open(&path).unwrap();
+    load(&db, 0..preload);
+    Fixture { _dir: dir, path, db }
+}
+
+fn reads(c: &mut Criterion) {
+    let f = loaded();
+    let mut g = c.benchmark_group("get");
+    g.throughput(Throughput::Elements(1));
+    let mut r = Rng(1);
+    g.bench_function("hit_random", |b| {
+        b.iter(|| black_box(f.db.get(key(r.next() % N)).unwrap().unwrap()))
+    });
+    let mut buf = Vec::with_capacity(256);
+    g.bench_function("hit_random_into", |b| {
+        b.iter(|| black_box(f.db.get_into(key(r.next() % N), &mut buf).unwrap()))
+    });
+    g.bench_function("miss_random", |b| {
+        b.iter(|| black_box(f.db.get(key(N + r.next() % N)).unwrap().is_none()))
+    });
+    g.bench_function("hit_random_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let t = Instant::now();
+            std::thread::scope(|s| {
+                for th in 0..2u64 {
+                    s.spawn(move || {
+                        let mut r = Rng(th + 7);
+                        let mut buf = Vec::with_capacity(256);
+                        for _ in 0..iters / 2 {
+                            black_box(f.db.get_into(key(r.next() % N), &mut buf).unwrap());
+                        }
+                    });
+                }
+            });
+            t.elapsed()
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("iter");
+    g.throughput(Throughput::Elements(N));
+    g.sample_size(10);
+    g.bench_function("full_1M", |b| b.iter(|| assert_eq!(f.db.iter().count() as u64, N)));
+    g.finish();
+}
+
+fn writes(c: &mut Criterion) {
+    let mut g = c.benchmark_group("insert");
+    g.throughput(Throughput::Elements(1));
+    g.measurement_time(Duration::from_secs(3));
+    let f = fresh(Durability::None, N);
+    let mut next = N;
+    g.bench_function("new_unsynced", |b| {
+        b.iter(|| {
+            next += 1;
+            f.db.insert(key(next), value(next)).unwrap()
+        })
+    });
+    let mut r = Rng(3);
+    g.bench_function("overwrite_unsynced", |b| {
+        b.iter(|| {
+            let i = r.next() % N;
+            f.db.insert(key(i), value(i)).unwrap()
+        })
+    });
+    g.bench_function("remove", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0;
+            while done < iters {
+                let n = (iters - done).min(100_000);
+                let base = r.next() % (N - n);
+                let t = Instant::now();
+                for i in base..base + n {
+                    black_box(f.db.remove(key(i)).unwrap());
+                }
+                total += t.elapsed();
+                load(&f.db, base..base + n);
+                done += n;
+            }
+            total
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("batch");
+    g.throughput(Throughput::Elements(1000));
+    g.measurement_time(Duration::from_secs(3));
+    g.bench_function("insert_1000_unsynced", |b| {
+        b.iter(|| {
+            let mut batch = f.db.batch();
+            for _ in 0..1000 {
+                let i = r.next() % N;
+                batch.insert(key(i), value(i));
+            }
+            batch.commit().unwrap()
+        })
+    });
+    drop(f);
+    let f = fresh(Durability::Sync, 100_000);
+    g.sample_size(20);
+    g.bench_function("insert_1000_sync", |b| {
+        b.iter(|| {
+            let mut batch = f.db.batch();
+            for _ in 0..1000 {
+                let i = r.next() % N;
+                batch.insert(key(i), value(i));
+            }
+            batch.commit().unwrap()
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("durable");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(20);
+    g.bench_function("insert_sync", |b| {
+        b.iter(|| {
+            let i = r.next() % N;
+            f.db.insert(key(i), value(i)).unwrap()
+        })
+    });
+    g.finish();
+    report_file("durable store (100 k keys + benchmark writes)", &f);
+}
+
+fn bulk(c: &mut Criterion) {
+    let mut g = c.benchmark_group("bulk_load");
+    g.throughput(Throughput::Elements(N));
+    g.sample_size(10);
+    g.bench_function("1M_batches_of_1000_then_flush", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("bulk.mapkv");
+                (dir, path)
+            },
+            |(dir, path)| {
+                let db = Db::open(&path).unwrap();
+                load(&db, 0..N);
+                db.flush().unwrap();
+                (dir, db)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("1M_single_inserts", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("bulk.mapkv");
+                (dir, path)
+            },
+            |(dir, path)| {
+                let db = Db::open(&path).unwrap();
+                for i in 0..N {
+                    db.insert(key(i), value(i)).unwrap();
+                }
+                (dir, db)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+fn report_file(what: &str, f: &Fixture) {
+    let s = f.db.stats();
+    println!(
+        "{what}: {} keys, file {:.1} MiB, used {:.1} MiB (live {:.1}, dead {:.1}, index {:.1})",
+        s.keys,
+        s.file_len as f64 / 1048576.0,
+        s.used_bytes as f64 / 1048576.0,
+        s.live_bytes as f64 / 1048576.0,
+        s.dead_bytes as f64 / 1048576.0,
+        s.index_bytes as f64 / 1048576.0,
+    );
+}
+
+/// File size of a fresh 1 M-key store after a clean close, and memory.
+fn sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("size.mapkv");
+    {
+        let db = Db::open(&path).unwrap();
+        load(&db, 0..N);
+    }
+    let raw = N * (24 + VALUE as u64);
+    let len = std::fs::metadata(&path).unwrap().len();
+    println!(
+        "1 M keys, closed: file {:.1} MiB for {:.1} MiB of raw keys+values ({:.3}x)",
+        len as f64 / 1048576.0,
+        raw as f64 / 1048576.0,
+        len as f64 / raw as f64
+    );
+    let f = loaded();
+    report_file("read store", f);
+    let _ = &f.path;
+    if let Ok(s) = std::fs::read_to_string("/proc/self/status") {
+        for l in s.lines().filter(|l| l.starts_with("VmHWM") || l.starts_with("RssAnon") || l.starts_with("RssFile")) {
+            println!("{l}");
+        }
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    reads(&mut c);
+    writes(&mut c);
+    bulk(&mut c);
+    c.final_summary();
+    sizes();
+}

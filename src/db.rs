@@ -287,6 +287,43 @@ impl Inner {
         Ok(record_len(h.key_len as usize, h.val_len as usize))
     }
 
+    /// The read path: find `key` and copy its record's key and value into
+    /// `buf` (key first), verified by CRC. Returns the key length.
+    #[inline]
+    pub(crate) fn fetch(&self, key: &[u8], buf: &mut Vec<u8>) -> Result<Option<usize>> {
+        let (t, d) = self.table()?;
+        let h = index::hash(self.hash_seed, key);
+        let found = t
+            .find(h, |off| {
+                // Start all of the record's cache lines loading at once.
+                self.arena.prefetch(off, HEADER_LEN + (key.len() as u64) + 256);
+                let hd = self.header_at(off)?;
+                if hd.kind != KIND_PUT {
+                    return Err(self.corrupt(off, "slot points at something that is not a live record"));
+                }
+                if hd.key_len as usize != key.len() {
+                    return Ok(false);
+                }
+                let n = hd.key_len as usize + hd.val_len as usize;
+                buf.clear();
+                buf.resize(n, 0);
+                self.arena
+                    .read(off + HEADER_LEN, buf)
+                    .map_err(|_| self.corrupt(off, "record runs past the end of the file"))?;
+                if &buf[..key.len()] != key {
+                    return Ok(false);
+                }
+                let mut crc = BodyCrc::new(self.salt, off, &hd.tail_bytes());
+                crc.update(buf);
+                if crc.finish() != hd.crc {
+                    return Err(self.corrupt(off, "record fails its checksum"));
+                }
+                Ok(true)
+            })
+            .map_err(|e| self.locate(e, d.start))?;
+        Ok(found.map(|_| key.len()))
+    }
+
     /// Read a key's record: `Some((record offset, header))`.
     #[inline]
     fn lookup(&self, key: &[u8]) -> Result<Option<(u64, Header)>> {
@@ -777,31 +814,24 @@ impl Db {
     /// [`Error::Corrupted`] if the record fails its checks.
     #[inline]
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
-        let key = key.as_ref();
-        let i = &*self.inner;
-        match i.lookup(key)? {
-            None => Ok(None),
-            Some((off, h)) => {
-                let buf = i.read_record(off, &h)?;
-                Ok(Some(Value::from_parts(buf, h.key_len as usize)))
-            }
-        }
+        let mut buf = Vec::new();
+        Ok(self
+            .inner
+            .fetch(key.as_ref(), &mut buf)?
+            .map(|k| Value::from_parts(buf, k)))
     }
 
     /// Like [`get`](Db::get), but copies the value into `buf` (cleared
     /// first), reusing its allocation. Returns whether the key was found.
     pub fn get_into(&self, key: impl AsRef<[u8]>, buf: &mut Vec<u8>) -> Result<bool> {
-        let key = key.as_ref();
-        let i = &*self.inner;
-        match i.lookup(key)? {
+        match self.inner.fetch(key.as_ref(), buf)? {
+            Some(k) => {
+                buf.drain(..k);
+                Ok(true)
+            }
             None => {
                 buf.clear();
                 Ok(false)
-            }
-            Some((off, h)) => {
-                i.read_record_into(off, &h, buf)?;
-                buf.drain(..h.key_len as usize);
-                Ok(true)
             }
         }
     }

@@ -77,6 +77,10 @@ impl View {
         let (ptr, backing) = match mode {
             MapMode::Shared => {
                 let raw = opts.map_raw(file)?;
+                // Ask for PMD-sized mappings of large page-cache folios:
+                // random reads then miss the TLB far less. A hint only.
+                #[cfg(target_os = "linux")]
+                let _ = raw.advise(memmap2::Advice::HugePage);
                 (raw.as_mut_ptr(), Backing::Shared(raw))
             }
             MapMode::Private => {
@@ -183,6 +187,35 @@ impl Arena {
             std::ptr::copy_nonoverlapping(view.ptr.add(off as usize), buf.as_mut_ptr(), buf.len());
         }
         Ok(())
+    }
+
+    /// Hint the CPU to start loading the cache lines of `[off, off+n)`
+    /// (at most 512 bytes), so that the misses of a record's lines overlap
+    /// instead of following each other. Out-of-range requests do nothing.
+    #[inline]
+    pub(crate) fn prefetch(&self, off: u64, n: u64) {
+        let n = n.min(512);
+        let Ok(view) = self.checked(off, n) else {
+            return;
+        };
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut line = off & !63;
+            while line < off + n {
+                // SAFETY: `line` is inside the view (it lies between the
+                // 64-byte-aligned start of a checked range and its end);
+                // a prefetch is a hint that never faults and reads nothing
+                // into Rust's view of memory.
+                unsafe {
+                    core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                        view.ptr.add(line as usize) as *const i8,
+                    );
+                }
+                line += 64;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = view;
     }
 
     /// Copy `data` into the mapping at `off`. Only the writer calls this, and
