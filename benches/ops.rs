@@ -75,7 +75,11 @@ fn loaded() -> &'static Fixture {
         let path = dir.path().join("bench.mapkv");
         let db = Db::open(&path).unwrap();
         load(&db, 0..N);
-        Fixture { _dir: dir, path, db }
+        Fixture {
+            _dir: dir,
+            path,
+            db,
+        }
     })
 }
 
@@ -84,7 +88,11 @@ fn fresh(durability: Durability, preload: u64) -> Fixture {
     let path = dir.path().join("w.mapkv");
     let db = Options::new().durability(durability).open(&path).unwrap();
     load(&db, 0..preload);
-    Fixture { _dir: dir, path, db }
+    Fixture {
+        _dir: dir,
+        path,
+        db,
+    }
 }
 
 fn reads(c: &mut Criterion) {
@@ -124,7 +132,9 @@ fn reads(c: &mut Criterion) {
     let mut g = c.benchmark_group("iter");
     g.throughput(Throughput::Elements(N));
     g.sample_size(10);
-    g.bench_function("full_1M", |b| b.iter(|| assert_eq!(f.db.iter().count() as u64, N)));
+    g.bench_function("full_1M", |b| {
+        b.iter(|| assert_eq!(f.db.iter().count() as u64, N))
+    });
     g.finish();
 }
 
@@ -281,7 +291,9 @@ fn sizes() {
     report_file("read store", f);
     let _ = &f.path;
     if let Ok(s) = std::fs::read_to_string("/proc/self/status") {
-        for l in s.lines().filter(|l| l.starts_with("VmHWM") || l.starts_with("RssAnon") || l.starts_with("RssFile")) {
+        for l in s.lines().filter(|l| {
+            l.starts_with("VmHWM") || l.starts_with("RssAnon") || l.starts_with("RssFile")
+        }) {
             println!("{l}");
         }
     }

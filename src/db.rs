@@ -77,6 +77,8 @@ pub(crate) struct Writer {
     pub(crate) pending: Vec<(u64, u64)>,
     pub(crate) meta: Meta,
     pub(crate) boot_id: [u8; 16],
+    /// Offset of the meta copy that holds the last synced meta.
+    pub(crate) synced_copy: u64,
 }
 
 /// One operation of a commit.
@@ -296,10 +298,13 @@ impl Inner {
         let found = t
             .find(h, |off| {
                 // Start all of the record's cache lines loading at once.
-                self.arena.prefetch(off, HEADER_LEN + (key.len() as u64) + 256);
+                self.arena
+                    .prefetch(off, HEADER_LEN + (key.len() as u64) + 256);
                 let hd = self.header_at(off)?;
                 if hd.kind != KIND_PUT {
-                    return Err(self.corrupt(off, "slot points at something that is not a live record"));
+                    return Err(
+                        self.corrupt(off, "slot points at something that is not a live record")
+                    );
                 }
                 if hd.key_len as usize != key.len() {
                     return Ok(false);
@@ -480,6 +485,7 @@ impl Inner {
         self.ensure_space(end)?;
         let hdr = record::encode_index(self.salt, off, log2);
         self.write_bytes(off, &hdr.to_bytes())?;
+        self.arena.advise_hugepage(start, new.bytes());
         self.arena
             .zero(start, new.bytes())
             .map_err(|_| self.corrupt(start, "index table outside the file"))?;
@@ -546,8 +552,18 @@ impl Inner {
         extend_pending(&mut w.pending, start, end);
         if self.durability == Durability::Sync {
             // Publish order: the records are on stable storage before any
-            // slot points at them.
-            self.sync_pending(w)?;
+            // slot points at them. One sync per commit: msync of the new
+            // records, or, if the file grew since the last durable length,
+            // one fsync that makes records and length durable together.
+            if self.arena.len() > w.durable_len {
+                if let Err(e) = self.arena.file().sync_all() {
+                    return Err(self.poison("fsync file", e));
+                }
+                w.durable_len = self.arena.len();
+                w.pending.clear();
+            } else {
+                self.sync_pending(w)?;
+            }
         }
         let (t, d) = self.table_at(w.st.index_desc)?;
         let c = self.control()?;
@@ -586,7 +602,15 @@ impl Inner {
         w.st = st;
         c.end(&w.st);
         match self.durability {
-            Durability::Sync => self.commit_meta(w, false)?,
+            Durability::Sync => {
+                // The records are durable, so a meta may name them. It is not
+                // synced: recovery after an OS crash finds synced commits
+                // past an older meta's tail by scanning; the meta only
+                // shortens that scan.
+                w.durable_tail = w.st.tail;
+                w.durable_seq_gen = w.st.seq_gen;
+                self.write_meta(w, 0, false)?;
+            }
             Durability::Async => {
                 if let Err(e) = self.arena.start_writeback(start, end - start) {
                     return Err(self.poison("start write-back", e));
@@ -626,11 +650,13 @@ impl Inner {
         }
         w.durable_tail = w.st.tail;
         w.durable_seq_gen = w.st.seq_gen;
-        self.write_meta(w, if clean { FLAG_CLEAN } else { 0 })
+        self.write_meta(w, if clean { FLAG_CLEAN } else { 0 }, true)
     }
 
-    /// Write the next meta copy from the writer's state and msync it.
-    pub(crate) fn write_meta(&self, w: &mut Writer, flags: u32) -> Result<()> {
+    /// Write the next meta copy from the writer's state, and msync it if
+    /// `sync`. An unsynced meta may reach the disk at any time or never;
+    /// either is fine, because it names only bytes that are already durable.
+    pub(crate) fn write_meta(&self, w: &mut Writer, flags: u32, sync: bool) -> Result<()> {
         let m = Meta {
             magic: MAGIC,
             version: FORMAT_VERSION,
@@ -653,14 +679,19 @@ impl Inner {
             crc: 0,
         }
         .seal();
-        let off = if m.meta_seq % 2 == 0 {
-            META_A_OFFSET
-        } else {
+        // Always write the copy that does not hold the last synced meta, so
+        // one synced copy stays intact whatever happens to this write.
+        let off = if w.synced_copy == META_A_OFFSET {
             META_B_OFFSET
+        } else {
+            META_A_OFFSET
         };
         self.write_bytes(off, &m.encode())?;
-        if let Err(e) = self.arena.sync(off, FORMAT_PAGE) {
-            return Err(self.poison("msync meta", e));
+        if sync {
+            if let Err(e) = self.arena.sync(off, FORMAT_PAGE) {
+                return Err(self.poison("msync meta", e));
+            }
+            w.synced_copy = off;
         }
         w.meta = m;
         Ok(())
@@ -681,7 +712,7 @@ impl Inner {
         let keep = storage::align_up(w.st.tail, GRANULE).unwrap_or(u64::MAX);
         if keep < self.arena.len() {
             w.durable_len = keep;
-            self.write_meta(&mut w, FLAG_CLEAN)?;
+            self.write_meta(&mut w, FLAG_CLEAN, true)?;
             let f = self.arena.file();
             f.set_len(keep)
                 .and_then(|()| f.sync_all())
@@ -745,6 +776,7 @@ impl Db {
         let recovery::Opened {
             arena,
             meta,
+            meta_copy,
             boot_id,
         } = recovery::open_file(path, &opts)?;
         let mut inner = Inner {
@@ -763,6 +795,7 @@ impl Db {
                 pending: Vec::new(),
                 meta,
                 boot_id: meta.boot_id,
+                synced_copy: meta_copy,
             }),
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(String::new()),
@@ -782,7 +815,7 @@ impl Db {
                 // Clear the clean flag, and record this boot and the new
                 // generation, durably before anything else is written.
                 w.boot_id = boot_id;
-                inner.write_meta(&mut w, 0)?;
+                inner.write_meta(&mut w, 0, true)?;
             }
             drop(w);
             inner.opened = opened;

@@ -28,10 +28,10 @@ pub enum Durability {
     /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)` on Linux) without waiting,
     /// which narrows the window an OS crash can lose but closes nothing.
     Async,
-    /// The commit's records and a meta that points at them are msync'd
-    /// before the call returns: the write survives an OS crash or power
-    /// loss. Costs two synchronous disk flushes per commit; batch writes to
-    /// share them.
+    /// The commit's records are on stable storage before the call returns
+    /// (one msync, or one fsync if the file grew): the write survives an OS
+    /// crash or power loss. Costs one synchronous disk flush per commit;
+    /// batch writes to share it.
     Sync,
 }
 

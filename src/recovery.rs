@@ -50,6 +50,8 @@ pub enum OpenKind {
 pub(crate) struct Opened {
     pub arena: Arena,
     pub meta: Meta,
+    /// Offset of the copy `meta` was read from.
+    pub meta_copy: u64,
     pub boot_id: [u8; 16],
 }
 
@@ -107,7 +109,7 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
         init_file(&file, opts).map_err(ioe("initialise empty file"))?;
         len = file.metadata().map_err(ioe("stat"))?.len();
     }
-    let meta = read_meta(&file, len, path)?;
+    let (meta, meta_copy) = read_meta(&file, len, path)?;
     let corrupt = |offset, what: String| Error::Corrupted {
         path: path.to_path_buf(),
         offset,
@@ -138,13 +140,15 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
     Ok(Opened {
         arena,
         meta,
+        meta_copy,
         boot_id: file::boot_id(),
     })
 }
 
 /// Read both meta copies with `pread` (nothing is mapped or written before
-/// the file is known to be ours) and pick the durable one.
-fn read_meta(f: &std::fs::File, len: u64, path: &Path) -> Result<Meta> {
+/// the file is known to be ours) and pick the durable one. Returns it and
+/// the offset of the copy it came from.
+fn read_meta(f: &std::fs::File, len: u64, path: &Path) -> Result<(Meta, u64)> {
     let n = len.min(2 * FORMAT_PAGE) as usize;
     let mut buf = vec![0u8; n];
     f.read_exact_at(&mut buf, 0).map_err(|source| Error::Io {
@@ -174,7 +178,7 @@ fn read_meta(f: &std::fs::File, len: u64, path: &Path) -> Result<Meta> {
             }
         });
     }
-    meta::choose(a, b).map_err(|r| match r {
+    let chosen = meta::choose(a, b).map_err(|r| match r {
         meta::Refused::Version(found) => Error::UnsupportedVersion {
             path: path.to_path_buf(),
             found,
@@ -189,7 +193,13 @@ fn read_meta(f: &std::fs::File, len: u64, path: &Path) -> Result<Meta> {
             path: path.to_path_buf(),
             reason: "no mapkv magic number at offset 0 or 4096".into(),
         },
-    })
+    })?;
+    let copy = if a == MetaRead::Valid(chosen) {
+        0
+    } else {
+        META_B_OFFSET
+    };
+    Ok((chosen, copy))
 }
 
 /// Lay out a new store in an empty file: one index chunk, both meta copies
@@ -281,7 +291,7 @@ pub(crate) fn recover(
         // index is touched, so a crash during the rebuild cannot leave a
         // CLEAN meta over a half-rebuilt index.
         w.st = clean;
-        inner.write_meta(w, 0)?;
+        inner.write_meta(w, 0, true)?;
     }
     let next_gen = (meta.generation as u64 + 1) & 0xffff;
     let same_boot = boot != [0; 16] && meta.boot_id == boot;
@@ -311,6 +321,9 @@ fn mark_changing(inner: &Inner) {
 }
 
 fn publish(inner: &Inner, w: &Writer) {
+    if let Some(d) = Desc::decode(w.st.index_desc) {
+        inner.arena.advise_hugepage(d.start, d.bytes());
+    }
     if let Ok(c) = inner.control() {
         c.reset(&w.st, inner.arena.len());
     }

@@ -49,7 +49,7 @@ pub(crate) enum MapMode {
 
 /// The backing of one view; kept only so that it is unmapped on drop.
 enum Backing {
-    Shared(#[allow(dead_code)] MmapRaw),
+    Shared(MmapRaw),
     Private(#[allow(dead_code)] MmapMut),
 }
 
@@ -77,10 +77,6 @@ impl View {
         let (ptr, backing) = match mode {
             MapMode::Shared => {
                 let raw = opts.map_raw(file)?;
-                // Ask for PMD-sized mappings of large page-cache folios:
-                // random reads then miss the TLB far less. A hint only.
-                #[cfg(target_os = "linux")]
-                let _ = raw.advise(memmap2::Advice::HugePage);
                 (raw.as_mut_ptr(), Backing::Shared(raw))
             }
             MapMode::Private => {
@@ -216,6 +212,29 @@ impl Arena {
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = view;
+    }
+
+    /// Ask for huge (PMD-sized) pages for `[off, off+n)` in every view: a
+    /// hint, used for index tables, whose random slot loads then miss the
+    /// TLB far less. Not used for the log: faulting in huge page-cache
+    /// folios for appends costs more than it saves.
+    pub(crate) fn advise_hugepage(&self, off: u64, n: u64) {
+        #[cfg(target_os = "linux")]
+        {
+            let start = off & !(self.os_page - 1);
+            let Ok(_) = self.checked(start, n + (off - start)) else {
+                return;
+            };
+            for v in self.views.lock().iter() {
+                if let Backing::Shared(raw) = &v._backing {
+                    let _ = raw.advise_range(
+                        memmap2::Advice::HugePage,
+                        start as usize,
+                        (n + off - start) as usize,
+                    );
+                }
+            }
+        }
     }
 
     /// Copy `data` into the mapping at `off`. Only the writer calls this, and
