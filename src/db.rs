@@ -500,6 +500,24 @@ impl Inner {
         Ok(())
     }
 
+    /// Start the cache misses of a batch in parallel: first every key's home
+    /// slot, then the record each home slot points at (when its tag
+    /// matches). Applying the batch then finds most lines in cache instead
+    /// of waiting for two misses per key, one after the other.
+    fn prefetch_keys<'k>(&self, t: &Table<'_>, d: Desc, keys: impl Iterator<Item = &'k [u8]>) {
+        let hashes: Vec<u64> = keys.map(|k| index::hash(self.hash_seed, k)).collect();
+        for &h in &hashes {
+            self.arena.prefetch(d.start + 8 * t.home(h) as u64, 8);
+        }
+        for &h in &hashes {
+            if let Some(w) = t.word_at(t.home(h)) {
+                if index::is_live(w) && index::same_tag(w, h) {
+                    self.arena.prefetch(index::word_offset(w), 64);
+                }
+            }
+        }
+    }
+
     /// Write, publish and (per durability) sync one commit.
     pub(crate) fn commit(&self, ops: &[Op<'_>]) -> Result<()> {
         for op in ops {
@@ -566,6 +584,9 @@ impl Inner {
             }
         }
         let (t, d) = self.table_at(w.st.index_desc)?;
+        if ops.len() > 1 {
+            self.prefetch_keys(&t, d, ops.iter().map(|o| o.key()));
+        }
         let c = self.control()?;
         c.begin();
         let mut st = w.st;

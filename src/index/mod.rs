@@ -61,7 +61,7 @@ pub(crate) fn word_offset(w: u64) -> u64 {
 }
 
 #[inline]
-fn same_tag(w: u64, h: u64) -> bool {
+pub(crate) fn same_tag(w: u64, h: u64) -> bool {
     (w ^ h) >> OFF_BITS == 0
 }
 
@@ -137,8 +137,9 @@ impl<'a> Table<'a> {
         self.slots.len() as u64
     }
 
+    /// The home slot of hash `h`.
     #[inline]
-    fn home(&self, h: u64) -> usize {
+    pub(crate) fn home(&self, h: u64) -> usize {
         (h >> (64 - self.log2cap)) as usize
     }
 
