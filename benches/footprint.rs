@@ -62,7 +62,11 @@ fn main() {
     let raw = n * (24 + 150);
     let mib = |b: u64| b as f64 / 1048576.0;
     println!("keys: {n}, raw keys+values: {:.1} MiB", mib(raw));
-    println!("file after close: {:.1} MiB ({:.3}x raw)", mib(file), file as f64 / raw as f64);
+    println!(
+        "file after close: {:.1} MiB ({:.3}x raw)",
+        mib(file),
+        file as f64 / raw as f64
+    );
     println!(
         "peak resident: {:.1} MiB (VmHWM; mapped file pages included)",
         mib(status("VmHWM:") * 1024)
