@@ -95,6 +95,16 @@ fn fresh(durability: Durability, preload: u64) -> Fixture {
     }
 }
 
+/// Commit a batch of `n` overwrites of random existing keys.
+fn random_batch(db: &Db, r: &mut Rng, n: usize) {
+    let mut batch = db.batch();
+    for _ in 0..n {
+        let i = r.next() % N;
+        batch.insert(key(i), value(i));
+    }
+    batch.commit().unwrap()
+}
+
 fn reads(c: &mut Criterion) {
     let f = loaded();
     let mut g = c.benchmark_group("get");
@@ -157,14 +167,7 @@ fn durable(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1000));
     g.sample_size(20);
     g.bench_function("insert_1000_sync", |b| {
-        b.iter(|| {
-            let mut batch = f.db.batch();
-            for _ in 0..1000 {
-                let i = r.next() % N;
-                batch.insert(key(i), value(i));
-            }
-            batch.commit().unwrap()
-        })
+        b.iter(|| random_batch(&f.db, &mut r, 1000))
     });
     g.finish();
     report_file("durable store (100 k keys + benchmark writes)", &f);
@@ -213,14 +216,7 @@ fn writes(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1000));
     g.measurement_time(Duration::from_secs(3));
     g.bench_function("insert_1000_unsynced", |b| {
-        b.iter(|| {
-            let mut batch = f.db.batch();
-            for _ in 0..1000 {
-                let i = r.next() % N;
-                batch.insert(key(i), value(i));
-            }
-            batch.commit().unwrap()
-        })
+        b.iter(|| random_batch(&f.db, &mut r, 1000))
     });
     g.finish();
 }
