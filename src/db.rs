@@ -172,6 +172,10 @@ impl Inner {
         }
     }
 
+    pub(crate) fn writer_lock(&self) -> parking_lot::MutexGuard<'_, Writer> {
+        self.writer.lock()
+    }
+
     pub(crate) fn control(&self) -> Result<Control<'_>> {
         Control::new(&self.arena)
             .map_err(|_| self.corrupt(CONTROL_OFFSET, "control block outside the file"))

@@ -41,6 +41,7 @@
 compile_error!("mapkv needs a 64-bit Unix target (it maps files with MAP_SHARED)");
 
 mod batch;
+mod check;
 mod db;
 mod error;
 mod index;
@@ -53,6 +54,7 @@ mod storage;
 mod value;
 
 pub use batch::Batch;
+pub use check::CheckReport;
 pub use db::{Db, Stats};
 pub use error::{Error, Result};
 pub use iter::Iter;

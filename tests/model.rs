@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use common::{seed, store, Rng};
 use mapkv::{Db, Durability, Options};
 
-fn check_all(db: &Db, model: &HashMap<Vec<u8>, Vec<u8>>, ctx: &str) {
+/// Compare the whole store with the model; `deep` also runs `Db::check`
+/// (a full log scan, so only on crash images and at the end).
+fn check_all(db: &Db, model: &HashMap<Vec<u8>, Vec<u8>>, ctx: &str, deep: bool) {
     assert_eq!(db.len(), model.len() as u64, "{ctx}: len");
     let mut n = 0;
     for item in db.iter() {
@@ -25,6 +27,10 @@ fn check_all(db: &Db, model: &HashMap<Vec<u8>, Vec<u8>>, ctx: &str) {
         n += 1;
     }
     assert_eq!(n, model.len(), "{ctx}: iter count");
+    if deep {
+        let report = db.check().unwrap_or_else(|e| panic!("{ctx}: check: {e}"));
+        assert_eq!(report.live_keys, model.len() as u64, "{ctx}: check");
+    }
 }
 
 fn run(seed: u64, steps: usize, durability: Durability) {
@@ -102,7 +108,7 @@ fn run(seed: u64, steps: usize, durability: Durability) {
                 db.close().unwrap();
                 db = opts().open(&path).unwrap();
                 assert_eq!(db.stats().opened, mapkv::OpenKind::Clean, "{ctx}");
-                check_all(&db, &model, &ctx);
+                check_all(&db, &model, &ctx, false);
             }
             9950..=9954 => {
                 // Process-crash image: the file as the page cache has it now.
@@ -119,20 +125,20 @@ fn run(seed: u64, steps: usize, durability: Durability) {
                     mapkv::OpenKind::Replayed,
                     "{ctx}: crash image opened as {opened:?}"
                 );
-                check_all(&db, &model, &ctx);
+                check_all(&db, &model, &ctx, false);
             }
             _ => {
                 if rng.chance(90) {
                     db.flush().unwrap();
                 } else {
-                    check_all(&db, &model, &ctx);
+                    check_all(&db, &model, &ctx, false);
                 }
             }
         }
     }
     db.close().unwrap();
     let db = Db::open(&path).unwrap();
-    check_all(&db, &model, &format!("seed {seed} final"));
+    check_all(&db, &model, &format!("seed {seed} final"), true);
 }
 
 #[test]

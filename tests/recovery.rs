@@ -53,6 +53,7 @@ fn fill(db: &Db, n: u32, tag: u8) {
 }
 
 fn assert_filled(db: &Db, n: u32, tag: u8) {
+    db.check().unwrap();
     assert_eq!(db.len(), n as u64);
     for i in 0..n {
         assert_eq!(
