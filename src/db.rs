@@ -578,7 +578,7 @@ impl Inner {
             // records, or, if the file grew since the last durable length,
             // one fsync that makes records and length durable together.
             if self.arena.len() > w.durable_len {
-                if let Err(e) = self.arena.file().sync_all() {
+                if let Err(e) = self.arena.fsync() {
                     return Err(self.poison("fsync file", e));
                 }
                 w.durable_len = self.arena.len();
@@ -668,7 +668,7 @@ impl Inner {
         }
         let len = self.arena.len();
         if len > w.durable_len {
-            if let Err(e) = self.arena.file().sync_all() {
+            if let Err(e) = self.arena.fsync() {
                 return Err(self.poison("fsync file length", e));
             }
             w.durable_len = len;
@@ -738,14 +738,11 @@ impl Inner {
         if keep < self.arena.len() {
             w.durable_len = keep;
             self.write_meta(&mut w, FLAG_CLEAN, true)?;
-            let f = self.arena.file();
-            f.set_len(keep)
-                .and_then(|()| f.sync_all())
-                .map_err(|source| Error::Io {
-                    op: "trim file on close",
-                    path: self.path.clone(),
-                    source,
-                })?;
+            self.arena.trim(keep).map_err(|source| Error::Io {
+                op: "trim file on close",
+                path: self.path.clone(),
+                source,
+            })?;
         }
         Ok(())
     }

@@ -51,6 +51,8 @@ mod options;
 mod recovery;
 #[allow(unsafe_code)]
 mod storage;
+#[doc(hidden)]
+pub mod testing;
 mod value;
 
 pub use batch::Batch;

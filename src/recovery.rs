@@ -136,7 +136,7 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
     } else {
         MapMode::Shared
     };
-    let arena = Arena::new(file, len, reserve, mode).map_err(ioe("map file"))?;
+    let arena = Arena::new(file, path, len, reserve, mode).map_err(ioe("map file"))?;
     Ok(Opened {
         arena,
         meta,

@@ -103,9 +103,6 @@ pub(crate) fn try_lock(file: &File, exclusive: bool) -> io::Result<bool> {
 /// filesystem cannot allocate (EOPNOTSUPP), we fall back to `set_len`.
 /// On failure the file length is put back to `old_len`.
 pub(crate) fn allocate(file: &File, old_len: u64, new_len: u64) -> io::Result<()> {
-    if let Some(e) = injected_grow_failure(new_len) {
-        return Err(e);
-    }
     let len = i64::try_from(new_len - old_len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "growth too large"))?;
     // SAFETY: plain syscall wrapper on our own descriptor; no memory passed.
@@ -126,14 +123,6 @@ pub(crate) fn allocate(file: &File, old_len: u64, new_len: u64) -> io::Result<()
         return Err(e);
     }
     Ok(())
-}
-
-/// Test hook: `MAPKV_FAIL_GROW_ABOVE=<bytes>` makes growth past that length
-/// fail with ENOSPC, to exercise the out-of-space paths without filling a
-/// real disk. Read on every growth (growth is rare).
-fn injected_grow_failure(new_len: u64) -> Option<io::Error> {
-    let limit: u64 = std::env::var("MAPKV_FAIL_GROW_ABOVE").ok()?.parse().ok()?;
-    (new_len > limit).then(|| io::Error::from_raw_os_error(libc::ENOSPC))
 }
 
 /// 16 bytes that identify the running kernel boot.

@@ -36,6 +36,8 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use memmap2::{MmapMut, MmapOptions, MmapRaw};
 use parking_lot::Mutex;
 
+use crate::testing::{self, IoOp, Phase};
+
 /// How the file is mapped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum MapMode {
@@ -99,6 +101,8 @@ impl View {
 /// The file plus its mappings, with a bounds-checked, safe API.
 pub(crate) struct Arena {
     file: File,
+    /// The file's path, for the test hooks.
+    path: std::path::PathBuf,
     mode: MapMode,
     /// Every view ever made, newest last. Never shrinks before drop. Boxed
     /// so that `current` can point at a View while the Vec reallocates.
@@ -119,7 +123,13 @@ pub(crate) struct OutOfBounds;
 impl Arena {
     /// Map `file`, which is `file_len` bytes long (the caller has checked it
     /// with fstat), reserving `reserve` bytes of address space.
-    pub(crate) fn new(file: File, file_len: u64, reserve: u64, mode: MapMode) -> io::Result<Arena> {
+    pub(crate) fn new(
+        file: File,
+        path: &std::path::Path,
+        file_len: u64,
+        reserve: u64,
+        mode: MapMode,
+    ) -> io::Result<Arena> {
         let reserve = reserve.max(file_len);
         let view = Box::new(View::map(&file, reserve, mode)?);
         let ptr = &*view as *const View as *mut View;
@@ -128,6 +138,7 @@ impl Arena {
         let os_page = if page > 0 { page as u64 } else { 4096 };
         Ok(Arena {
             file,
+            path: path.to_path_buf(),
             mode,
             views: Mutex::new(vec![view]),
             current: AtomicPtr::new(ptr),
@@ -136,8 +147,30 @@ impl Arena {
         })
     }
 
-    pub(crate) fn file(&self) -> &File {
-        &self.file
+    /// Run `f`, one durability-relevant system call, between the test
+    /// hooks (`crate::testing`): the single choke point for injecting I/O
+    /// failures and observing what became durable.
+    fn io(&self, op: IoOp, f: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        testing::fire(&self.path, op, Phase::Before)?;
+        f()?;
+        testing::fire(&self.path, op, Phase::After)
+    }
+
+    /// `fsync` the file: data and length durable.
+    pub(crate) fn fsync(&self) -> io::Result<()> {
+        if self.mode == MapMode::Private {
+            return Ok(());
+        }
+        self.io(IoOp::Fsync, || self.file.sync_all())
+    }
+
+    /// Shrink the file to `to` bytes and fsync it. Only on a clean close,
+    /// when no other process maps the file and nothing reads past `to`
+    /// again.
+    pub(crate) fn trim(&self, to: u64) -> io::Result<()> {
+        self.io(IoOp::Trim { to }, || {
+            self.file.set_len(to).and_then(|()| self.file.sync_all())
+        })
     }
 
     pub(crate) fn mode(&self) -> MapMode {
@@ -320,19 +353,22 @@ impl Arena {
         #[cfg(target_os = "linux")]
         {
             use std::os::unix::io::AsRawFd;
-            // SAFETY: plain syscall on our own descriptor; no memory is passed.
-            let rc = unsafe {
-                libc::sync_file_range(
-                    self.file.as_raw_fd(),
-                    off as libc::off64_t,
-                    n as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
+            self.io(IoOp::StartWriteback { off, len: n }, || {
+                // SAFETY: plain syscall on our own descriptor; no memory is
+                // passed.
+                let rc = unsafe {
+                    libc::sync_file_range(
+                        self.file.as_raw_fd(),
+                        off as libc::off64_t,
+                        n as libc::off64_t,
+                        libc::SYNC_FILE_RANGE_WRITE,
+                    )
+                };
+                if rc != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            })
         }
         #[cfg(not(target_os = "linux"))]
         {
@@ -370,6 +406,14 @@ impl Arena {
                 "read-only handle cannot grow the file",
             ));
         }
+        testing::fire(
+            &self.path,
+            IoOp::Grow {
+                from: old,
+                to: new_len,
+            },
+            Phase::Before,
+        )?;
         super::file::allocate(&self.file, old, new_len)?;
         let mut views = self.views.lock();
         let cur_len = views.last().map(|v| v.len).unwrap_or(0);
@@ -382,7 +426,14 @@ impl Arena {
         }
         drop(views);
         self.len.store(new_len, Ordering::Release);
-        Ok(())
+        testing::fire(
+            &self.path,
+            IoOp::Grow {
+                from: old,
+                to: new_len,
+            },
+            Phase::After,
+        )
     }
 
     /// Number of mappings made so far (for stats and tests).
@@ -409,7 +460,7 @@ mod tests {
             .open(dir.path().join("a"))
             .unwrap();
         f.set_len(len).unwrap();
-        let a = Arena::new(f, len, reserve, MapMode::Shared).unwrap();
+        let a = Arena::new(f, &dir.path().join("a"), len, reserve, MapMode::Shared).unwrap();
         (dir, a)
     }
 
@@ -435,7 +486,7 @@ mod tests {
         // Past the reservation: a remap must happen and old data stays.
         a.grow(4 * 65536).unwrap();
         assert_eq!(a.len(), 4 * 65536);
-        assert_eq!(a.file().metadata().unwrap().len(), 4 * 65536);
+        assert_eq!(a.file.metadata().unwrap().len(), 4 * 65536);
         assert!(a.remaps() >= 1);
         let mut b = [0u8; 5];
         a.read(100, &mut b).unwrap();
