@@ -333,15 +333,22 @@ impl Arena {
             return Ok(());
         }
         let view = self.view();
-        // SAFETY: the page-aligned range is inside the view (it is clamped
-        // to the verified length, which never exceeds the view); msync does
-        // not access memory from Rust's point of view.
-        let rc =
-            unsafe { libc::msync(view.ptr.add(start) as *mut libc::c_void, len, libc::MS_SYNC) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        let op = IoOp::Msync {
+            off: start as u64,
+            len: len as u64,
+        };
+        self.io(op, || {
+            // SAFETY: the page-aligned range is inside the view (it is
+            // clamped to the verified length, which never exceeds the view);
+            // msync does not access memory from Rust's point of view.
+            let rc = unsafe {
+                libc::msync(view.ptr.add(start) as *mut libc::c_void, len, libc::MS_SYNC)
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
     }
 
     /// Start write-back of `[off, off+n)` without waiting (Linux:

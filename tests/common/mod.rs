@@ -90,3 +90,4 @@ pub fn check_self(v: &[u8]) -> Result<(u64, u64), String> {
         u64::from_le_bytes(v[8..16].try_into().unwrap()),
     ))
 }
+pub mod powerloss;
