@@ -110,7 +110,9 @@ impl Db {
                     format!("key at {off} is not reachable from its home slot"),
                 ));
             }
-            report.live_bytes += record_len(h.key_len as usize, h.val_len as usize);
+            report.live_bytes = report
+                .live_bytes
+                .saturating_add(record_len(h.key_len as usize, h.val_len as usize));
             seen += 1;
         }
         report.live_keys = latest.len() as u64;

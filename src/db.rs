@@ -240,9 +240,7 @@ impl Inner {
     /// Copy the key and value of the put record at `off` into one buffer
     /// (key first) and verify the record's CRC over the copy.
     pub(crate) fn read_record(&self, off: u64, h: &Header) -> Result<Vec<u8>> {
-        let k = h.key_len as usize;
-        let v = h.val_len as usize;
-        let mut buf = Vec::with_capacity(k + v);
+        let mut buf = Vec::new();
         self.read_record_into(off, h, &mut buf)?;
         Ok(buf)
     }
@@ -314,6 +312,9 @@ impl Inner {
                     return Ok(false);
                 }
                 let n = hd.key_len as usize + hd.val_len as usize;
+                if (off + HEADER_LEN).saturating_add(n as u64) > self.arena.len() {
+                    return Err(self.corrupt(off, "record runs past the end of the file"));
+                }
                 buf.clear();
                 buf.resize(n, 0);
                 self.arena
@@ -447,15 +448,17 @@ impl Inner {
         match h.kind {
             KIND_PUT => {
                 let up = t.upsert(hash, index::make_word(hash, off), |o| self.key_eq(o, key))?;
-                st.index_used += up.took_empty as u64;
+                st.index_used = st.index_used.saturating_add(up.took_empty as u64);
                 match up.old {
                     Some(w) => {
                         let old = self.live_len(index::word_offset(w))?;
                         st.live_bytes = st.live_bytes.saturating_sub(old);
                     }
-                    None => st.live_keys += 1,
+                    None => st.live_keys = st.live_keys.saturating_add(1),
                 }
-                st.live_bytes += record_len(h.key_len as usize, h.val_len as usize);
+                st.live_bytes = st
+                    .live_bytes
+                    .saturating_add(record_len(h.key_len as usize, h.val_len as usize));
             }
             _ => {
                 if let Some((slot, w)) = t.find(hash, |o| self.key_eq(o, key))? {
@@ -686,7 +689,7 @@ impl Inner {
             magic: MAGIC,
             version: FORMAT_VERSION,
             page_size: FORMAT_PAGE as u32,
-            meta_seq: w.meta.meta_seq + 1,
+            meta_seq: w.meta.meta_seq.wrapping_add(1),
             hash_seed: self.hash_seed,
             crc_salt: self.salt,
             flags,

@@ -124,6 +124,12 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
             ),
         ));
     }
+    if meta.meta_seq > u64::MAX / 2 {
+        return Err(corrupt(
+            0,
+            format!("meta sequence number {} is out of range", meta.meta_seq),
+        ));
+    }
     if meta.tail < ARENA_START || meta.tail > meta.file_len || meta.tail % 8 != 0 {
         return Err(corrupt(
             0,
@@ -286,6 +292,24 @@ pub(crate) fn recover(
         publish(inner, w);
         return Ok(OpenKind::Clean);
     }
+    // Every check below reads only; nothing is written to the file until
+    // the log has been verified, so a store that turns out to be corrupted
+    // is left exactly as it was.
+    let next_gen = (meta.generation as u64 + 1) & 0xffff;
+    let same_boot = boot != [0; 16] && meta.boot_id == boot;
+    if !meta.is_clean() && same_boot {
+        if let Some(st) = control_state(inner, meta) {
+            if let Ok(plan) = plan_replay(inner, &st) {
+                w.st = st;
+                mark_changing(inner);
+                replay(inner, w, plan)?;
+                w.st.generation = next_gen;
+                publish(inner, w);
+                return Ok(OpenKind::Replayed);
+            }
+        }
+    }
+    let scanned = scan_log(inner, meta)?;
     if meta.is_clean() && rw {
         // The clean meta failed its checks. Retract it durably before the
         // index is touched, so a crash during the rebuild cannot leave a
@@ -293,20 +317,8 @@ pub(crate) fn recover(
         w.st = clean;
         inner.write_meta(w, 0, true)?;
     }
-    let next_gen = (meta.generation as u64 + 1) & 0xffff;
-    let same_boot = boot != [0; 16] && meta.boot_id == boot;
-    if !meta.is_clean() && same_boot {
-        if let Some(st) = control_state(inner, meta) {
-            w.st = st;
-            mark_changing(inner);
-            replay(inner, w)?;
-            w.st.generation = next_gen;
-            publish(inner, w);
-            return Ok(OpenKind::Replayed);
-        }
-    }
     mark_changing(inner);
-    rebuild(inner, w, meta)?;
+    install(inner, w, scanned)?;
     w.st.generation = next_gen;
     publish(inner, w);
     Ok(OpenKind::Rebuilt)
@@ -390,39 +402,59 @@ fn control_state(inner: &Inner, meta: &Meta) -> Option<State> {
     .then_some(st)
 }
 
-/// Roll forward: apply the complete commits past the control block's tail.
-fn replay(inner: &Inner, w: &mut Writer) -> Result<()> {
-    let start = w.st.tail;
-    let last = w.st.seq_gen;
-    // Pass 1: find the end of the valid log and how many puts follow, so a
-    // larger index (if needed) is placed after the records, not on them.
+/// What a replay will apply: the end of the valid log past the control
+/// block's tail and the number of puts in it.
+struct ReplayPlan {
+    end: u64,
+    puts: u64,
+}
+
+/// Read-only first half of a replay: find the complete commits past the
+/// control block's tail, and look every one of their keys up in the index
+/// (the same probes the replay will make), so that any damage shows up
+/// before the index is changed; the caller then rebuilds instead.
+fn plan_replay(inner: &Inner, st: &State) -> Result<ReplayPlan> {
+    let (t, _) = inner.table_at(st.index_desc)?;
     let mut sc = Scanner::new(
         &inner.arena,
         inner.salt,
-        start,
+        st.tail,
         inner.arena.len(),
-        Some(last),
+        Some(st.seq_gen),
     );
     let mut puts = 0u64;
-    let mut any = false;
     while let Ok(item) = sc.next_item() {
         if let Item::Commit { records, .. } = item {
-            puts += records.iter().filter(|r| r.header.kind == KIND_PUT).count() as u64;
-            any = true;
+            for r in &records {
+                let key = inner.read_key(r.off, &r.header)?;
+                t.find(index::hash(inner.hash_seed, &key), |o| {
+                    inner.key_eq(o, &key)
+                })?;
+                puts += (r.header.kind == KIND_PUT) as u64;
+            }
         }
     }
-    let end = sc.pos();
-    if !any {
-        // Nothing to roll forward; a half-written index chunk past the tail
-        // (a resize that never published) is dead space.
-        w.st.tail = end;
+    Ok(ReplayPlan {
+        end: sc.pos(),
+        puts,
+    })
+}
+
+/// Roll forward: apply the complete commits past the control block's tail.
+fn replay(inner: &Inner, w: &mut Writer, plan: ReplayPlan) -> Result<()> {
+    let start = w.st.tail;
+    let last = w.st.seq_gen;
+    // A larger index, if needed, goes after the records, not on them; a
+    // half-written index chunk past the tail (a resize that never
+    // published) is dead space.
+    w.st.tail = plan.end;
+    if plan.puts == 0 {
         return Ok(());
     }
-    w.st.tail = end;
-    inner.ensure_index_room(w, puts)?;
+    inner.ensure_index_room(w, plan.puts)?;
     let (t, _) = inner.table_at(w.st.index_desc)?;
     let mut st = w.st;
-    let mut sc = Scanner::new(&inner.arena, inner.salt, start, end, Some(last));
+    let mut sc = Scanner::new(&inner.arena, inner.salt, start, plan.end, Some(last));
     while let Ok(item) = sc.next_item() {
         if let Item::Commit {
             records, seq_gen, ..
@@ -455,8 +487,17 @@ fn heap_table(log2: u32) -> Vec<std::sync::atomic::AtomicU64> {
         .collect()
 }
 
-/// Rebuild the index from the whole log.
-fn rebuild(inner: &Inner, w: &mut Writer, meta: &Meta) -> Result<()> {
+/// The result of scanning the whole log: the live index in heap memory.
+struct Scanned {
+    heap: Vec<std::sync::atomic::AtomicU64>,
+    log2: u32,
+    st: State,
+    chunks: Vec<Desc>,
+}
+
+/// Read-only first half of a rebuild: verify the whole log and build the
+/// index in heap memory.
+fn scan_log(inner: &Inner, meta: &Meta) -> Result<Scanned> {
     let mut log2 = MIN_LOG2CAP;
     let mut heap = heap_table(log2);
     let mut st = State {
@@ -503,8 +544,24 @@ fn rebuild(inner: &Inner, w: &mut Writer, meta: &Meta) -> Result<()> {
     st.seq_gen = sc
         .last_seq_gen()
         .unwrap_or(seq_gen(0, st.generation as u16));
-    // Reuse the largest index chunk in the log if it holds the live keys
-    // comfortably; else append a new one.
+    Ok(Scanned {
+        heap,
+        log2,
+        st,
+        chunks,
+    })
+}
+
+/// Second half of a rebuild: put the heap index into an index chunk of the
+/// file (the largest existing one that holds it comfortably, or a new one
+/// at the tail) and make it current.
+fn install(inner: &Inner, w: &mut Writer, scanned: Scanned) -> Result<()> {
+    let Scanned {
+        heap,
+        log2,
+        mut st,
+        chunks,
+    } = scanned;
     let target = chunks
         .iter()
         .copied()
@@ -528,6 +585,7 @@ fn rebuild(inner: &Inner, w: &mut Writer, meta: &Meta) -> Result<()> {
             d
         }
     };
+    inner.arena.advise_hugepage(target.start, target.bytes());
     inner
         .arena
         .zero(target.start, target.bytes())

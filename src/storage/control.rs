@@ -123,7 +123,7 @@ impl<'a> Control<'a> {
     /// holding the writer lock, calls this.
     pub(crate) fn begin(&self) {
         let v = self.w(VERSION).load(Ordering::Relaxed);
-        let v = if v % 2 == 1 { v } else { v + 1 };
+        let v = if v % 2 == 1 { v } else { v.wrapping_add(1) };
         self.w(VERSION).store(v, Ordering::Relaxed);
         fence(Ordering::Release);
     }
@@ -139,7 +139,11 @@ impl<'a> Control<'a> {
         st(LIVE_BYTES, s.live_bytes);
         st(GENERATION, s.generation);
         let v = self.w(VERSION).load(Ordering::Relaxed);
-        let v = if v % 2 == 1 { v + 1 } else { v + 2 };
+        let v = if v % 2 == 1 {
+            v.wrapping_add(1)
+        } else {
+            v.wrapping_add(2)
+        };
         self.w(VERSION).store(v, Ordering::Release);
     }
 
