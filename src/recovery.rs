@@ -406,6 +406,7 @@ fn control_state(inner: &Inner, meta: &Meta) -> Option<State> {
 /// block's tail and the number of puts in it.
 struct ReplayPlan {
     end: u64,
+    commits: u64,
     puts: u64,
 }
 
@@ -423,8 +424,10 @@ fn plan_replay(inner: &Inner, st: &State) -> Result<ReplayPlan> {
         Some(st.seq_gen),
     );
     let mut puts = 0u64;
+    let mut commits = 0u64;
     while let Ok(item) = sc.next_item() {
         if let Item::Commit { records, .. } = item {
+            commits += 1;
             for r in &records {
                 let key = inner.read_key(r.off, &r.header)?;
                 t.find(index::hash(inner.hash_seed, &key), |o| {
@@ -436,6 +439,7 @@ fn plan_replay(inner: &Inner, st: &State) -> Result<ReplayPlan> {
     }
     Ok(ReplayPlan {
         end: sc.pos(),
+        commits,
         puts,
     })
 }
@@ -448,7 +452,7 @@ fn replay(inner: &Inner, w: &mut Writer, plan: ReplayPlan) -> Result<()> {
     // half-written index chunk past the tail (a resize that never
     // published) is dead space.
     w.st.tail = plan.end;
-    if plan.puts == 0 {
+    if plan.commits == 0 {
         return Ok(());
     }
     inner.ensure_index_room(w, plan.puts)?;

@@ -317,3 +317,34 @@ fn recovery_is_idempotent() {
     assert_filled(&c, 1000, 9);
     drop((a, b));
 }
+
+/// Found by the kill -9 loop: a replay whose commits held only deletes
+/// moved the tail past them without applying them.
+#[test]
+fn replay_of_delete_only_commits_applies_them() {
+    let (_d, path) = store();
+    let db = Db::open(&path).unwrap();
+    fill(&db, 50, 10);
+    let tail = db.stats().tail;
+    let before = image(&path, "del-before.mapkv");
+    assert!(db.remove(7u32.to_le_bytes()).unwrap());
+    let mut b = db.batch();
+    b.remove(8u32.to_le_bytes()).remove(9u32.to_le_bytes());
+    b.commit().unwrap();
+    let end = db.stats().tail;
+    let after = image(&path, "del-after.mapkv");
+    // The writer appended the deletes and died before publishing them.
+    let img = image(&before, "del-img.mapkv");
+    patch(&img, tail, &read_at(&after, tail, (end - tail) as usize));
+    let db2 = Db::open(&img).unwrap();
+    assert_eq!(db2.stats().opened, OpenKind::Replayed);
+    db2.check().unwrap();
+    assert_eq!(db2.len(), 47);
+    for k in [7u32, 8, 9] {
+        assert_eq!(
+            db2.get(k.to_le_bytes()).unwrap(),
+            None,
+            "deleted key {k} is back"
+        );
+    }
+}
