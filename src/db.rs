@@ -746,6 +746,9 @@ impl Inner {
                 path: self.path.clone(),
                 source,
             })?;
+            // Bring the other copy up to date too, so that both name the
+            // shorter length (either can then be lost to a torn write).
+            self.write_meta(&mut w, FLAG_CLEAN, true)?;
         }
         Ok(())
     }
@@ -816,7 +819,8 @@ impl Db {
                 st: State::default(),
                 durable_tail: meta.tail,
                 durable_seq_gen: meta.seq_gen,
-                durable_len: meta.file_len,
+                // Never more than the file has (see recovery::open_file).
+                durable_len: meta.file_len.min(arena.len()),
                 pending: Vec::new(),
                 meta,
                 boot_id: meta.boot_id,

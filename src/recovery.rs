@@ -115,12 +115,16 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
         offset,
         what,
     };
-    if meta.file_len > len {
+    // Everything below the durable tail must still be there. (The length the
+    // meta names may be more than the file has: a clean close trims the
+    // file after writing the shorter length into the newer copy only, so an
+    // older copy can name the longer one. Nothing past the tail is needed.)
+    if meta.tail > len {
         return Err(corrupt(
             len,
             format!(
-                "the file is {len} bytes but its meta says {} bytes were made durable: it was truncated",
-                meta.file_len
+                "the file is {len} bytes but its meta says {} bytes of log are durable: it was truncated",
+                meta.tail
             ),
         ));
     }
@@ -130,7 +134,7 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
             format!("meta sequence number {} is out of range", meta.meta_seq),
         ));
     }
-    if meta.tail < ARENA_START || meta.tail > meta.file_len || meta.tail % 8 != 0 {
+    if meta.tail < ARENA_START || meta.tail % 8 != 0 {
         return Err(corrupt(
             0,
             format!("meta tail {} is outside the file", meta.tail),
@@ -354,6 +358,7 @@ fn plausible(inner: &Inner, st: &State) -> bool {
         && d.start.checked_add(d.bytes()).is_some_and(|e| e <= st.tail)
         && st.index_used < d.capacity()
         && st.live_keys <= st.index_used
+        && st.live_bytes <= st.tail
 }
 
 /// Check up to 64 live slots: each must point at a valid put record whose

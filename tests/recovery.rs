@@ -23,6 +23,13 @@ fn image(from: &Path, name: &str) -> PathBuf {
     to
 }
 
+/// Open `path` in this boot (holding the lock, so that no other test's
+/// simulated reboot is in force meanwhile).
+fn open_same_boot(path: &Path) -> mapkv::Result<Db> {
+    let _g = BOOT.lock().unwrap_or_else(|e| e.into_inner());
+    Db::open(path)
+}
+
 /// Open `path` as if the machine had rebooted since it was written.
 fn open_after_reboot(path: &Path, boot: &str) -> mapkv::Result<Db> {
     let _g = BOOT.lock().unwrap_or_else(|e| e.into_inner());
@@ -67,17 +74,17 @@ fn assert_filled(db: &Db, n: u32, tag: u8) {
 #[test]
 fn process_crash_image_replays_and_loses_nothing() {
     let (_d, path) = store();
-    let db = Db::open(&path).unwrap();
+    let db = open_same_boot(&path).unwrap();
     fill(&db, 5000, 1);
     let img = image(&path, "crash.mapkv");
-    let db2 = Db::open(&img).unwrap();
+    let db2 = open_same_boot(&img).unwrap();
     assert_eq!(db2.stats().opened, OpenKind::Replayed);
     assert_filled(&db2, 5000, 1);
     assert!(db2.stats().generation > db.stats().generation);
     // The recovered store is writable and reopens cleanly.
     db2.insert(b"after", b"crash").unwrap();
     db2.close().unwrap();
-    let db3 = Db::open(&img).unwrap();
+    let db3 = open_same_boot(&img).unwrap();
     assert_eq!(db3.stats().opened, OpenKind::Clean);
     assert_eq!(db3.len(), 5001);
 }
@@ -85,7 +92,7 @@ fn process_crash_image_replays_and_loses_nothing() {
 #[test]
 fn reboot_rebuilds_the_index_from_the_log() {
     let (_d, path) = store();
-    let db = Db::open(&path).unwrap();
+    let db = open_same_boot(&path).unwrap();
     fill(&db, 20_000, 2);
     for i in 0..5000u32 {
         db.remove(i.to_le_bytes()).unwrap();
@@ -111,7 +118,7 @@ fn reboot_rebuilds_the_index_from_the_log() {
 fn clean_close_survives_a_reboot_without_a_scan() {
     let (_d, path) = store();
     {
-        let db = Db::open(&path).unwrap();
+        let db = open_same_boot(&path).unwrap();
         fill(&db, 1000, 3);
     }
     let db = open_after_reboot(&path, "another-boot-2").unwrap();
@@ -122,7 +129,7 @@ fn clean_close_survives_a_reboot_without_a_scan() {
 #[test]
 fn incomplete_batch_past_the_tail_is_invisible() {
     let (_d, path) = store();
-    let db = Db::open(&path).unwrap();
+    let db = open_same_boot(&path).unwrap();
     fill(&db, 100, 4);
     let tail = db.stats().tail;
     // The state before the batch: what the page cache holds if the writer
@@ -149,7 +156,7 @@ fn incomplete_batch_past_the_tail_is_invisible() {
             let db2 = if reboot {
                 open_after_reboot(&img, "boot-torn").unwrap()
             } else {
-                Db::open(&img).unwrap()
+                open_same_boot(&img).unwrap()
             };
             let want = if reboot {
                 OpenKind::Rebuilt
@@ -172,7 +179,7 @@ fn incomplete_batch_past_the_tail_is_invisible() {
     // before the slot stores): replay rolls it forward.
     let img = image(&before, "rolled.mapkv");
     patch(&img, tail, &batch_bytes);
-    let db3 = Db::open(&img).unwrap();
+    let db3 = open_same_boot(&img).unwrap();
     assert_eq!(db3.stats().opened, OpenKind::Replayed);
     assert_eq!(db3.len(), 150);
     assert_eq!(
@@ -184,13 +191,13 @@ fn incomplete_batch_past_the_tail_is_invisible() {
 #[test]
 fn writer_dead_in_the_middle_of_an_index_change_forces_a_rebuild() {
     let (_d, path) = store();
-    let db = Db::open(&path).unwrap();
+    let db = open_same_boot(&path).unwrap();
     fill(&db, 3000, 5);
     let img = image(&path, "odd.mapkv");
     // Control block version word (offset 8192 + 8): make it odd.
     let v = u64::from_le_bytes(read_at(&img, 8200, 8).try_into().unwrap());
     patch(&img, 8200, &(v | 1).to_le_bytes());
-    let db2 = Db::open(&img).unwrap();
+    let db2 = open_same_boot(&img).unwrap();
     assert_eq!(db2.stats().opened, OpenKind::Rebuilt);
     assert_filled(&db2, 3000, 5);
 }
@@ -198,7 +205,7 @@ fn writer_dead_in_the_middle_of_an_index_change_forces_a_rebuild() {
 #[test]
 fn garbage_index_is_rebuilt_after_a_reboot() {
     let (_d, path) = store();
-    let db = Db::open(&path).unwrap();
+    let db = open_same_boot(&path).unwrap();
     fill(&db, 3000, 6);
     let s = db.stats();
     let img = image(&path, "garbage-index.mapkv");
@@ -276,7 +283,7 @@ fn damage_below_the_durable_tail_is_reported_not_dropped() {
 #[test]
 fn read_only_open_recovers_in_memory_without_writing() {
     let (_d, path) = store();
-    let db = Db::open(&path).unwrap();
+    let db = open_same_boot(&path).unwrap();
     fill(&db, 2000, 8);
     let img = image(&path, "ro.mapkv");
     let before = std::fs::read(&img).unwrap();
@@ -302,7 +309,7 @@ fn read_only_open_recovers_in_memory_without_writing() {
 #[test]
 fn recovery_is_idempotent() {
     let (_d, path) = store();
-    let db = Db::open(&path).unwrap();
+    let db = open_same_boot(&path).unwrap();
     fill(&db, 1000, 9);
     let img = image(&path, "twice.mapkv");
     // Recover, then "crash" again right away (copy while open), twice.
@@ -323,7 +330,7 @@ fn recovery_is_idempotent() {
 #[test]
 fn replay_of_delete_only_commits_applies_them() {
     let (_d, path) = store();
-    let db = Db::open(&path).unwrap();
+    let db = open_same_boot(&path).unwrap();
     fill(&db, 50, 10);
     let tail = db.stats().tail;
     let before = image(&path, "del-before.mapkv");
@@ -336,7 +343,7 @@ fn replay_of_delete_only_commits_applies_them() {
     // The writer appended the deletes and died before publishing them.
     let img = image(&before, "del-img.mapkv");
     patch(&img, tail, &read_at(&after, tail, (end - tail) as usize));
-    let db2 = Db::open(&img).unwrap();
+    let db2 = open_same_boot(&img).unwrap();
     assert_eq!(db2.stats().opened, OpenKind::Replayed);
     db2.check().unwrap();
     assert_eq!(db2.len(), 47);

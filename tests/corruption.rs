@@ -1,0 +1,847 @@
+//! Damaged files, systematically: single-bit flips all over the file,
+//! zeroed pages, truncation at every interesting offset, a torn newer meta.
+//!
+//! One small store is built (a few hundred keys, overwrites, removes, a
+//! batch, a flush, unflushed writes), remembering every value ever written
+//! for every key. Two images of it are damaged: the file copied while the
+//! store was open (a process-crash image) and the file after a clean close.
+//! Every damaged copy is opened twice, as it is (same boot: the clean or
+//! replay path) and after a simulated reboot (`MAPKV_BOOT_ID`: the index is
+//! rebuilt from the log). Whatever happens:
+//!
+//! * no panic;
+//! * an open that fails says `Corrupted` (or, where the damage hit the file
+//!   header, `NotMapkv` / `UnsupportedVersion`);
+//! * a store that opens never returns invented bytes: every `Ok` from `get`
+//!   or `iter` is a value that was written for that key at some point, and
+//!   every read error is `Corrupted`;
+//! * truncation below the length the meta says is durable is `Corrupted`
+//!   and says so; truncation above it loses nothing durable and opens.
+//!
+//! Each test prints a summary (run with `--nocapture` to see it) and
+//! asserts that both outcomes, opened and `Corrupted`, occurred.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use common::{self_checking, Rng};
+use mapkv::{Db, Error, Options};
+
+/// `MAPKV_BOOT_ID` is process-wide: every open holds this lock, so that a
+/// "normal" open never sees another test's simulated reboot.
+static BOOT: Mutex<()> = Mutex::new(());
+
+const META_A: usize = 0;
+const META_B: usize = 4096;
+const META_LEN: usize = 128;
+const CONTROL: usize = 8192;
+const ARENA: usize = 12288;
+const MAGIC: &[u8; 8] = b"\x89MAPKV\r\n";
+
+fn le(b: &[u8], off: usize, n: usize) -> u64 {
+    (0..n).fold(0, |v, i| v | (b[off + i] as u64) << (8 * i))
+}
+
+/// A scratch directory, on tmpfs when there is one: hundreds of opens each
+/// sync a meta, which is free there and costs milliseconds on a disk.
+fn scratch() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(d) = tempfile::Builder::new()
+            .prefix("mapkv-corruption")
+            .tempdir_in(shm)
+        {
+            return d;
+        }
+    }
+    tempfile::tempdir().expect("tempdir")
+}
+
+fn key(k: u64) -> Vec<u8> {
+    format!("key-{k:05}").into_bytes()
+}
+
+/// An image of the store and what its bytes say about itself.
+struct Image {
+    name: &'static str,
+    bytes: Vec<u8>,
+    /// Offset of the meta copy with the higher sequence number.
+    newer_meta: usize,
+    /// That meta's `file_len`: the length known to be durable.
+    durable_len: usize,
+    /// That meta's durable tail.
+    tail: usize,
+    /// `(offset, length)` of every log item (records and index chunks).
+    items: Vec<(usize, usize)>,
+}
+
+impl Image {
+    fn new(name: &'static str, bytes: Vec<u8>) -> Image {
+        let seq = |at: usize| le(&bytes, at + 16, 8);
+        let has_magic = |at: usize| &bytes[at..at + 8] == MAGIC;
+        assert!(has_magic(META_A) && has_magic(META_B), "{name}: both metas");
+        let newer_meta = if seq(META_A) >= seq(META_B) {
+            META_A
+        } else {
+            META_B
+        };
+        let mut items = Vec::new();
+        let mut off = ARENA;
+        while off + 24 <= bytes.len() {
+            let kind = bytes[off + 8];
+            let (k, v) = (le(&bytes, off + 10, 2) as usize, le(&bytes, off + 12, 4));
+            let len = match kind {
+                0xA5 | 0xA6 => (24 + k + v as usize).div_ceil(8) * 8,
+                0xA7 => (off + 24).div_ceil(4096) * 4096 + (8usize << v) - off,
+                _ => break,
+            };
+            items.push((off, len));
+            off += len;
+        }
+        Image {
+            name,
+            durable_len: le(&bytes, newer_meta + 56, 8) as usize,
+            tail: le(&bytes, newer_meta + 64, 8) as usize,
+            newer_meta,
+            items,
+            bytes,
+        }
+    }
+
+    /// Byte range of the index table the newer meta names.
+    fn index_table(&self) -> (usize, usize) {
+        let d = le(&self.bytes, self.newer_meta + 88, 8);
+        let start = (d & !4095) as usize;
+        (start, start + (8usize << (d & 4095)))
+    }
+
+    fn log_end(&self) -> usize {
+        self.items.last().map(|&(o, l)| o + l).unwrap_or(ARENA)
+    }
+}
+
+struct Fixture {
+    /// Every value ever written, per key.
+    written: HashMap<Vec<u8>, HashSet<Vec<u8>>>,
+    /// Copied while the store was open: not clean, unflushed writes at the
+    /// end of the log.
+    crash: Image,
+    /// After a clean close (trimmed to its tail).
+    clean: Image,
+    seed: u64,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(build)
+}
+
+/// Remember `v` as written for key `k` and hand it back.
+fn remember(written: &mut HashMap<Vec<u8>, HashSet<Vec<u8>>>, k: u64, v: Vec<u8>) -> Vec<u8> {
+    written.entry(key(k)).or_default().insert(v.clone());
+    v
+}
+
+fn value(k: u64, ver: u64) -> Vec<u8> {
+    self_checking(k, ver, 24 + ((k * 37 + ver * 11) % 150) as usize)
+}
+
+fn build() -> Fixture {
+    let seed = common::seed("corruption");
+    let dir = scratch();
+    let path = dir.path().join("base.mapkv");
+    let mut w: HashMap<Vec<u8>, HashSet<Vec<u8>>> = HashMap::new();
+    let _g = BOOT.lock().unwrap_or_else(|e| e.into_inner());
+    let db = Options::new().initial_size(64 << 10).open(&path).unwrap();
+    for k in 0..360 {
+        db.insert(key(k), remember(&mut w, k, value(k, 0))).unwrap();
+    }
+    for k in (0..360).step_by(3) {
+        db.insert(key(k), remember(&mut w, k, value(k, 1))).unwrap();
+    }
+    db.flush().unwrap();
+    for k in (0..360).step_by(7) {
+        assert!(db.remove(key(k)).unwrap());
+    }
+    let mut b = db.batch();
+    for k in 360..400 {
+        b.insert(key(k), remember(&mut w, k, value(k, 0)));
+    }
+    for k in (0..50).step_by(5) {
+        b.remove(key(k));
+    }
+    for k in (1..100).step_by(11) {
+        b.insert(key(k), remember(&mut w, k, value(k, 2)));
+    }
+    b.commit().unwrap();
+    db.flush().unwrap();
+    // Unflushed: in the crash image past the durable tail, and enough of
+    // it that the file grows past the length the meta says is durable.
+    let durable = db.stats().file_len;
+    let mut k = 400;
+    while db.stats().file_len == durable {
+        let v = self_checking(k, 0, 1000 + (k as usize % 7) * 150);
+        db.insert(key(k), remember(&mut w, k, v)).unwrap();
+        k += 1;
+    }
+    for k in (2..60).step_by(9) {
+        db.insert(key(k), remember(&mut w, k, value(k, 3))).unwrap();
+    }
+    let crash = std::fs::read(&path).unwrap();
+    db.close().unwrap();
+    let clean = std::fs::read(&path).unwrap();
+    drop(_g);
+    let fx = Fixture {
+        written: w,
+        crash: Image::new("crash", crash),
+        clean: Image::new("clean", clean),
+        seed,
+    };
+    for im in [&fx.crash, &fx.clean] {
+        assert!(
+            im.bytes.len() <= 256 << 10,
+            "{}: {} bytes",
+            im.name,
+            im.bytes.len()
+        );
+        assert!(
+            im.items.len() > 400,
+            "{}: {} items",
+            im.name,
+            im.items.len()
+        );
+        assert!(im.durable_len <= im.bytes.len());
+    }
+    fx
+}
+
+fn open(path: &Path, reboot: bool) -> mapkv::Result<Db> {
+    let _g = BOOT.lock().unwrap_or_else(|e| e.into_inner());
+    if reboot {
+        std::env::set_var("MAPKV_BOOT_ID", "mapkv-corruption-test-other-boot");
+    }
+    let r = Db::open(path);
+    if reboot {
+        std::env::remove_var("MAPKV_BOOT_ID");
+    }
+    r
+}
+
+/// What happened, over all the images of a test.
+#[derive(Default, Debug)]
+struct Tally {
+    images: u64,
+    opens: u64,
+    opened: u64,
+    corrupted: u64,
+    not_mapkv: u64,
+    unsupported: u64,
+    other_errors: u64,
+    reads_ok: u64,
+    reads_corrupted: u64,
+    checks_ok: u64,
+    checks_corrupted: u64,
+}
+
+impl Tally {
+    fn print(&self, test: &str) {
+        println!(
+            "{test}: {} images, {} opens: {} opened ok, {} Corrupted, {} other errors \
+             ({} NotMapkv, {} UnsupportedVersion); reads: {} ok, {} Corrupted; \
+             check: {} ok, {} Corrupted",
+            self.images,
+            self.opens,
+            self.opened,
+            self.corrupted,
+            self.not_mapkv + self.unsupported + self.other_errors,
+            self.not_mapkv,
+            self.unsupported,
+            self.reads_ok,
+            self.reads_corrupted,
+            self.checks_ok,
+            self.checks_corrupted
+        );
+    }
+
+    fn both_outcomes(&self, test: &str) {
+        self.print(test);
+        assert!(self.opened > 0, "{test}: no damaged image opened: {self:?}");
+        assert!(
+            self.corrupted > 0,
+            "{test}: no damaged image was reported Corrupted: {self:?}"
+        );
+    }
+}
+
+/// What an open of a damaged image must do.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Expect {
+    /// Open or fail with an allowed error.
+    Any,
+    /// Open (the damage spares everything the meta says is durable).
+    Open,
+    /// Fail with `Corrupted` saying the file was truncated.
+    Truncated,
+}
+
+struct Ctx<'a> {
+    fx: &'a Fixture,
+    dir: tempfile::TempDir,
+    tally: Tally,
+    n: u64,
+}
+
+impl Ctx<'_> {
+    fn new() -> Ctx<'static> {
+        Ctx {
+            fx: fixture(),
+            dir: scratch(),
+            tally: Tally::default(),
+            n: 0,
+        }
+    }
+
+    /// Open `bytes` as it is and after a simulated reboot, each on its own
+    /// copy, and check everything the store then returns.
+    fn try_image(&mut self, bytes: &[u8], expect: Expect, what: &str) {
+        let seed = self.fx.seed;
+        self.tally.images += 1;
+        for reboot in [false, true] {
+            self.n += 1;
+            let path: PathBuf = self.dir.path().join(format!("img{}.mapkv", self.n));
+            std::fs::write(&path, bytes).unwrap();
+            let ctx = format!("{what}, reboot {reboot} (MAPKV_SEED={seed})");
+            self.tally.opens += 1;
+            match open(&path, reboot) {
+                Ok(db) => {
+                    assert!(
+                        expect != Expect::Truncated,
+                        "{ctx}: opened, wanted Corrupted"
+                    );
+                    self.tally.opened += 1;
+                    self.verify_reads(&db, &ctx);
+                    drop(db);
+                }
+                Err(e) => {
+                    assert!(expect != Expect::Open, "{ctx}: must open, got {e}");
+                    if expect == Expect::Truncated {
+                        assert!(
+                            matches!(e, Error::Corrupted { .. })
+                                && e.to_string().contains("truncated"),
+                            "{ctx}: wanted Corrupted (truncated), got {e}"
+                        );
+                    }
+                    self.classify(&e, bytes, &ctx);
+                }
+            }
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+
+    fn classify(&mut self, e: &Error, bytes: &[u8], ctx: &str) {
+        let magic_at = |at: usize| bytes.get(at..at + 8) == Some(&MAGIC[..]);
+        match e {
+            Error::Corrupted { .. } => self.tally.corrupted += 1,
+            Error::NotMapkv { .. } => {
+                assert!(
+                    !magic_at(META_A) && !magic_at(META_B),
+                    "{ctx}: NotMapkv for a file with the magic number: {e}"
+                );
+                self.tally.not_mapkv += 1;
+            }
+            Error::UnsupportedVersion { .. } => {
+                let other_version = [META_A, META_B]
+                    .into_iter()
+                    .any(|at| magic_at(at) && le(bytes, at + 8, 4) != 1);
+                assert!(other_version, "{ctx}: UnsupportedVersion: {e}");
+                self.tally.unsupported += 1;
+            }
+            Error::Io { .. } | Error::NeedsRecovery { .. } if bytes.len() < ARENA => {
+                self.tally.other_errors += 1;
+            }
+            e => panic!("{ctx}: open failed with an unexpected error: {e:?}"),
+        }
+    }
+
+    fn verify_reads(&mut self, db: &Db, ctx: &str) {
+        let written = &self.fx.written;
+        let corrupted = |e: Error, op: &str, t: &mut Tally| {
+            assert!(
+                matches!(e, Error::Corrupted { .. }),
+                "{ctx}: {op} failed with {e:?}"
+            );
+            t.reads_corrupted += 1;
+        };
+        for item in db.iter().take(1 << 16) {
+            match item {
+                Ok((k, v)) => {
+                    let ok = written.get(&k[..]).is_some_and(|vs| vs.contains(&v[..]));
+                    assert!(
+                        ok,
+                        "{ctx}: iter returned {:?} = {} bytes never written for it",
+                        String::from_utf8_lossy(&k),
+                        v.len()
+                    );
+                    self.tally.reads_ok += 1;
+                }
+                Err(e) => corrupted(e, "iter", &mut self.tally),
+            }
+        }
+        for (k, vs) in written {
+            match db.get(k) {
+                Ok(Some(v)) => {
+                    assert!(
+                        vs.contains(&v[..]),
+                        "{ctx}: get {:?} returned {} bytes never written for it",
+                        String::from_utf8_lossy(k),
+                        v.len()
+                    );
+                    self.tally.reads_ok += 1;
+                }
+                Ok(None) => self.tally.reads_ok += 1,
+                Err(e) => corrupted(e, "get", &mut self.tally),
+            }
+            if let Err(e) = db.contains_key(k) {
+                corrupted(e, "contains_key", &mut self.tally);
+            }
+        }
+        match db.get(b"never written") {
+            Ok(None) => {}
+            Ok(Some(v)) => panic!("{ctx}: a key never written has {} bytes", v.len()),
+            Err(e) => corrupted(e, "get", &mut self.tally),
+        }
+        let _ = db.len();
+        match db.check() {
+            Ok(_) => self.tally.checks_ok += 1,
+            Err(Error::Corrupted { .. }) => self.tally.checks_corrupted += 1,
+            Err(e) => panic!("{ctx}: check failed with {e:?}"),
+        }
+    }
+}
+
+fn images(fx: &Fixture) -> [&Image; 2] {
+    [&fx.crash, &fx.clean]
+}
+
+#[test]
+fn single_bit_flips_anywhere() {
+    let mut cx = Ctx::new();
+    let mut rng = Rng::new(cx.fx.seed ^ 0xb17f);
+    for im in images(cx.fx) {
+        let len = im.bytes.len();
+        let (ix0, ix1) = im.index_table();
+        let log_end = im.log_end();
+        // (region, flips): every structure of the file gets its share.
+        let regions: [(&str, usize, usize, usize); 7] = [
+            ("meta A", META_A, META_A + META_LEN, 64),
+            ("meta B", META_B, META_B + META_LEN, 64),
+            ("control block", CONTROL, CONTROL + 80, 40),
+            ("index table", ix0, ix1, 64),
+            ("log", ARENA, log_end, 400),
+            ("past the log", log_end, len, 16),
+            ("anywhere", 0, len, 200),
+        ];
+        for (region, from, to, n) in regions {
+            if from >= to {
+                continue;
+            }
+            for _ in 0..n {
+                let at = from + rng.below((to - from) as u64) as usize;
+                let bit = rng.below(8) as u8;
+                let mut b = im.bytes.clone();
+                b[at] ^= 1 << bit;
+                cx.try_image(
+                    &b,
+                    Expect::Any,
+                    &format!("{}: bit {bit} of byte {at} ({region})", im.name),
+                );
+            }
+        }
+    }
+    cx.tally.both_outcomes("single_bit_flips_anywhere");
+}
+
+#[test]
+fn zeroed_pages() {
+    let mut cx = Ctx::new();
+    for im in images(cx.fx) {
+        for page in (0..im.bytes.len()).step_by(4096) {
+            let mut b = im.bytes.clone();
+            let end = (page + 4096).min(b.len());
+            b[page..end].fill(0);
+            // Zeroing one meta copy leaves the other (which must still find
+            // its log: see `torn_newer_meta_after_a_trimming_close`); the
+            // control block is only a hint; free space past the log holds
+            // nothing. The store must still open.
+            let meta_ok = if page == im.newer_meta {
+                older_meta(im).1
+            } else {
+                page == META_A || page == META_B
+            };
+            let expect = if meta_ok || page == CONTROL || page >= im.log_end() {
+                Expect::Open
+            } else {
+                Expect::Any
+            };
+            cx.try_image(&b, expect, &format!("{}: page at {page} zeroed", im.name));
+        }
+    }
+    cx.tally.both_outcomes("zeroed_pages");
+}
+
+#[test]
+fn truncation() {
+    let mut cx = Ctx::new();
+    let mut rng = Rng::new(cx.fx.seed ^ 0x7c);
+    for im in images(cx.fx) {
+        let len = im.bytes.len();
+        let mut cuts: Vec<usize> = vec![
+            0,
+            1,
+            7,
+            8,
+            127,
+            128,
+            4095,
+            4096,
+            4096 + 128,
+            8191,
+            8192,
+            12287,
+            12288,
+            im.tail - 1,
+            im.tail,
+            im.tail + 1,
+            im.durable_len - 1,
+            im.durable_len,
+            len - 1,
+        ];
+        // Record boundaries, and just past them (a torn header).
+        for (i, &(off, l)) in im.items.iter().enumerate() {
+            if i % 4 == 0 || off + l >= im.tail.saturating_sub(64) {
+                cuts.extend([off, off + 1, off + 23, off + l / 2]);
+            }
+        }
+        for _ in 0..40 {
+            cuts.push(rng.below(len as u64) as usize);
+        }
+        cuts.sort_unstable();
+        cuts.dedup();
+        cuts.retain(|&c| c < len);
+        for cut in cuts {
+            let expect = if (8..im.tail).contains(&cut) {
+                Expect::Truncated
+            } else if cut >= im.tail {
+                Expect::Open
+            } else {
+                Expect::Any
+            };
+            cx.try_image(
+                &im.bytes[..cut],
+                expect,
+                &format!("{}: truncated to {cut} of {len} bytes", im.name),
+            );
+        }
+    }
+    cx.tally.both_outcomes("truncation");
+}
+
+/// The older meta copy of an image, and whether the file still holds its
+/// log (its durable tail is inside the file).
+fn older_meta(im: &Image) -> (usize, bool) {
+    let older = if im.newer_meta == META_A {
+        META_B
+    } else {
+        META_A
+    };
+    (
+        older,
+        le(&im.bytes, older + 64, 8) as usize <= im.bytes.len(),
+    )
+}
+
+/// The meta copy with the higher sequence number fails its CRC (a torn or
+/// rotted write): open falls back to the other copy and succeeds.
+#[test]
+fn torn_newer_meta_falls_back_to_the_other_copy() {
+    let mut cx = Ctx::new();
+    let mut tried = Vec::new();
+    for im in images(cx.fx) {
+        let newer = im.newer_meta;
+        let (older, usable) = older_meta(im);
+        if !usable {
+            continue;
+        }
+        tried.push(im.name);
+        assert!(le(&im.bytes, older + 16, 8) < le(&im.bytes, newer + 16, 8));
+        // A flipped byte in each field of the newer copy.
+        for at in [16, 24, 36, 44, 56, 64, 72, 80, 88, 100, 108, 124] {
+            let mut b = im.bytes.clone();
+            b[newer + at] ^= 0x20;
+            cx.try_image(
+                &b,
+                Expect::Open,
+                &format!("{}: newer meta byte {at} flipped", im.name),
+            );
+        }
+        // A torn sector: the second half of the newer copy still holds the
+        // older copy's bytes.
+        let mut b = im.bytes.clone();
+        let old_half = im.bytes[older + 64..older + META_LEN].to_vec();
+        b[newer + 64..newer + META_LEN].copy_from_slice(&old_half);
+        cx.try_image(
+            &b,
+            Expect::Open,
+            &format!("{}: newer meta torn in the middle", im.name),
+        );
+        // The whole newer copy zeroed (its write never reached the disk).
+        let mut b = im.bytes.clone();
+        b[newer..newer + 4096].fill(0);
+        cx.try_image(&b, Expect::Open, &format!("{}: newer meta zeroed", im.name));
+    }
+    cx.tally.print(&format!(
+        "torn_newer_meta_falls_back_to_the_other_copy {tried:?}"
+    ));
+    assert!(
+        tried.contains(&"crash"),
+        "the crash image has two usable metas"
+    );
+    assert_eq!(cx.tally.opened, cx.tally.opens);
+}
+
+// ---------------------------------------------------------------------------
+// Regressions: bugs found by the fuzz targets (reproducers in
+// fuzz/regressions/open_bytes/), fixed in a4ebef6. Each failed before it.
+// The last test was a known bug found by this file; it is fixed (open needs
+// the meta's durable tail inside the file, not its whole length; a trimming
+// close writes the shorter length into both copies).
+
+/// The largest single allocation since the last reset, to catch reads that
+/// allocate what a damaged header claims instead of what the file holds.
+struct Counting;
+
+static LARGEST_ALLOC: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LARGEST_ALLOC.fetch_max(l.size(), Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        LARGEST_ALLOC.fetch_max(l.size(), Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc_zeroed(l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        LARGEST_ALLOC.fetch_max(n, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(p, l, n) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// CRC-32 (IEEE) continuing from `init`, as mapkv's metas use it.
+fn crc32(init: u32, data: &[u8]) -> u32 {
+    let mut c = !init;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+fn reseal_meta(b: &mut [u8], at: usize) {
+    let salt = le(b, at + 32, 4) as u32;
+    let crc = crc32(salt ^ 0x4d45_5441, &b[at..at + META_LEN - 4]);
+    b[at + META_LEN - 4..at + META_LEN].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn write_image(dir: &Path, bytes: &[u8]) -> PathBuf {
+    let path = dir.join("known-bug.mapkv");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// A read-write open that fails must leave the file as it was. The
+/// rebuild used to mark the control block (and, for a CLEAN meta whose
+/// sample failed, retract the meta durably) before it found the damage that
+/// made it give up. fuzz/regressions/open_bytes/failed-open-modifies-header.
+#[test]
+fn failed_open_leaves_the_file_untouched() {
+    let fx = fixture();
+    let dir = scratch();
+    for (im, reboot) in [(&fx.crash, true), (&fx.clean, false)] {
+        // Zero the page of the record the first live slot points at (the
+        // CLEAN path samples it), below the durable tail and outside the
+        // index table. The rebuild after a reboot scans it in any case.
+        let (ix0, ix1) = im.index_table();
+        let page = (ix0..ix1)
+            .step_by(8)
+            .map(|at| le(&im.bytes, at, 8))
+            .filter(|&w| w > 1)
+            .map(|w| ((w & ((1 << 36) - 1)) << 3) as usize / 4096 * 4096)
+            .find(|&p| p >= ARENA && p + 4096 < im.tail && (p + 4096 <= ix0 || p >= ix1))
+            .expect("a live record outside the index table");
+        let mut b = im.bytes.clone();
+        b[page..page + 4096].fill(0);
+        let path = write_image(dir.path(), &b);
+        let r = open(&path, reboot);
+        assert!(
+            matches!(r, Err(Error::Corrupted { .. })),
+            "{}: {:?}",
+            im.name,
+            r.map(|d| d.len())
+        );
+        let now = std::fs::read(&path).unwrap();
+        let first = now.iter().zip(&b).position(|(x, y)| x != y);
+        assert!(
+            first.is_none(),
+            "{}: the failed open changed the file at byte {first:?}",
+            im.name
+        );
+    }
+}
+
+/// A damaged length in a record header must not make a read allocate (and,
+/// for `get`, zero-fill) what the header claims: up to 4 GiB for a file of
+/// 100 KiB. `fetch` used to resize its buffer before checking the length
+/// against the file, `read_record` to reserve it before checking the kind.
+/// fuzz/regressions/open_bytes/val-len-huge-allocation.
+#[test]
+fn damaged_length_is_not_allocated() {
+    let fx = fixture();
+    let im = &fx.clean;
+    let dir = scratch();
+    // The newest put records are the live ones; damage one whose slot the
+    // open-time sample (64 slots) does not check.
+    let puts: Vec<usize> = im
+        .items
+        .iter()
+        .rev()
+        .map(|&(o, _)| o)
+        .filter(|&o| im.bytes[o + 8] == 0xA5)
+        .collect();
+    for off in puts.into_iter().take(60) {
+        let mut b = im.bytes.clone();
+        b[off + 15] |= 0x10; // val_len += 256 MiB
+        let klen = le(&b, off + 10, 2) as usize;
+        let k = b[off + 24..off + 24 + klen].to_vec();
+        let path = write_image(dir.path(), &b);
+        let Ok(db) = open(&path, false) else { continue };
+        LARGEST_ALLOC.store(0, Ordering::Relaxed);
+        let got = db.get(&k);
+        let largest = LARGEST_ALLOC.load(Ordering::Relaxed);
+        assert!(matches!(got, Err(Error::Corrupted { .. })), "{got:?}");
+        assert!(
+            largest < 16 << 20,
+            "get on a damaged {}-byte file allocated {largest} bytes at once",
+            b.len()
+        );
+        return;
+    }
+    panic!("no damaged record escaped the open-time sample");
+}
+
+/// A meta with a valid CRC and `meta_seq == u64::MAX` (a hostile file)
+/// must give an error or work, not panic: `write_meta` computes
+/// `meta_seq + 1`. fuzz/regressions/open_bytes/meta-seq-max-overflow.
+#[test]
+fn meta_seq_at_max_does_not_panic() {
+    let fx = fixture();
+    let dir = scratch();
+    let mut b = fx.clean.bytes.clone();
+    let at = fx.clean.newer_meta;
+    b[at + 16..at + 24].copy_from_slice(&u64::MAX.to_le_bytes());
+    reseal_meta(&mut b, at);
+    let path = write_image(dir.path(), &b);
+    if let Ok(db) = open(&path, false) {
+        db.insert(b"k", b"v").unwrap();
+        db.close().unwrap();
+        // In a release build the sequence wraps to 0, the copy with
+        // u64::MAX keeps winning, and the store silently reopens stale.
+        let db = open(&path, false).unwrap();
+        assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+}
+
+/// A control block version word of `u64::MAX` made every open panic in a
+/// debug build (`Control::end` computed `v + 1`).
+/// fuzz/regressions/open_bytes/control-version-max-overflow.
+#[test]
+fn control_version_at_max_does_not_panic() {
+    let fx = fixture();
+    let dir = scratch();
+    let mut b = fx.clean.bytes.clone();
+    b[CONTROL + 8..CONTROL + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+    let path = write_image(dir.path(), &b);
+    let db = open(&path, false).unwrap();
+    assert_eq!(db.get(key(3)).unwrap().as_deref(), Some(&value(3, 1)[..]));
+    db.insert(b"k", b"v").unwrap();
+}
+
+/// After a process crash the control block's counters are taken as they
+/// are; a damaged `live_bytes` overflowed on the next insert (a panic in a
+/// debug build). It now saturates; `check` reports the wrong counter.
+/// fuzz/regressions/open_bytes/live-bytes-overflow.
+#[test]
+fn damaged_live_bytes_counter_does_not_overflow() {
+    let fx = fixture();
+    let dir = scratch();
+    let mut b = fx.crash.bytes.clone();
+    b[CONTROL + 56..CONTROL + 64].copy_from_slice(&u64::MAX.to_le_bytes());
+    let path = write_image(dir.path(), &b);
+    let db = open(&path, false).unwrap();
+    db.insert(b"k", b"v").unwrap();
+    assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    match db.check() {
+        Ok(r) => assert_eq!(r.live_bytes, db.stats().live_bytes),
+        Err(e) => assert!(e.to_string().contains("counters"), "{e}"),
+    }
+}
+
+/// A clean close that shrank the file used to write the shorter length
+/// into one meta copy only; when that newer copy was then damaged, the
+/// fallback copy said the file was truncated and the store could not be
+/// opened. Found by this file; fixed.
+#[test]
+fn torn_newer_meta_after_a_trimming_close() {
+    let dir = scratch();
+    let path = dir.path().join("trimmed.mapkv");
+    let db = open(&path, false).unwrap();
+    for i in 0..100u32 {
+        db.insert(i.to_le_bytes(), [7u8; 40]).unwrap();
+    }
+    db.close().unwrap();
+    let im = Image::new("trimmed", std::fs::read(&path).unwrap());
+    let (older, usable) = older_meta(&im);
+    println!(
+        "file {} bytes; newer meta says {}, older {}",
+        im.bytes.len(),
+        im.durable_len,
+        le(&im.bytes, older + 56, 8)
+    );
+    let mut b = im.bytes.clone();
+    b[im.newer_meta + 50] ^= 0x20;
+    let path = write_image(dir.path(), &b);
+    let db = open(&path, false).unwrap_or_else(|e| panic!("usable older copy {usable}: {e}"));
+    assert_eq!(db.len(), 100);
+}
