@@ -22,73 +22,16 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use common::powerloss::{CrashPoint, ImgRng, Progress, Simulator};
+use common::powerloss::{read_state, Commit, CrashPoint, ImgRng, Model, Progress, Simulator};
 use common::{seed, Rng};
 use mapkv::testing::{add_io_hook, IoOp, Phase};
 use mapkv::{Db, Durability, Options};
 
 /// Tests in this binary change MAPKV_BOOT_ID: one at a time.
 static ENV: Mutex<()> = Mutex::new(());
-
-type Commit = Vec<(Vec<u8>, Option<Vec<u8>>)>;
-
-/// Order-independent hash of a key-value state.
-fn entry_hash(k: &[u8], v: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    k.hash(&mut h);
-    v.hash(&mut h);
-    h.finish()
-}
-
-/// The model: every commit in order, and the state hash after each prefix.
-struct Model {
-    commits: Vec<Commit>,
-    hashes: Vec<u64>,
-    state: BTreeMap<Vec<u8>, Vec<u8>>,
-}
-
-impl Model {
-    fn new() -> Model {
-        Model {
-            commits: Vec::new(),
-            hashes: vec![0],
-            state: BTreeMap::new(),
-        }
-    }
-
-    fn apply(state: &mut BTreeMap<Vec<u8>, Vec<u8>>, hash: &mut u64, c: &Commit) {
-        for (k, v) in c {
-            if let Some(old) = state.remove(k) {
-                *hash = hash.wrapping_sub(entry_hash(k, &old));
-            }
-            if let Some(v) = v {
-                *hash = hash.wrapping_add(entry_hash(k, v));
-                state.insert(k.clone(), v.clone());
-            }
-        }
-    }
-
-    fn push(&mut self, c: Commit) {
-        let mut h = *self.hashes.last().unwrap();
-        Model::apply(&mut self.state, &mut h, &c);
-        self.hashes.push(h);
-        self.commits.push(c);
-    }
-
-    fn state_at(&self, k: usize) -> BTreeMap<Vec<u8>, Vec<u8>> {
-        let mut s = BTreeMap::new();
-        let mut h = 0;
-        for c in &self.commits[..k] {
-            Model::apply(&mut s, &mut h, c);
-        }
-        s
-    }
-}
 
 #[derive(Default, Debug)]
 struct Tally {
@@ -98,17 +41,6 @@ struct Tally {
     double_crash: u64,
     commits_lost_unsynced: u64,
     synced_lost: u64,
-}
-
-fn read_state(db: &Db) -> (BTreeMap<Vec<u8>, Vec<u8>>, u64) {
-    let mut s = BTreeMap::new();
-    let mut h = 0u64;
-    for item in db.iter() {
-        let (k, v) = item.expect("iter after recovery");
-        h = h.wrapping_add(entry_hash(&k, &v));
-        s.insert(k.to_vec(), v.to_vec());
-    }
-    (s, h)
 }
 
 fn open_as(path: &Path, boot: &str) -> mapkv::Result<Db> {

@@ -23,7 +23,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
 use mapkv::testing::{add_io_hook, HookGuard, IoOp, Phase};
+use mapkv::Db;
 
 pub const PAGE: usize = 4096;
 pub const SECTOR: usize = 512;
@@ -335,4 +339,77 @@ impl CrashPoint {
         }
         out
     }
+}
+
+pub type Commit = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Order-independent hash of a key-value state.
+pub fn entry_hash(k: &[u8], v: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    k.hash(&mut h);
+    v.hash(&mut h);
+    h.finish()
+}
+
+/// A model of a store's commits: every commit in order, and the state hash after each prefix.
+pub struct Model {
+    pub commits: Vec<Commit>,
+    pub hashes: Vec<u64>,
+    pub state: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl Default for Model {
+    fn default() -> Model {
+        Model::new()
+    }
+}
+
+impl Model {
+    pub fn new() -> Model {
+        Model {
+            commits: Vec::new(),
+            hashes: vec![0],
+            state: BTreeMap::new(),
+        }
+    }
+
+    fn apply(state: &mut BTreeMap<Vec<u8>, Vec<u8>>, hash: &mut u64, c: &Commit) {
+        for (k, v) in c {
+            if let Some(old) = state.remove(k) {
+                *hash = hash.wrapping_sub(entry_hash(k, &old));
+            }
+            if let Some(v) = v {
+                *hash = hash.wrapping_add(entry_hash(k, v));
+                state.insert(k.clone(), v.clone());
+            }
+        }
+    }
+
+    pub fn push(&mut self, c: Commit) {
+        let mut h = *self.hashes.last().unwrap();
+        Model::apply(&mut self.state, &mut h, &c);
+        self.hashes.push(h);
+        self.commits.push(c);
+    }
+
+    pub fn state_at(&self, k: usize) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let mut s = BTreeMap::new();
+        let mut h = 0;
+        for c in &self.commits[..k] {
+            Model::apply(&mut s, &mut h, c);
+        }
+        s
+    }
+}
+
+/// Every entry of `db`, and the order-independent hash `Model` uses.
+pub fn read_state(db: &Db) -> (BTreeMap<Vec<u8>, Vec<u8>>, u64) {
+    let mut s = BTreeMap::new();
+    let mut h = 0u64;
+    for item in db.iter() {
+        let (k, v) = item.expect("iter after recovery");
+        h = h.wrapping_add(entry_hash(&k, &v));
+        s.insert(k.to_vec(), v.to_vec());
+    }
+    (s, h)
 }

@@ -1,0 +1,376 @@
+//! `ops`: an arbitrary sequence of operations against a store and a
+//! `HashMap` model, compared after every step.
+//!
+//! Besides inserts, removes, gets and batches, the sequence can close and
+//! reopen the store, continue on a copy of the open file (what a killed
+//! process leaves: `CrashReopen`), do the same as if the machine had
+//! rebooted (`Reboot`: another `MAPKV_BOOT_ID`, so the index is rebuilt from
+//! the log), or open such a copy read-only. Nothing acknowledged may be
+//! lost by any of these (the copy holds the whole page cache), so the model
+//! stays exact. Every reopen is followed by a full comparison and
+//! `Db::check`. Any mismatch or unexpected error panics.
+
+#![no_main]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use mapkv::{Db, Durability, Error, OpenKind, Options};
+
+const MAX_OPS: usize = 96;
+const MAX_VALUE: usize = 2048;
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    config: Config,
+    ops: Vec<Op>,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Config {
+    /// 0: None, 1: Async, 2: Sync.
+    durability: u8,
+    /// Start with a 64 KiB file (growth happens early) instead of 1 MiB.
+    small_file: bool,
+    /// Reserve little address space, so growth remaps the file.
+    small_reserve: bool,
+}
+
+#[derive(Arbitrary, Debug, Clone)]
+enum Val {
+    Bytes(Vec<u8>),
+    Fill { len: u16, byte: u8 },
+}
+
+impl Val {
+    fn bytes(&self) -> Vec<u8> {
+        match self {
+            Val::Bytes(b) => b[..b.len().min(MAX_VALUE)].to_vec(),
+            Val::Fill { len, byte } => vec![*byte; *len as usize % (MAX_VALUE + 1)],
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+enum BatchOp {
+    Insert { key: u8, value: Val },
+    Remove { key: u8 },
+}
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Insert {
+        key: u8,
+        value: Val,
+    },
+    Remove {
+        key: u8,
+    },
+    Get {
+        key: u8,
+    },
+    Contains {
+        key: u8,
+    },
+    Batch(Vec<BatchOp>),
+    Flush,
+    /// Clean close, then open again.
+    Reopen,
+    /// Continue on a copy of the open file (process crash).
+    CrashReopen,
+    /// As `CrashReopen`, opened under another boot id (OS crash).
+    Reboot,
+    /// Many keys outside the u8 key space, so the index table grows.
+    Fill {
+        prefix: u8,
+        count: u8,
+        batched: bool,
+    },
+    /// Open a copy of the open file read-only and compare it.
+    ReadOnlyImage,
+    /// One value larger than the scanner's 64 KiB read chunk.
+    Large {
+        key: u8,
+        byte: u8,
+    },
+}
+
+/// The u8 key space, mapped to keys of different lengths (0 to 300 bytes;
+/// keys over 64 bytes take another comparison path).
+fn key(k: u8) -> Vec<u8> {
+    match k {
+        0 => Vec::new(),
+        250..=255 => vec![k; 64 + 40 * (k as usize - 249)],
+        _ => {
+            let mut v = vec![b'k'; 1 + (k as usize % 5)];
+            v.push(k);
+            v
+        }
+    }
+}
+
+fn fill_key(prefix: u8, i: u32) -> Vec<u8> {
+    let mut k = vec![0xF0, prefix];
+    k.extend_from_slice(&i.to_le_bytes());
+    k
+}
+
+fn fill_value(prefix: u8, i: u32, round: u32) -> Vec<u8> {
+    let n = 4 + ((i as usize * 13 + prefix as usize + round as usize) % 90);
+    (0..n).map(|j| (j as u32 ^ i ^ round) as u8).collect()
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+    opts: Options,
+    db: Option<Db>,
+    model: HashMap<Vec<u8>, Vec<u8>>,
+    boot: u32,
+    files: u32,
+    round: u32,
+}
+
+fn set_boot(n: u32) {
+    std::env::set_var("MAPKV_BOOT_ID", format!("mapkv-fuzz-ops-boot-{n}"));
+}
+
+impl Harness {
+    fn db(&self) -> &Db {
+        self.db.as_ref().expect("open store")
+    }
+
+    fn next_path(&mut self) -> PathBuf {
+        self.files += 1;
+        self.dir.path().join(format!("s{}.store", self.files))
+    }
+
+    fn expect_get(&self, k: &[u8], what: &str) {
+        let got = self
+            .db()
+            .get(k)
+            .unwrap_or_else(|e| panic!("{what}: get {k:?}: {e}"));
+        let want = self.model.get(k);
+        assert_eq!(
+            got.as_deref(),
+            want.map(|v| &v[..]),
+            "{what}: get {k:?} differs from the model"
+        );
+        let has = self
+            .db()
+            .contains_key(k)
+            .unwrap_or_else(|e| panic!("{what}: contains_key {k:?}: {e}"));
+        assert_eq!(has, want.is_some(), "{what}: contains_key {k:?}");
+    }
+
+    fn expect_len(&self, what: &str) {
+        assert_eq!(
+            self.db().len(),
+            self.model.len() as u64,
+            "{what}: len differs from the model"
+        );
+    }
+
+    /// Every key of the model, the iterator, and `check`.
+    fn verify_all(&self, what: &str) {
+        let db = self.db();
+        self.expect_len(what);
+        for k in self.model.keys() {
+            self.expect_get(k, what);
+        }
+        let mut seen: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        for item in db.iter() {
+            let (k, v) = item.unwrap_or_else(|e| panic!("{what}: iter: {e}"));
+            let dup = seen.insert(k.to_vec(), v.to_vec());
+            assert!(dup.is_none(), "{what}: iter returned {:?} twice", &k[..]);
+        }
+        assert!(seen == self.model, "{what}: iter differs from the model");
+        let report = db.check().unwrap_or_else(|e| panic!("{what}: check: {e}"));
+        assert_eq!(report.live_keys, self.model.len() as u64, "{what}: check");
+    }
+
+    fn open(&mut self, path: &Path, want: OpenKind, what: &str) {
+        let db = self
+            .opts
+            .clone()
+            .open(path)
+            .unwrap_or_else(|e| panic!("{what}: open: {e}"));
+        assert_eq!(db.stats().opened, want, "{what}: opened as");
+        self.db = Some(db);
+        self.path = path.to_path_buf();
+        self.verify_all(what);
+    }
+
+    /// A copy of the open store's file: what a killed process leaves.
+    fn image(&mut self) -> PathBuf {
+        let to = self.next_path();
+        std::fs::copy(&self.path, &to).expect("copy image");
+        to
+    }
+
+    fn step(&mut self, op: &Op) {
+        match op {
+            Op::Insert { key: k, value } => {
+                let (k, v) = (key(*k), value.bytes());
+                self.db().insert(&k, &v).expect("insert");
+                self.model.insert(k.clone(), v);
+                self.expect_get(&k, "after insert");
+            }
+            Op::Remove { key: k } => {
+                let k = key(*k);
+                let was = self.db().remove(&k).expect("remove");
+                assert_eq!(
+                    was,
+                    self.model.remove(&k).is_some(),
+                    "remove {k:?}: wrong return value"
+                );
+                self.expect_get(&k, "after remove");
+            }
+            Op::Get { key: k } => self.expect_get(&key(*k), "get"),
+            Op::Contains { key: k } => {
+                let k = key(*k);
+                let has = self.db().contains_key(&k).expect("contains_key");
+                assert_eq!(has, self.model.contains_key(&k), "contains_key {k:?}");
+            }
+            Op::Batch(ops) => {
+                let mut b = self.db().batch();
+                let mut touched = Vec::new();
+                let mut after = self.model.clone();
+                for op in ops {
+                    match op {
+                        BatchOp::Insert { key: k, value } => {
+                            let (k, v) = (key(*k), value.bytes());
+                            b.insert(&k, &v);
+                            after.insert(k.clone(), v);
+                            touched.push(k);
+                        }
+                        BatchOp::Remove { key: k } => {
+                            let k = key(*k);
+                            b.remove(&k);
+                            after.remove(&k);
+                            touched.push(k);
+                        }
+                    }
+                }
+                b.commit().expect("batch commit");
+                self.model = after;
+                for k in &touched {
+                    self.expect_get(k, "after batch");
+                }
+            }
+            Op::Flush => {
+                self.db().flush().expect("flush");
+            }
+            Op::Reopen => {
+                self.db.take().unwrap().close().expect("close");
+                let p = self.path.clone();
+                self.open(&p, OpenKind::Clean, "reopen after close");
+            }
+            Op::CrashReopen => {
+                let img = self.image();
+                drop(self.db.take());
+                self.open(&img, OpenKind::Replayed, "crash image");
+            }
+            Op::Reboot => {
+                let img = self.image();
+                drop(self.db.take());
+                self.boot += 1;
+                set_boot(self.boot);
+                self.open(&img, OpenKind::Rebuilt, "reboot image");
+            }
+            Op::Fill {
+                prefix,
+                count,
+                batched,
+            } => {
+                self.round += 1;
+                let n = *count as u32 * 2;
+                let kv: Vec<_> = (0..n)
+                    .map(|i| (fill_key(*prefix, i), fill_value(*prefix, i, self.round)))
+                    .collect();
+                if *batched {
+                    let mut b = self.db().batch();
+                    for (k, v) in &kv {
+                        b.insert(k, v);
+                    }
+                    b.commit().expect("fill batch");
+                } else {
+                    for (k, v) in &kv {
+                        self.db().insert(k, v).expect("fill insert");
+                    }
+                }
+                for (k, v) in kv {
+                    self.model.insert(k, v);
+                }
+                if n > 0 {
+                    self.expect_get(&fill_key(*prefix, n - 1), "after fill");
+                }
+            }
+            Op::ReadOnlyImage => {
+                let img = self.image();
+                match self.opts.clone().read_only(true).open(&img) {
+                    // Repair may need space a read-only handle cannot add.
+                    Err(Error::NeedsRecovery { .. }) => {}
+                    Err(e) => panic!("read-only image: open: {e}"),
+                    Ok(ro) => {
+                        assert_ne!(ro.stats().opened, OpenKind::Clean);
+                        let rw = self.db.replace(ro);
+                        self.verify_all("read-only image");
+                        assert!(matches!(
+                            self.db().insert(b"x", b"y"),
+                            Err(Error::ReadOnly { .. })
+                        ));
+                        self.db = rw;
+                    }
+                }
+            }
+            Op::Large { key: k, byte } => {
+                let (k, v) = (key(*k), vec![*byte; 70_000 + *byte as usize]);
+                self.db().insert(&k, &v).expect("insert large");
+                self.model.insert(k.clone(), v);
+                self.expect_get(&k, "after large insert");
+            }
+        }
+        self.expect_len("after step");
+    }
+}
+
+fuzz_target!(|input: Input| {
+    set_boot(0);
+    let durability = match input.config.durability % 3 {
+        0 => Durability::None,
+        1 => Durability::Async,
+        _ => Durability::Sync,
+    };
+    let mut opts = Options::new().durability(durability);
+    if input.config.small_file {
+        opts = opts.initial_size(64 << 10);
+    }
+    opts = opts.map_reserve(if input.config.small_reserve {
+        1 << 18
+    } else {
+        1 << 24
+    });
+    let dir = mapkv_fuzz::scratch_dir();
+    let path = dir.path().join("s0.store");
+    let mut h = Harness {
+        dir,
+        path: path.clone(),
+        opts,
+        db: None,
+        model: HashMap::new(),
+        boot: 0,
+        files: 0,
+        round: 0,
+    };
+    h.open(&path, OpenKind::Clean, "create");
+    for op in input.ops.iter().take(MAX_OPS) {
+        h.step(op);
+    }
+    h.verify_all("end");
+    h.db.take().unwrap().close().expect("final close");
+    let p = h.path.clone();
+    h.open(&p, OpenKind::Clean, "final reopen");
+});
