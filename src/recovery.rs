@@ -88,7 +88,7 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
             reason: "not a regular file".into(),
         });
     }
-    if !file::try_lock(&file, !opts.read_only).map_err(ioe("lock"))? {
+    if !lock_with_retry(&file, !opts.read_only).map_err(ioe("lock"))? {
         return Err(Error::Locked {
             path: path.to_path_buf(),
             detail: if opts.read_only {
@@ -153,6 +153,23 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
         meta_copy,
         boot_id: file::boot_id(),
     })
+}
+
+/// Take the file lock, retrying for up to about 100 ms. A lock can be held
+/// for a moment after its owner closed the store: a `fork` in another
+/// thread of the owner's process (any `std::process::Command`) duplicates
+/// every descriptor until the child's `exec`, and `flock` is released only
+/// when the last duplicate is closed.
+fn lock_with_retry(file: &std::fs::File, exclusive: bool) -> std::io::Result<bool> {
+    for attempt in 0..10 {
+        if file::try_lock(file, exclusive)? {
+            return Ok(true);
+        }
+        if attempt < 9 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    Ok(false)
 }
 
 /// Read both meta copies with `pread` (nothing is mapped or written before

@@ -244,6 +244,6 @@ fn out_of_space_at_max_size_keeps_the_store_usable() {
     }
     assert!(db.remove(0u32.to_le_bytes()).unwrap());
     db.close().unwrap();
-    let db = Db::open(&path).unwrap();
+    let db = Db::open(&path).unwrap_or_else(|e| panic!("reopen after out of space: {e:?}"));
     assert_eq!(db.len(), n as u64 - 1);
 }
