@@ -111,7 +111,8 @@ pub struct Stats {
     /// Bytes of the records of live keys (headers and padding included).
     pub live_bytes: u64,
     /// Log bytes no live key uses: overwritten and removed records,
-    /// tombstones, old index tables. Reclaimable by compaction.
+    /// tombstones, old index tables, and the header and alignment padding
+    /// (up to 4 KiB) in front of the current index table.
     pub dead_bytes: u64,
     /// Bytes of the current index table.
     pub index_bytes: u64,
