@@ -31,8 +31,14 @@ pub struct Iter<'a> {
     db: &'a Db,
     table: Option<Table<'a>>,
     slot: usize,
+    /// Records of the slots before this one have been prefetched.
+    ahead: usize,
     failed: Option<crate::Error>,
 }
+
+/// How many slots ahead of the one being read the iterator starts loading
+/// records, so that their cache misses overlap instead of queueing.
+const LOOKAHEAD: usize = 64;
 
 impl<'a> Iter<'a> {
     pub(crate) fn new(db: &'a Db) -> Iter<'a> {
@@ -41,12 +47,14 @@ impl<'a> Iter<'a> {
                 db,
                 table: Some(t),
                 slot: 0,
+                ahead: 0,
                 failed: None,
             },
             Err(e) => Iter {
                 db,
                 table: None,
                 slot: 0,
+                ahead: 0,
                 failed: Some(e),
             },
         }
@@ -62,12 +70,21 @@ impl Iterator for Iter<'_> {
             return Some(Err(e));
         }
         let t = self.table?;
+        let inner = &self.db.inner;
         while let Some(w) = t.word_at(self.slot) {
+            // Keep the record loads of the next slots in flight.
+            while self.ahead < self.slot + LOOKAHEAD {
+                match t.word_at(self.ahead) {
+                    Some(a) if index::is_live(a) => inner.arena.prefetch(index::word_offset(a), 256),
+                    Some(_) => {}
+                    None => break,
+                }
+                self.ahead += 1;
+            }
             self.slot += 1;
             if !index::is_live(w) {
                 continue;
             }
-            let inner = &self.db.inner;
             let off = index::word_offset(w);
             let item = inner.header_at(off).and_then(|h| {
                 let buf = inner.read_record(off, &h)?;
