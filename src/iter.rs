@@ -75,7 +75,9 @@ impl Iterator for Iter<'_> {
             // Keep the record loads of the next slots in flight.
             while self.ahead < self.slot + LOOKAHEAD {
                 match t.word_at(self.ahead) {
-                    Some(a) if index::is_live(a) => inner.arena.prefetch(index::word_offset(a), 256),
+                    Some(a) if index::is_live(a) => {
+                        inner.arena.prefetch(index::word_offset(a), 256)
+                    }
                     Some(_) => {}
                     None => break,
                 }
