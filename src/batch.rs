@@ -64,23 +64,77 @@ impl Batch {
 
     /// Insert or overwrite `key` when the batch commits. A key or value over
     /// the limits makes [`commit`](Batch::commit) fail (and write nothing).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mapkv::{Error, MAX_KEY_LEN};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("bi.mapkv"))?;
+    /// let mut b = db.batch();
+    /// b.insert(b"k", b"1").insert(b"k", b"2"); // the later one wins
+    /// b.commit()?;
+    /// assert_eq!(db.get(b"k")?.as_deref(), Some(&b"2"[..]));
+    ///
+    /// let mut b = db.batch();
+    /// b.insert(b"ok", b"v").insert(vec![0u8; MAX_KEY_LEN + 1], b"v");
+    /// assert!(matches!(b.commit(), Err(Error::KeyTooLarge { .. })));
+    /// assert!(!db.contains_key(b"ok")?); // nothing of the batch was written
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut Batch {
         self.push(true, key.as_ref(), value.as_ref());
         self
     }
 
     /// Remove `key` when the batch commits (a no-op if it is absent then).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("br.mapkv"))?;
+    /// db.insert(b"a", b"1")?;
+    /// let mut b = db.batch();
+    /// b.remove(b"a").remove(b"never-there");
+    /// b.commit()?;
+    /// assert!(db.is_empty());
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn remove(&mut self, key: impl AsRef<[u8]>) -> &mut Batch {
         self.push(false, key.as_ref(), &[]);
         self
     }
 
     /// Operations buffered so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("bl.mapkv"))?;
+    /// let mut b = db.batch();
+    /// b.insert(b"a", b"1").insert(b"a", b"2").remove(b"b");
+    /// assert_eq!(b.len(), 3); // operations, not distinct keys
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.ops.len()
     }
 
     /// Whether no operation is buffered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("be.mapkv"))?;
+    /// let mut b = db.batch();
+    /// assert!(b.is_empty());
+    /// b.insert(b"k", b"v");
+    /// assert!(!b.is_empty());
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
@@ -91,6 +145,23 @@ impl Batch {
     /// # Errors
     /// The first size error of any operation, or any error of
     /// [`Db::insert`]; then nothing of the batch was applied.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("bc.mapkv"))?;
+    /// let mut b = db.batch();
+    /// b.insert(b"from", b"0").insert(b"to", b"100");
+    /// b.commit()?; // both keys appear together
+    /// assert_eq!(db.len(), 2);
+    ///
+    /// let mut dropped = db.batch();
+    /// dropped.insert(b"lost", b"v");
+    /// drop(dropped); // never committed: nothing happens
+    /// assert!(!db.contains_key(b"lost")?);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn commit(self) -> Result<()> {
         if let Some(e) = self.error {
             return Err(e);

@@ -9,6 +9,23 @@ use crate::storage::ARENA_START;
 use crate::{Db, Result};
 
 /// What [`Db::check`] verified.
+///
+/// # Examples
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let db = mapkv::Db::open(dir.path().join("r.mapkv"))?;
+/// db.insert(b"a", b"1")?;
+/// db.insert(b"a", b"2")?;
+/// db.remove(b"a")?;
+/// db.insert(b"b", b"3")?;
+/// let report = db.check()?;
+/// assert_eq!(report.commits, 4);
+/// assert_eq!(report.records, 4); // three puts and one delete
+/// assert_eq!(report.live_keys, db.len());
+/// assert_eq!(report.live_bytes, db.stats().live_bytes);
+/// # Ok::<(), mapkv::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CheckReport {

@@ -103,6 +103,22 @@ impl Op<'_> {
 }
 
 /// What [`Db::stats`] reports.
+///
+/// # Examples
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let db = mapkv::Db::open(dir.path().join("s.mapkv"))?;
+/// db.insert(b"k", b"v")?;
+/// db.insert(b"k", b"w")?; // the first record is now dead
+/// let stats = db.stats();
+/// assert_eq!(stats.keys, 1);
+/// assert_eq!(stats.commits, 2);
+/// assert!(stats.dead_bytes > 0);
+/// assert!(stats.index_load < 0.75);
+/// assert_eq!(stats.opened, mapkv::OpenKind::Clean);
+/// # Ok::<(), mapkv::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -797,6 +813,27 @@ impl Db {
     /// untouched), [`Error::UnsupportedVersion`], [`Error::Corrupted`] if
     /// the store is damaged where it cannot be repaired, [`Error::Locked`]
     /// if another handle has it open, [`Error::Io`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mapkv::{Db, Error};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("open.mapkv");
+    /// let db = Db::open(&path)?; // created: it did not exist
+    /// db.insert(b"k", b"v")?;
+    /// db.close()?;
+    ///
+    /// let db = Db::open(&path)?; // opened again: the data is there
+    /// assert_eq!(db.get(b"k")?.as_deref(), Some(&b"v"[..]));
+    ///
+    /// // A file that is not a store is refused, and left untouched.
+    /// let other = dir.path().join("notes.txt");
+    /// std::fs::write(&other, b"hello, not a store")?;
+    /// assert!(matches!(Db::open(&other), Err(Error::NotMapkv { .. })));
+    /// assert_eq!(std::fs::read(&other)?, b"hello, not a store");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<Db> {
         Db::open_with(path.as_ref(), Options::default())
     }
@@ -865,6 +902,22 @@ impl Db {
     /// # Errors
     /// [`Error::KeyTooLarge`], [`Error::ValueTooLarge`], [`Error::ReadOnly`],
     /// [`Error::OutOfSpace`], [`Error::Poisoned`], [`Error::Io`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mapkv::{Error, MAX_KEY_LEN};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("ins.mapkv"))?;
+    /// db.insert(b"color", b"red")?;
+    /// db.insert(b"color", b"blue")?; // replaces the old value
+    /// assert_eq!(db.get(b"color")?.as_deref(), Some(&b"blue"[..]));
+    /// assert_eq!(db.len(), 1);
+    ///
+    /// let long_key = vec![0u8; MAX_KEY_LEN + 1];
+    /// assert!(matches!(db.insert(&long_key, b"v"), Err(Error::KeyTooLarge { .. })));
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
         self.inner.commit(&[Op::Put(key.as_ref(), value.as_ref())])
     }
@@ -875,6 +928,18 @@ impl Db {
     ///
     /// # Errors
     /// [`Error::Corrupted`] if the record fails its checks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("get.mapkv"))?;
+    /// db.insert(b"k", b"value")?;
+    /// let v = db.get(b"k")?.expect("present");
+    /// assert_eq!(&*v, b"value");
+    /// assert!(db.get(b"missing")?.is_none());
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     #[inline]
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
         let mut buf = Vec::new();
@@ -886,6 +951,20 @@ impl Db {
 
     /// Like [`get`](Db::get), but copies the value into `buf` (cleared
     /// first), reusing its allocation. Returns whether the key was found.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("gi.mapkv"))?;
+    /// db.insert(b"a", b"first")?;
+    /// let mut buf = Vec::with_capacity(64);
+    /// assert!(db.get_into(b"a", &mut buf)?);
+    /// assert_eq!(buf, b"first");
+    /// assert!(!db.get_into(b"missing", &mut buf)?);
+    /// assert!(buf.is_empty()); // cleared when the key is absent
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn get_into(&self, key: impl AsRef<[u8]>, buf: &mut Vec<u8>) -> Result<bool> {
         match self.inner.fetch(key.as_ref(), buf)? {
             Some(k) => {
@@ -900,11 +979,34 @@ impl Db {
     }
 
     /// Whether `key` has a value. Cheaper than `get`: the value is not read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("ck.mapkv"))?;
+    /// db.insert(b"here", b"")?; // an empty value still counts
+    /// assert!(db.contains_key(b"here")?);
+    /// assert!(!db.contains_key(b"gone")?);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool> {
         Ok(self.inner.lookup(key.as_ref())?.is_some())
     }
 
     /// Remove `key`. Returns whether it was present.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("rm.mapkv"))?;
+    /// db.insert(b"k", b"v")?;
+    /// assert!(db.remove(b"k")?); // it was there
+    /// assert!(!db.remove(b"k")?); // not any more
+    /// assert!(db.get(b"k")?.is_none());
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<bool> {
         let key = key.as_ref();
         check_sizes(key, &[])?;
@@ -921,11 +1023,34 @@ impl Db {
     }
 
     /// Number of live keys.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("len.mapkv"))?;
+    /// db.insert(b"a", b"1")?;
+    /// db.insert(b"b", b"2")?;
+    /// db.insert(b"a", b"3")?; // an overwrite is not a new key
+    /// assert_eq!(db.len(), 2);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn len(&self) -> u64 {
         self.inner.control().map(|c| c.live_keys()).unwrap_or(0)
     }
 
     /// Whether the store has no keys.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("empty.mapkv"))?;
+    /// assert!(db.is_empty());
+    /// db.insert(b"k", b"v")?;
+    /// assert!(!db.is_empty());
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -933,6 +1058,19 @@ impl Db {
     /// A new, empty batch. Its operations become visible and durable
     /// together when [`Batch::commit`](crate::Batch::commit) returns;
     /// dropping it without committing does nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("batch.mapkv"))?;
+    /// let mut batch = db.batch();
+    /// batch.insert(b"a", b"1").insert(b"b", b"2");
+    /// assert!(db.is_empty()); // nothing is visible before the commit
+    /// batch.commit()?;
+    /// assert_eq!(db.len(), 2);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn batch(&self) -> crate::Batch {
         crate::Batch::new(self.clone())
     }
@@ -940,6 +1078,18 @@ impl Db {
     /// Make every write so far durable (msync of the log, fsync of growth,
     /// and a synced meta). After it returns, everything written before the
     /// call survives an OS crash or power loss.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("flush.mapkv"))?;
+    /// db.insert(b"k", b"v")?; // Durability::None: not yet on stable storage
+    /// db.flush()?;
+    /// let stats = db.stats();
+    /// assert_eq!(stats.durable_tail, stats.tail); // everything is durable
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn flush(&self) -> Result<()> {
         let i = &*self.inner;
         if i.read_only {
@@ -954,6 +1104,19 @@ impl Db {
     }
 
     /// Counters and sizes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("stats.mapkv"))?;
+    /// db.insert(b"k", b"v")?;
+    /// let stats = db.stats();
+    /// assert_eq!(stats.keys, 1);
+    /// assert!(stats.live_bytes > 0);
+    /// assert!(stats.file_len >= stats.tail);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn stats(&self) -> Stats {
         let i = &*self.inner;
         let w = i.writer.lock();
@@ -988,6 +1151,16 @@ impl Db {
     }
 
     /// The store's file.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("path.mapkv");
+    /// let db = mapkv::Db::open(&path)?;
+    /// assert_eq!(db.path(), path.as_path());
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -995,6 +1168,24 @@ impl Db {
     /// Close the store cleanly and report any error. Only the last handle
     /// closes; on other clones this just drops the handle. Dropping the last
     /// handle does the same but cannot report errors.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mapkv::{Db, OpenKind};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("close.mapkv");
+    /// let db = Db::open(&path)?;
+    /// db.insert(b"k", b"v")?;
+    /// let clone = db.clone();
+    /// clone.close()?; // not the last handle: the store stays open
+    /// assert!(db.contains_key(b"k")?);
+    /// db.close()?; // the last handle: closed cleanly
+    ///
+    /// let db = Db::open(&path)?;
+    /// assert_eq!(db.stats().opened, OpenKind::Clean); // nothing to recover
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn close(self) -> Result<()> {
         match Arc::try_unwrap(self.inner) {
             Ok(inner) => inner.close_clean(),
@@ -1003,6 +1194,25 @@ impl Db {
     }
 
     /// Every live entry once, in no particular order. See [`Iter`](crate::Iter).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("iter.mapkv"))?;
+    /// for i in 0..10u32 {
+    ///     db.insert(i.to_be_bytes(), b"x")?;
+    /// }
+    /// let mut count = 0;
+    /// for item in db.iter() {
+    ///     let (key, value) = item?;
+    ///     assert_eq!(key.len(), 4);
+    ///     assert_eq!(&*value, b"x");
+    ///     count += 1;
+    /// }
+    /// assert_eq!(count, 10);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn iter(&self) -> crate::Iter<'_> {
         crate::Iter::new(self)
     }

@@ -4,6 +4,40 @@ use std::io;
 use std::path::PathBuf;
 
 /// Everything that can go wrong, with what and where.
+///
+/// # Examples
+///
+/// Match on the variants to handle particular failures:
+///
+/// ```
+/// use mapkv::{Db, Error, Options, MAX_KEY_LEN};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("e.mapkv");
+/// let db = Db::open(&path)?;
+///
+/// // A key over the limit: nothing is written.
+/// let err = db.insert(vec![0u8; MAX_KEY_LEN + 1], b"v").unwrap_err();
+/// assert!(matches!(err, Error::KeyTooLarge { max: MAX_KEY_LEN, .. }));
+///
+/// // A second read-write handle on the same file.
+/// assert!(matches!(Db::open(&path), Err(Error::Locked { .. })));
+/// db.close()?;
+///
+/// // A write through a read-only handle.
+/// let ro = Options::new().read_only(true).open(&path)?;
+/// match ro.insert(b"k", b"v") {
+///     Err(Error::ReadOnly { path: p }) => assert_eq!(p, path),
+///     other => panic!("expected ReadOnly, got {other:?}"),
+/// }
+///
+/// // A file that is not a store.
+/// let txt = dir.path().join("notes.txt");
+/// std::fs::write(&txt, b"just some text")?;
+/// let err = Db::open(&txt).err().expect("not a store");
+/// assert!(matches!(err, Error::NotMapkv { .. }));
+/// println!("{err}"); // "<path>: not a mapkv store: <reason>"
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -124,4 +158,16 @@ pub enum Error {
 }
 
 /// `Result` with mapkv's [`Error`].
+///
+/// # Examples
+///
+/// ```
+/// fn count(path: &std::path::Path) -> mapkv::Result<u64> {
+///     let db = mapkv::Db::open(path)?;
+///     Ok(db.len())
+/// }
+/// # let dir = tempfile::tempdir().unwrap();
+/// assert_eq!(count(&dir.path().join("count.mapkv"))?, 0);
+/// # Ok::<(), mapkv::Error>(())
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;

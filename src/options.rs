@@ -16,6 +16,27 @@ use crate::{Db, Result};
 /// that was never written, a commit (a batch too) is all-or-nothing, and
 /// everything acknowledged under `Sync`, or before a [`Db::flush`] that
 /// returned, is there with its exact bytes.
+///
+/// # Examples
+///
+/// ```
+/// use mapkv::{Durability, Options};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("d.mapkv");
+/// assert_eq!(Durability::default(), Durability::None);
+///
+/// // Every commit on stable storage before it returns; batch writes to
+/// // pay for one sync instead of many.
+/// let db = Options::new().durability(Durability::Sync).open(&path)?;
+/// let mut batch = db.batch();
+/// for i in 0..100u32 {
+///     batch.insert(i.to_be_bytes(), b"v");
+/// }
+/// batch.commit()?;
+/// let stats = db.stats();
+/// assert_eq!(stats.durable_tail, stats.tail);
+/// # Ok::<(), mapkv::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Durability {
     /// No system call on the write path. The write is in the page cache when
@@ -82,11 +103,34 @@ impl Default for Options {
 impl Options {
     /// Default options: `Durability::None`, read-write, create if missing,
     /// 1 MiB initial file, growth doubling up to 1 GiB steps, mode 0o600.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("new.mapkv");
+    /// let db = mapkv::Options::new().open(&path)?; // the same as Db::open(&path)
+    /// assert!(db.is_empty());
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn new() -> Options {
         Options::default()
     }
 
     /// What an acknowledged write survives (default [`Durability::None`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mapkv::{Durability, Options};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("dur.mapkv");
+    /// let db = Options::new().durability(Durability::Sync).open(&path)?;
+    /// db.insert(b"k", b"v")?; // durable when this returns
+    /// let stats = db.stats();
+    /// assert_eq!(stats.durable_tail, stats.tail);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn durability(mut self, d: Durability) -> Options {
         self.durability = d;
         self
@@ -96,6 +140,22 @@ impl Options {
     /// [`Error::ReadOnly`](crate::Error::ReadOnly). If the store was not
     /// closed cleanly, the index is repaired in private memory; the file is
     /// left as it is.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mapkv::{Db, Error, Options};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("ro.mapkv");
+    /// let db = Db::open(&path)?;
+    /// db.insert(b"k", b"v")?;
+    /// db.close()?;
+    ///
+    /// let ro = Options::new().read_only(true).open(&path)?;
+    /// assert_eq!(ro.get(b"k")?.as_deref(), Some(&b"v"[..]));
+    /// assert!(matches!(ro.insert(b"k", b"w"), Err(Error::ReadOnly { .. })));
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn read_only(mut self, yes: bool) -> Options {
         self.read_only = yes;
         self
@@ -104,12 +164,34 @@ impl Options {
     /// Create the file if it does not exist (default `true`). An existing
     /// empty (0-byte) file is also initialised; any other existing file must
     /// be a mapkv store.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mapkv::{Error, Options};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let missing = dir.path().join("missing.mapkv");
+    /// let err = Options::new().create(false).open(&missing).err().expect("missing");
+    /// assert!(matches!(err, Error::Io { .. }));
+    /// assert!(!missing.exists()); // nothing was created
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn create(mut self, yes: bool) -> Options {
         self.create = yes;
         self
     }
 
     /// Length of a newly created file, rounded up to 64 KiB (default 1 MiB).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("init.mapkv");
+    /// let db = mapkv::Options::new().initial_size(8 << 20).open(&path)?;
+    /// assert_eq!(db.stats().file_len, 8 << 20);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn initial_size(mut self, bytes: u64) -> Options {
         self.initial_size = bytes;
         self
@@ -117,6 +199,23 @@ impl Options {
 
     /// Growth doubles the file until a step would exceed this, then grows by
     /// this much (default 1 GiB). Rounded up to 64 KiB.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("grow.mapkv");
+    /// let db = mapkv::Options::new()
+    ///     .initial_size(1 << 20)
+    ///     .growth_step(256 << 10)
+    ///     .open(&path)?;
+    /// db.insert(b"big", vec![7u8; 1 << 20])?; // needs more than 1 MiB
+    /// let len = db.stats().file_len;
+    /// // Grown in 256 KiB steps, not doubled to 2 MiB.
+    /// assert!(len > 1 << 20 && len < 2 << 20);
+    /// assert_eq!(len % (256 << 10), 0);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn growth_step(mut self, bytes: u64) -> Options {
         self.growth_step = bytes.max(crate::storage::GRANULE);
         self
@@ -125,6 +224,20 @@ impl Options {
     /// The file never grows past this many bytes: a write that would need
     /// more fails with [`Error::OutOfSpace`](crate::Error::OutOfSpace)
     /// (default and maximum: 512 GiB, the format's limit).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mapkv::{Error, Options};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("max.mapkv");
+    /// let db = Options::new().max_size(2 << 20).open(&path)?;
+    /// let err = db.insert(b"big", vec![0u8; 4 << 20]).unwrap_err();
+    /// assert!(matches!(err, Error::OutOfSpace { .. }));
+    /// db.insert(b"small", b"fits")?; // still usable
+    /// assert!(db.stats().file_len <= 2 << 20);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn max_size(mut self, bytes: u64) -> Options {
         self.max_size = bytes.min(crate::storage::MAX_FILE_LEN);
         self
@@ -132,6 +245,18 @@ impl Options {
 
     /// Permission bits for a newly created file (default `0o600`: only the
     /// owner can read or write it; the umask still applies).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::unix::fs::PermissionsExt;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("mode.mapkv");
+    /// let db = mapkv::Options::new().mode(0o640).open(&path)?;
+    /// let mode = std::fs::metadata(db.path())?.permissions().mode() & 0o777;
+    /// assert_eq!(mode & !0o640, 0); // no bits beyond the ones asked for
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn mode(mut self, mode: u32) -> Options {
         self.mode = mode;
         self
@@ -139,6 +264,17 @@ impl Options {
 
     /// Size the index of a new store for this many keys, so that loading
     /// them needs no index rebuild (default 0: start small and grow).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("keys.mapkv");
+    /// let db = mapkv::Options::new().expected_keys(10_000).open(&path)?;
+    /// let stats = db.stats();
+    /// assert!(stats.index_capacity * 3 / 4 >= 10_000); // room without a rebuild
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn expected_keys(mut self, n: u64) -> Options {
         self.expected_keys = n;
         self
@@ -148,12 +284,42 @@ impl Options {
     /// no memory or disk is used for it). The file grows in place up to this
     /// size; past it the file is mapped again at twice the size, and the old
     /// mapping stays until the store is closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("reserve.mapkv");
+    /// let db = mapkv::Options::new()
+    ///     .initial_size(1 << 20)
+    ///     .map_reserve(1 << 20)
+    ///     .open(&path)?;
+    /// db.insert(b"big", vec![1u8; 2 << 20])?; // the file outgrows the reservation
+    /// assert!(db.stats().remaps >= 1);
+    /// assert_eq!(db.get(b"big")?.map(|v| v.len()), Some(2 << 20));
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn map_reserve(mut self, bytes: u64) -> Options {
         self.map_reserve = bytes;
         self
     }
 
     /// Open (or create) the store at `path` with these options.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mapkv::{Durability, Options};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("open.mapkv");
+    /// let opts = Options::new().durability(Durability::Async);
+    /// let db = opts.clone().open(&path)?;
+    /// db.insert(b"k", b"v")?;
+    /// db.close()?;
+    /// let db = opts.open(&path)?; // the same options open it again
+    /// assert!(db.contains_key(b"k")?);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn open(self, path: impl AsRef<Path>) -> Result<Db> {
         Db::open_with(path.as_ref(), self)
     }

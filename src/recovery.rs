@@ -33,6 +33,26 @@ use crate::storage::{align_up, file, ARENA_START, FORMAT_PAGE, GRANULE, META_B_O
 use crate::{Error, Options, Result};
 
 /// How [`Db::open`](crate::Db::open) found the store.
+///
+/// # Examples
+///
+/// Read it from [`Stats::opened`](crate::Stats::opened):
+///
+/// ```
+/// use mapkv::{Db, OpenKind};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("ok.mapkv");
+/// let db = Db::open(&path)?;
+/// assert_eq!(db.stats().opened, OpenKind::Clean); // just created
+/// db.insert(b"k", b"v")?;
+/// db.close()?;
+/// let db = Db::open(&path)?;
+/// match db.stats().opened {
+///     OpenKind::Clean => {} // closed cleanly: nothing to recover
+///     other => panic!("unexpected recovery: {other:?}"),
+/// }
+/// # Ok::<(), mapkv::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum OpenKind {

@@ -34,6 +34,17 @@ impl Value {
     }
 
     /// The value's bytes as a `Vec`, without copying when possible.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("iv.mapkv"))?;
+    /// db.insert(b"k", b"bytes")?;
+    /// let v: Vec<u8> = db.get(b"k")?.unwrap().into_vec();
+    /// assert_eq!(v, b"bytes".to_vec());
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn into_vec(mut self) -> Vec<u8> {
         if self.start > 0 {
             self.buf.drain(..self.start);
@@ -42,6 +53,17 @@ impl Value {
     }
 
     /// The value's bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("as.mapkv"))?;
+    /// db.insert(b"k", b"text")?;
+    /// let v = db.get(b"k")?.unwrap();
+    /// assert_eq!(std::str::from_utf8(v.as_slice()).unwrap(), "text");
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn as_slice(&self) -> &[u8] {
         &self.buf[self.start..]
     }

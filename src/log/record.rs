@@ -34,8 +34,29 @@ pub(crate) const KIND_INDEX: u8 = 0xA7;
 pub(crate) const FLAG_END: u8 = 1;
 
 /// Longest key: 65,535 bytes.
+///
+/// # Examples
+///
+/// ```
+/// use mapkv::{Error, MAX_KEY_LEN};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let db = mapkv::Db::open(dir.path().join("mk.mapkv"))?;
+/// db.insert(vec![b'k'; MAX_KEY_LEN], b"v")?; // the longest key fits
+/// let err = db.insert(vec![b'k'; MAX_KEY_LEN + 1], b"v").unwrap_err();
+/// assert!(matches!(err, Error::KeyTooLarge { len, .. } if len == MAX_KEY_LEN + 1));
+/// # Ok::<(), mapkv::Error>(())
+/// ```
 pub const MAX_KEY_LEN: usize = u16::MAX as usize;
 /// Longest value: 4 GiB - 1 bytes.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(mapkv::MAX_VALUE_LEN, u32::MAX as usize);
+/// // Check a length before building the value:
+/// let wanted: u64 = 5 << 30;
+/// assert!(wanted > mapkv::MAX_VALUE_LEN as u64); // would fail with Error::ValueTooLarge
+/// ```
 pub const MAX_VALUE_LEN: usize = u32::MAX as usize;
 
 const SEQ_BITS: u32 = 48;
