@@ -263,20 +263,32 @@ impl Inner {
     }
 
     fn read_record_into(&self, off: u64, h: &Header, buf: &mut Vec<u8>) -> Result<()> {
+        self.copy_record(off, h, buf)?;
+        self.verify_record(off, h, buf)
+    }
+
+    /// Copy the key and value of the put record at `off` into `buf` (key
+    /// first), after checking its kind and that it lies inside the file;
+    /// nothing is allocated for a length the file cannot hold.
+    fn copy_record(&self, off: u64, h: &Header, buf: &mut Vec<u8>) -> Result<()> {
         if h.kind != KIND_PUT {
             return Err(self.corrupt(off, "slot points at something that is not a live record"));
         }
         let n = h.key_len as usize + h.val_len as usize;
-        if off + HEADER_LEN + n as u64 > self.arena.len() {
+        if (off + HEADER_LEN).saturating_add(n as u64) > self.arena.len() {
             return Err(self.corrupt(off, "record runs past the end of the file"));
         }
         buf.clear();
         buf.resize(n, 0);
         self.arena
             .read(off + HEADER_LEN, buf)
-            .map_err(|_| self.corrupt(off, "record runs past the end of the file"))?;
+            .map_err(|_| self.corrupt(off, "record runs past the end of the file"))
+    }
+
+    /// Check the record CRC over a copy made by `copy_record`.
+    fn verify_record(&self, off: u64, h: &Header, copy: &[u8]) -> Result<()> {
         let mut crc = BodyCrc::new(self.salt, off, &h.tail_bytes());
-        crc.update(buf);
+        crc.update(copy);
         if crc.finish() != h.crc {
             return Err(self.corrupt(off, "record fails its checksum"));
         }
@@ -320,31 +332,14 @@ impl Inner {
                 self.arena
                     .prefetch(off, HEADER_LEN + (key.len() as u64) + 256);
                 let hd = self.header_at(off)?;
-                if hd.kind != KIND_PUT {
-                    return Err(
-                        self.corrupt(off, "slot points at something that is not a live record")
-                    );
-                }
-                if hd.key_len as usize != key.len() {
+                if hd.kind == KIND_PUT && hd.key_len as usize != key.len() {
                     return Ok(false);
                 }
-                let n = hd.key_len as usize + hd.val_len as usize;
-                if (off + HEADER_LEN).saturating_add(n as u64) > self.arena.len() {
-                    return Err(self.corrupt(off, "record runs past the end of the file"));
-                }
-                buf.clear();
-                buf.resize(n, 0);
-                self.arena
-                    .read(off + HEADER_LEN, buf)
-                    .map_err(|_| self.corrupt(off, "record runs past the end of the file"))?;
+                self.copy_record(off, &hd, buf)?;
                 if &buf[..key.len()] != key {
                     return Ok(false);
                 }
-                let mut crc = BodyCrc::new(self.salt, off, &hd.tail_bytes());
-                crc.update(buf);
-                if crc.finish() != hd.crc {
-                    return Err(self.corrupt(off, "record fails its checksum"));
-                }
+                self.verify_record(off, &hd, buf)?;
                 Ok(true)
             })
             .map_err(|e| self.locate(e, d.start))?;
