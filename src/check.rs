@@ -64,8 +64,37 @@ impl Db {
     /// ```
     pub fn check(&self) -> Result<CheckReport> {
         let inner = &*self.inner;
-        let w = inner.writer_lock();
-        let st = w.st;
+        if inner.cross {
+            let w = inner.lock_writer()?;
+            return self.check_state(&w.st);
+        }
+        // A read-only handle cannot stop writers in other processes: check
+        // a snapshot, and start again if a commit landed meanwhile.
+        let c = inner.control()?;
+        for _ in 0..20 {
+            let (st, consistent) = c.snapshot(1000);
+            let v = c.version();
+            if !consistent || v % 2 == 1 {
+                std::thread::yield_now();
+                continue;
+            }
+            let res = self.check_state(&st);
+            if c.version() == v {
+                return res;
+            }
+        }
+        Err(crate::Error::Locked {
+            path: inner.path.clone(),
+            detail: "the store kept changing while a read-only handle checked it; \
+                     check it from a read-write handle, which holds writers off",
+        })
+    }
+
+    fn check_state(&self, st: &crate::storage::control::State) -> Result<CheckReport> {
+        let inner = &*self.inner;
+        // Another process may have grown the file.
+        let _ = inner.arena.refresh();
+        let st = *st;
         let mut report = CheckReport {
             records: 0,
             commits: 0,

@@ -14,7 +14,8 @@ use crate::log::record::{
 };
 use crate::options::{Durability, Options};
 use crate::recovery;
-use crate::storage::control::{Control, State};
+use crate::storage::control::{Control, Durable, State, NOTIFY};
+use crate::storage::lock::futex_wake_all;
 use crate::storage::mapping::{Arena, MapMode, OutOfBounds};
 use crate::storage::meta::{Meta, FLAG_CLEAN, FORMAT_VERSION, MAGIC};
 use crate::storage::{
@@ -58,27 +59,78 @@ pub(crate) struct Inner {
     growth_step: u64,
     max_size: u64,
     writer: Mutex<Writer>,
+    /// Whether writes take the cross-process writer mutex (read-write
+    /// handles on a shared mapping; read-only handles never write).
+    pub(crate) cross: bool,
+    /// This process's id, stored in the control block while writing.
+    pid: u64,
+    /// Whether this handle holds the exclusive open lock (it is alone, or
+    /// it is a read-only handle that recovered in private memory and keeps
+    /// writers out until it closes).
+    exclusive: AtomicBool,
     poisoned: AtomicBool,
     poison_cause: Mutex<String>,
     closed: AtomicBool,
     opened: OpenKind,
 }
 
-/// The writer's view of the store; protected by the writer lock. The
-/// control block mirrors `st` for readers and for recovery.
+/// The writer's view of the store, valid while the writer lock is held:
+/// loaded from the control block when the lock is taken (another process
+/// may have written since) and stored back before it is released.
 pub(crate) struct Writer {
     pub(crate) st: State,
-    /// Everything below is on stable storage and a meta says so.
-    pub(crate) durable_tail: u64,
-    pub(crate) durable_seq_gen: u64,
-    /// File length known to be durable (fsync'd).
-    pub(crate) durable_len: u64,
-    /// Byte ranges appended since the last sync (records, chunk headers).
-    pub(crate) pending: Vec<(u64, u64)>,
-    pub(crate) meta: Meta,
+    /// Durable bookkeeping: everything below `dur.tail` is on stable
+    /// storage; `dur.len` bytes of file length are; which meta copy holds
+    /// the newest synced meta.
+    pub(crate) dur: Durable,
     pub(crate) boot_id: [u8; 16],
-    /// Offset of the meta copy that holds the last synced meta.
-    pub(crate) synced_copy: u64,
+    /// Bytes were written past the published tail and not (yet) published.
+    /// If the lock is released like this (an error), the next holder must
+    /// repair: those bytes carry the current generation.
+    pub(crate) unpublished: bool,
+}
+
+/// The writer lock, held: the in-process mutex and, for read-write handles
+/// on a shared store, the cross-process mutex in the mapping. Dropping it
+/// stores the writer state into the control block and releases both.
+pub(crate) struct WriteGuard<'a> {
+    inner: &'a Inner,
+    w: parking_lot::MutexGuard<'a, Writer>,
+    pub(crate) cross: bool,
+}
+
+impl std::ops::Deref for WriteGuard<'_> {
+    type Target = Writer;
+    fn deref(&self) -> &Writer {
+        &self.w
+    }
+}
+
+impl std::ops::DerefMut for WriteGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Writer {
+        &mut self.w
+    }
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        if !self.cross {
+            return;
+        }
+        if let Ok(c) = self.inner.control() {
+            c.set_durable(&self.w.dur);
+            // An odd seqlock means a change was left half-made (an index
+            // update failed); unpublished bytes past the tail would share
+            // the generation of the next commit: in both cases keep the
+            // writer word set so that the next holder repairs first.
+            if c.version() % 2 == 0 && !self.w.unpublished {
+                c.set_writer(0);
+            }
+        }
+        // Nothing useful can be done if unlocking fails (it cannot for a
+        // mutex this thread holds).
+        let _ = self.inner.arena.unlock_writer();
+    }
 }
 
 /// One operation of a commit.
@@ -176,7 +228,7 @@ impl Inner {
         }
     }
 
-    fn locate(&self, e: Error, offset: u64) -> Error {
+    pub(crate) fn locate(&self, e: Error, offset: u64) -> Error {
         match e {
             Error::Corrupted { path, what, .. } if path.as_os_str().is_empty() => {
                 Error::Corrupted {
@@ -189,8 +241,62 @@ impl Inner {
         }
     }
 
-    pub(crate) fn writer_lock(&self) -> parking_lot::MutexGuard<'_, Writer> {
-        self.writer.lock()
+    /// Take the writer lock: the in-process mutex, then (read-write handles
+    /// on a shared store) the cross-process mutex. Loads the writer state
+    /// that the previous holder, in any process, left in the control block,
+    /// and first repairs the store if that holder died or failed in the
+    /// middle of a change.
+    pub(crate) fn lock_writer(&self) -> Result<WriteGuard<'_>> {
+        let w = self.writer.lock();
+        if !self.cross {
+            return Ok(WriteGuard {
+                inner: self,
+                w,
+                cross: false,
+            });
+        }
+        self.arena.lock_writer().map_err(|source| Error::Io {
+            op: "take the writer lock",
+            path: self.path.clone(),
+            source,
+        })?;
+        let mut g = WriteGuard {
+            inner: self,
+            w,
+            cross: true,
+        };
+        let c = self.control()?;
+        if c.file_len() > self.arena.len() {
+            self.arena.refresh().map_err(|source| Error::Io {
+                op: "follow file growth",
+                path: self.path.clone(),
+                source,
+            })?;
+        }
+        let (st, consistent) = c.snapshot(1);
+        g.w.dur = c.durable();
+        let dirty = c.writer() != 0;
+        c.set_writer(self.pid);
+        if dirty || !consistent {
+            recovery::repair_live(self, &mut g.w)?;
+        } else {
+            g.w.st = st;
+        }
+        Ok(g)
+    }
+
+    /// Tell waiters in every process that a commit landed.
+    pub(crate) fn notify(&self) {
+        if let Ok(word) = self.arena.atomic_u32(CONTROL_OFFSET + NOTIFY) {
+            word.fetch_add(1, Ordering::SeqCst);
+            let waiting = self
+                .control()
+                .map(|c| c.waiters().load(Ordering::SeqCst))
+                .unwrap_or(1);
+            if waiting > 0 {
+                futex_wake_all(word);
+            }
+        }
     }
 
     pub(crate) fn control(&self) -> Result<Control<'_>> {
@@ -275,7 +381,7 @@ impl Inner {
             return Err(self.corrupt(off, "slot points at something that is not a live record"));
         }
         let n = h.key_len as usize + h.val_len as usize;
-        if (off + HEADER_LEN).saturating_add(n as u64) > self.arena.len() {
+        if !self.within_file((off + HEADER_LEN).saturating_add(n as u64)) {
             return Err(self.corrupt(off, "record runs past the end of the file"));
         }
         buf.clear();
@@ -283,6 +389,14 @@ impl Inner {
         self.arena
             .read(off + HEADER_LEN, buf)
             .map_err(|_| self.corrupt(off, "record runs past the end of the file"))
+    }
+
+    /// Whether the file has at least `end` bytes: the verified length, or,
+    /// if that is shorter (another process may have grown the file), what
+    /// `fstat` says now.
+    #[inline]
+    pub(crate) fn within_file(&self, end: u64) -> bool {
+        end <= self.arena.len() || self.arena.refresh().is_ok_and(|l| end <= l)
     }
 
     /// Check the record CRC over a copy made by `copy_record`.
@@ -503,6 +617,7 @@ impl Inner {
         let end = start + new.bytes();
         self.ensure_space(end)?;
         let hdr = record::encode_index(self.salt, off, log2);
+        w.unpublished = true;
         self.write_bytes(off, &hdr.to_bytes())?;
         self.arena.advise_hugepage(start, new.bytes());
         self.arena
@@ -510,7 +625,6 @@ impl Inner {
             .map_err(|_| self.corrupt(start, "index table outside the file"))?;
         let (nt, _) = self.table_at(new.encode())?;
         let n = old.copy_into(&nt, |word| self.rehash(word))?;
-        w.pending.push((off, HEADER_LEN));
         // Not published here: the caller publishes the new descriptor with
         // the commit that needed it (control block begin/end).
         w.st.index_desc = new.encode();
@@ -546,7 +660,7 @@ impl Inner {
         if ops.is_empty() {
             return Ok(());
         }
-        let mut w = self.writer.lock();
+        let mut w = self.lock_writer()?;
         self.commit_locked(&mut w, ops)
     }
 
@@ -565,6 +679,7 @@ impl Inner {
             .ok_or_else(|| self.corrupt(start, "tail overflows"))?;
         self.ensure_space(end)?;
         let sg = seq_gen(seq_of(w.st.seq_gen) + 1, w.st.generation as u16);
+        w.unpublished = true;
         let mut off = start;
         let last = ops.len() - 1;
         for (i, op) in ops.iter().enumerate() {
@@ -586,20 +701,18 @@ impl Inner {
             off = rec_end;
         }
         debug_assert_eq!(off, end);
-        extend_pending(&mut w.pending, start, end);
         if self.durability == Durability::Sync {
             // Publish order: the records are on stable storage before any
             // slot points at them. One sync per commit: msync of the new
             // records, or, if the file grew since the last durable length,
             // one fsync that makes records and length durable together.
-            if self.arena.len() > w.durable_len {
+            if self.arena.len() > w.dur.len {
                 if let Err(e) = self.arena.fsync() {
                     return Err(self.poison("fsync file", e));
                 }
-                w.durable_len = self.arena.len();
-                w.pending.clear();
+                w.dur.len = self.arena.len();
             } else {
-                self.sync_pending(w)?;
+                self.sync_log(w, end)?;
             }
         }
         let (t, d) = self.table_at(w.st.index_desc)?;
@@ -641,14 +754,16 @@ impl Inner {
         st.seq_gen = sg;
         w.st = st;
         c.end(&w.st);
+        w.unpublished = false;
+        self.notify();
         match self.durability {
             Durability::Sync => {
                 // The records are durable, so a meta may name them. It is not
                 // synced: recovery after an OS crash finds synced commits
                 // past an older meta's tail by scanning; the meta only
                 // shortens that scan.
-                w.durable_tail = w.st.tail;
-                w.durable_seq_gen = w.st.seq_gen;
+                w.dur.tail = w.st.tail;
+                w.dur.seq_gen = w.st.seq_gen;
                 self.write_meta(w, 0, false)?;
             }
             Durability::Async => {
@@ -661,11 +776,27 @@ impl Inner {
         Ok(())
     }
 
-    /// msync every range appended since the last sync.
-    fn sync_pending(&self, w: &mut Writer) -> Result<()> {
-        for (off, len) in std::mem::take(&mut w.pending) {
-            if let Err(e) = self.arena.sync(off, len) {
-                return Err(self.poison("msync log", e));
+    /// msync the log from the durable tail to `upto`: records and index
+    /// chunk headers of every process's commits since the last sync. The
+    /// current index table is skipped (it is rebuilt from the log after an
+    /// OS crash, and a clean close syncs the whole file).
+    fn sync_log(&self, w: &Writer, upto: u64) -> Result<()> {
+        let (from, to) = (w.dur.tail, upto);
+        if to <= from {
+            return Ok(());
+        }
+        let mut ranges = [(from, to), (0, 0)];
+        if let Some(d) = Desc::decode(w.st.index_desc) {
+            let (ts, te) = (d.start, d.start.saturating_add(d.bytes()));
+            if ts < to && te > from {
+                ranges = [(from, ts.max(from)), (te.min(to), to)];
+            }
+        }
+        for (a, b) in ranges {
+            if b > a {
+                if let Err(e) = self.arena.sync(a, b - a) {
+                    return Err(self.poison("msync log", e));
+                }
             }
         }
         Ok(())
@@ -674,7 +805,7 @@ impl Inner {
     /// Make the current state durable: sync the log, make growth durable,
     /// then write and sync a meta that points at it.
     pub(crate) fn commit_meta(&self, w: &mut Writer, clean: bool) -> Result<()> {
-        self.sync_pending(w)?;
+        self.sync_log(w, w.st.tail)?;
         if clean {
             // The index is trusted after a clean close, so it must be durable.
             if let Err(e) = self.arena.sync(0, self.arena.len()) {
@@ -682,14 +813,14 @@ impl Inner {
             }
         }
         let len = self.arena.len();
-        if len > w.durable_len {
+        if len > w.dur.len {
             if let Err(e) = self.arena.fsync() {
                 return Err(self.poison("fsync file length", e));
             }
-            w.durable_len = len;
+            w.dur.len = len;
         }
-        w.durable_tail = w.st.tail;
-        w.durable_seq_gen = w.st.seq_gen;
+        w.dur.tail = w.st.tail;
+        w.dur.seq_gen = w.st.seq_gen;
         self.write_meta(w, if clean { FLAG_CLEAN } else { 0 }, true)
     }
 
@@ -701,14 +832,14 @@ impl Inner {
             magic: MAGIC,
             version: FORMAT_VERSION,
             page_size: FORMAT_PAGE as u32,
-            meta_seq: w.meta.meta_seq.wrapping_add(1),
+            meta_seq: w.dur.meta_seq.wrapping_add(1),
             hash_seed: self.hash_seed,
             crc_salt: self.salt,
             flags,
             boot_id: w.boot_id,
-            file_len: w.durable_len,
-            tail: w.durable_tail,
-            seq_gen: w.durable_seq_gen,
+            file_len: w.dur.len,
+            tail: w.dur.tail,
+            seq_gen: w.dur.seq_gen,
             generation: w.st.generation as u32,
             reserved0: 0,
             index_desc: w.st.index_desc,
@@ -721,7 +852,7 @@ impl Inner {
         .seal();
         // Always write the copy that does not hold the last synced meta, so
         // one synced copy stays intact whatever happens to this write.
-        let off = if w.synced_copy == META_A_OFFSET {
+        let off = if w.dur.synced_copy == META_A_OFFSET {
             META_B_OFFSET
         } else {
             META_A_OFFSET
@@ -731,33 +862,66 @@ impl Inner {
             if let Err(e) = self.arena.sync(off, FORMAT_PAGE) {
                 return Err(self.poison("msync meta", e));
             }
-            w.synced_copy = off;
+            w.dur.synced_copy = off;
         }
-        w.meta = m;
+        w.dur.meta_seq = m.meta_seq;
         Ok(())
     }
 
+    /// Close. The last read-write handle (in any process) makes everything
+    /// durable and marks the store clean; if no other handle at all has the
+    /// file open, it also gives back the space past the tail. Otherwise
+    /// closing just lets go: the other handles carry on.
     fn close_clean(&self) -> Result<()> {
         if self.read_only || self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
         self.check_writable()?;
-        let mut w = self.writer.lock();
-        self.commit_meta(&mut w, true)?;
+        {
+            let mut w = self.lock_writer()?;
+            let c = self.control()?;
+            let left = c.writers().load(Ordering::Acquire).saturating_sub(1);
+            c.writers().store(left, Ordering::Release);
+            if left > 0 {
+                return Ok(());
+            }
+            // Read-only handles may still have it open; they never write, and
+            // a writer that joins later first clears the clean flag.
+            self.commit_meta(&mut w, true)?;
+        }
+        // Alone? Converting our shared open lock to an exclusive one
+        // succeeds only if no other handle has the file open. (On failure
+        // the shared lock may be gone too; we are done anyway.)
+        if !self.exclusive.load(Ordering::Acquire) {
+            let alone =
+                storage::file::try_lock(self.arena.file(), true).map_err(|source| Error::Io {
+                    op: "lock file on close",
+                    path: self.path.clone(),
+                    source,
+                })?;
+            if !alone {
+                return Ok(());
+            }
+            self.exclusive.store(true, Ordering::Release);
+        }
+        let mut w = self.lock_writer()?;
         // Give back the space preallocated past the tail. The meta that
         // names the shorter length is durable before the file is cut, so a
         // crash in between leaves a file longer than its meta says (fine),
-        // never shorter. This handle holds the only lock, so no other
-        // process maps the file.
+        // never shorter. This handle holds the exclusive lock, so no other
+        // handle maps the file.
         let keep = storage::align_up(w.st.tail, GRANULE).unwrap_or(u64::MAX);
         if keep < self.arena.len() {
-            w.durable_len = keep;
+            w.dur.len = keep;
             self.write_meta(&mut w, FLAG_CLEAN, true)?;
             self.arena.trim(keep).map_err(|source| Error::Io {
                 op: "trim file on close",
                 path: self.path.clone(),
                 source,
             })?;
+            if let Ok(c) = self.control() {
+                c.reset_file_len(keep);
+            }
             // Bring the other copy up to date too, so that both name the
             // shorter length (either can then be lost to a torn write).
             self.write_meta(&mut w, FLAG_CLEAN, true)?;
@@ -773,14 +937,8 @@ impl Drop for Inner {
     }
 }
 
-fn extend_pending(p: &mut Vec<(u64, u64)>, start: u64, end: u64) {
-    if let Some(last) = p.last_mut() {
-        if last.0 + last.1 == start {
-            last.1 += end - start;
-            return;
-        }
-    }
-    p.push((start, end - start));
+pub(crate) fn check_key(key: &[u8]) -> Result<()> {
+    check_sizes(key, &[])
 }
 
 fn check_sizes(key: &[u8], value: &[u8]) -> Result<()> {
@@ -839,7 +997,9 @@ impl Db {
             meta,
             meta_copy,
             boot_id,
+            sole,
         } = recovery::open_file(path, &opts)?;
+        let mode = arena.mode();
         let mut inner = Inner {
             path: path.to_path_buf(),
             hash_seed: meta.hash_seed,
@@ -850,15 +1010,20 @@ impl Db {
             max_size: opts.max_size,
             writer: Mutex::new(Writer {
                 st: State::default(),
-                durable_tail: meta.tail,
-                durable_seq_gen: meta.seq_gen,
-                // Never more than the file has (see recovery::open_file).
-                durable_len: meta.file_len.min(arena.len()),
-                pending: Vec::new(),
-                meta,
-                boot_id: meta.boot_id,
-                synced_copy: meta_copy,
+                dur: Durable {
+                    tail: meta.tail,
+                    seq_gen: meta.seq_gen,
+                    // Never more than the file has (see recovery::open_file).
+                    len: meta.file_len.min(arena.len()),
+                    meta_seq: meta.meta_seq,
+                    synced_copy: meta_copy,
+                },
+                boot_id,
+                unpublished: false,
             }),
+            cross: !opts.read_only && mode == MapMode::Shared,
+            pid: std::process::id() as u64,
+            exclusive: AtomicBool::new(sole),
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(String::new()),
             // Until recovery is done, dropping must not write a clean meta.
@@ -866,22 +1031,61 @@ impl Db {
             opened: OpenKind::Clean,
             arena,
         };
-        {
+        let ioe = |op: &'static str| {
+            move |source| Error::Io {
+                op,
+                path: path.to_path_buf(),
+                source,
+            }
+        };
+        let opened = if !sole {
+            // Another handle has the store open: its live state is ours.
+            recovery::join(&inner)?;
+            if !opts.read_only {
+                // Taking the writer lock repairs the store if a writer died
+                // mid-change. If the store still says it was closed cleanly
+                // (only read-only handles had it open), say otherwise before
+                // anything is written.
+                let mut w = inner.lock_writer()?;
+                let c = inner.control()?;
+                c.writers().fetch_add(1, Ordering::AcqRel);
+                // Re-read under the lock: the last writer may have closed
+                // cleanly since we read the meta.
+                if meta.is_clean() || recovery::live_meta_is_clean(&inner) {
+                    inner.write_meta(&mut w, 0, true)?;
+                }
+            }
+            OpenKind::Joined
+        } else if mode == MapMode::Private {
+            // Read-only and alone on a store that needs recovery: recover in
+            // private memory and keep the exclusive lock until closed.
+            let mut w = inner.writer.lock();
+            recovery::recover(&inner, &mut w, &meta, boot_id)?
+        } else if opts.read_only {
+            // Read-only and alone on a cleanly closed store whose control
+            // block matches its meta: share the live mapping.
+            OpenKind::Clean
+        } else {
             let mut w = inner.writer.lock();
             let opened = recovery::recover(&inner, &mut w, &meta, boot_id)?;
-            if w.st.tail > w.durable_tail {
-                let (a, b) = (w.durable_tail, w.st.tail);
-                extend_pending(&mut w.pending, a, b);
-            }
-            if !opts.read_only {
-                // Clear the clean flag, and record this boot and the new
-                // generation, durably before anything else is written.
-                w.boot_id = boot_id;
-                inner.write_meta(&mut w, 0, true)?;
-            }
-            drop(w);
-            inner.opened = opened;
+            // Clear the clean flag, and record this boot and the new
+            // generation, durably before anything else is written.
+            inner.write_meta(&mut w, 0, true)?;
+            let c = inner.control()?;
+            c.set_durable(&w.dur);
+            c.reset_session();
+            c.writers().store(1, Ordering::Release);
+            inner
+                .arena
+                .init_writer_lock()
+                .map_err(ioe("initialise the writer lock"))?;
+            opened
+        };
+        if sole && mode != MapMode::Private {
+            storage::file::lock_shared(inner.arena.file()).map_err(ioe("lock"))?;
+            inner.exclusive = AtomicBool::new(false);
         }
+        inner.opened = opened;
         inner.closed = AtomicBool::new(false);
         Ok(Db {
             inner: Arc::new(inner),
@@ -1009,7 +1213,7 @@ impl Db {
         // The check and the tombstone must be one step: hold the writer lock.
         let i = &*self.inner;
         // The check and the tombstone are one step under the writer lock.
-        let mut w = i.writer.lock();
+        let mut w = i.lock_writer()?;
         if i.lookup(key)?.is_none() {
             return Ok(false);
         }
@@ -1091,8 +1295,8 @@ impl Db {
             return Ok(());
         }
         i.check_writable()?;
-        let mut w = i.writer.lock();
-        if w.pending.is_empty() && w.durable_tail == w.st.tail && w.durable_len >= i.arena.len() {
+        let mut w = i.lock_writer()?;
+        if w.dur.tail == w.st.tail && w.dur.len >= i.arena.len() {
             return Ok(());
         }
         i.commit_meta(&mut w, false)
@@ -1114,8 +1318,10 @@ impl Db {
     /// ```
     pub fn stats(&self) -> Stats {
         let i = &*self.inner;
-        let w = i.writer.lock();
-        let st = w.st;
+        let (st, dur) = match i.control() {
+            Ok(c) => (c.snapshot(1000).0, c.durable()),
+            Err(_) => (State::default(), Durable::default()),
+        };
         let d = Desc::decode(st.index_desc);
         let cap = d.map(|d| d.capacity()).unwrap_or(0);
         let index_bytes = d.map(|d| d.bytes()).unwrap_or(0);
@@ -1128,7 +1334,7 @@ impl Db {
                 .saturating_sub(index_bytes),
             index_bytes,
             used_bytes,
-            file_len: i.arena.len(),
+            file_len: i.arena.refresh().unwrap_or_else(|_| i.arena.len()),
             index_capacity: cap,
             index_used: st.index_used,
             index_load: if cap > 0 {
@@ -1137,7 +1343,7 @@ impl Db {
                 0.0
             },
             tail: st.tail,
-            durable_tail: w.durable_tail,
+            durable_tail: dur.tail,
             commits: seq_of(st.seq_gen),
             generation: st.generation,
             remaps: i.arena.remaps() as u64,

@@ -19,8 +19,9 @@ use std::path::PathBuf;
 /// let err = db.insert(vec![0u8; MAX_KEY_LEN + 1], b"v").unwrap_err();
 /// assert!(matches!(err, Error::KeyTooLarge { max: MAX_KEY_LEN, .. }));
 ///
-/// // A second read-write handle on the same file.
-/// assert!(matches!(Db::open(&path), Err(Error::Locked { .. })));
+/// // A stored value read back as a type of another size.
+/// db.insert(b"n", 7u32.to_le_bytes())?;
+/// assert!(matches!(db.get_pod::<u64>(b"n"), Err(Error::ValueSize { expected: 8, found: 4 })));
 /// db.close()?;
 ///
 /// // A write through a read-only handle.
@@ -103,6 +104,16 @@ pub enum Error {
         max: usize,
     },
 
+    /// [`Db::get_pod`](crate::Db::get_pod) found a value whose length is not
+    /// the size of the requested type.
+    #[error("the value is {found} bytes, but the requested type is {expected} bytes")]
+    ValueSize {
+        /// `size_of` the requested type.
+        expected: usize,
+        /// Length of the stored value.
+        found: usize,
+    },
+
     /// A write on a handle opened with `Options::read_only(true)`.
     #[error("{path}: the store was opened read-only")]
     ReadOnly {
@@ -110,8 +121,11 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// Another handle (in this or another process) has the store open in a
-    /// conflicting mode.
+    /// Another handle (in this or another process) held the store
+    /// exclusively for longer than `Options::lock_timeout`: it was
+    /// recovering the store after a crash, or it is a read-only handle that
+    /// recovered a crashed store in private memory. (Handles normally share
+    /// a store; this is not "another process has it open".)
     #[error("{path}: the store is locked by another handle ({detail})")]
     Locked {
         /// The file.

@@ -47,6 +47,7 @@ mod error;
 mod index;
 mod iter;
 mod log;
+mod multi;
 mod options;
 mod recovery;
 #[allow(unsafe_code)]
@@ -61,6 +62,7 @@ pub use db::{Db, Stats};
 pub use error::{Error, Result};
 pub use iter::Iter;
 pub use log::record::{MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use multi::ReadView;
 pub use options::{Durability, Options};
 pub use recovery::OpenKind;
 pub use value::Value;

@@ -82,6 +82,7 @@ pub struct Options {
     pub(crate) mode: u32,
     pub(crate) expected_keys: u64,
     pub(crate) map_reserve: u64,
+    pub(crate) lock_timeout: std::time::Duration,
 }
 
 impl Default for Options {
@@ -96,6 +97,7 @@ impl Default for Options {
             mode: 0o600,
             expected_keys: 0,
             map_reserve: 16 << 30,
+            lock_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -301,6 +303,34 @@ impl Options {
     /// ```
     pub fn map_reserve(mut self, bytes: u64) -> Options {
         self.map_reserve = bytes;
+        self
+    }
+
+    /// How long [`open`](Options::open) waits for another handle that holds
+    /// the store exclusively before it gives up with
+    /// [`Error::Locked`](crate::Error::Locked). Default 30 s.
+    ///
+    /// Handles share a store freely; a handle holds it exclusively only
+    /// while it recovers the store after a crash (it was the first to open
+    /// it), or for its whole life if it is a read-only handle that had to
+    /// recover a crashed store in private memory.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("lt.mapkv");
+    /// let db = mapkv::Options::new()
+    ///     .lock_timeout(Duration::from_secs(5))
+    ///     .open(&path)?;
+    /// let other = mapkv::Db::open(&path)?; // shared: no waiting
+    /// other.insert(b"k", b"v")?;
+    /// assert!(db.contains_key(b"k")?);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn lock_timeout(mut self, timeout: std::time::Duration) -> Options {
+        self.lock_timeout = timeout;
         self
     }
 

@@ -64,6 +64,9 @@ pub enum OpenKind {
     /// The index was rebuilt from the log (after an OS crash or power loss,
     /// or because a check failed).
     Rebuilt,
+    /// Another handle (in this or another process) had the store open: this
+    /// one joined its live state, with nothing to recover.
+    Joined,
 }
 
 /// The file, mapped and validated, before recovery.
@@ -73,6 +76,10 @@ pub(crate) struct Opened {
     /// Offset of the copy `meta` was read from.
     pub meta_copy: u64,
     pub boot_id: [u8; 16],
+    /// This handle holds the exclusive open lock: no other handle, in any
+    /// process, has the file open. Otherwise it holds the shared one and
+    /// joins the live store.
+    pub sole: bool,
 }
 
 pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
@@ -84,7 +91,16 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
         }
     };
     let file = loop {
-        match file::open_existing(path, !opts.read_only) {
+        // A read-only handle still opens the file for writing when it may:
+        // it then maps it read-write to register as a waiter for change
+        // notifications (the only store it ever makes). See Db::wait_for_change.
+        let attempt = match file::open_existing(path, true) {
+            Err(e) if opts.read_only && e.kind() != std::io::ErrorKind::NotFound => {
+                file::open_existing(path, false)
+            }
+            other => other,
+        };
+        match attempt {
             Ok(f) => break f,
             Err(e)
                 if e.kind() == std::io::ErrorKind::NotFound && opts.create && !opts.read_only =>
@@ -108,19 +124,22 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
             reason: "not a regular file".into(),
         });
     }
-    if !lock_with_retry(&file, !opts.read_only).map_err(ioe("lock"))? {
+    // The open lock (flock on the whole file): every open handle holds it
+    // shared; the exclusive one means "alone", and only a handle that is
+    // alone may recover, re-initialise the cross-process state, or cut the
+    // file. See docs/ARCHITECTURE.md, "Many processes".
+    let sole = file::try_lock(&file, true).map_err(ioe("lock"))?;
+    if !sole && !lock_shared_within(&file, opts.lock_timeout).map_err(ioe("lock"))? {
         return Err(Error::Locked {
             path: path.to_path_buf(),
-            detail: if opts.read_only {
-                "a writer has it open"
-            } else {
-                "another handle, in this or another process, has it open"
-            },
+            detail: "another handle holds it exclusively (it is recovering the store, \
+                     or it is a read-only handle reading it after a crash)",
         });
     }
+    let writable = file::is_writable(&file);
     let mut len = file.metadata().map_err(ioe("stat"))?.len();
     if len == 0 {
-        if opts.read_only || !opts.create {
+        if opts.read_only || !opts.create || !sole {
             return Err(Error::NotMapkv {
                 path: path.to_path_buf(),
                 reason: "the file is empty".into(),
@@ -161,10 +180,21 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
         ));
     }
     let reserve = align_up(len.saturating_mul(2).max(opts.map_reserve), GRANULE).unwrap_or(len);
-    let mode = if opts.read_only {
-        MapMode::Private
-    } else {
+    let shared = if writable {
         MapMode::Shared
+    } else {
+        MapMode::SharedReadOnly
+    };
+    // A read-only handle alone on the store shares the live mapping only if
+    // the store was closed cleanly and its control block agrees with the
+    // meta; otherwise it recovers in private memory and keeps the exclusive
+    // lock (writers wait) until it closes.
+    let mode = if !opts.read_only {
+        MapMode::Shared
+    } else if !sole || clean_and_current(&file, &meta) {
+        shared
+    } else {
+        MapMode::Private
     };
     let arena = Arena::new(file, path, len, reserve, mode).map_err(ioe("map file"))?;
     Ok(Opened {
@@ -172,24 +202,52 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
         meta,
         meta_copy,
         boot_id: file::boot_id(),
+        sole,
     })
 }
 
-/// Take the file lock, retrying for up to about 100 ms. A lock can be held
-/// for a moment after its owner closed the store: a `fork` in another
-/// thread of the owner's process (any `std::process::Command`) duplicates
-/// every descriptor until the child's `exec`, and `flock` is released only
-/// when the last duplicate is closed.
-fn lock_with_retry(file: &std::fs::File, exclusive: bool) -> std::io::Result<bool> {
-    for attempt in 0..10 {
-        if file::try_lock(file, exclusive)? {
+/// Take the open lock shared, waiting up to `timeout` for an exclusive
+/// holder (an opener that is recovering the store) to finish. `flock` has
+/// no timed wait, so poll, backing off from 1 to 20 ms.
+fn lock_shared_within(file: &std::fs::File, timeout: std::time::Duration) -> std::io::Result<bool> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        if file::try_lock(file, false)? {
             return Ok(true);
         }
-        if attempt < 9 {
-            std::thread::sleep(std::time::Duration::from_millis(10));
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return Ok(false);
         }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(std::time::Duration::from_millis(20));
     }
-    Ok(false)
+}
+
+/// For a read-only opener that is alone: was the store closed cleanly, with
+/// a control block that says exactly what the meta says? Read with `pread`.
+fn clean_and_current(f: &std::fs::File, meta: &Meta) -> bool {
+    if !meta.is_clean() {
+        return false;
+    }
+    let mut b = [0u8; 80];
+    if f.read_exact_at(&mut b, crate::storage::CONTROL_OFFSET)
+        .is_err()
+    {
+        return false;
+    }
+    let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    let st = state_of(meta);
+    w(0) == CONTROL_MAGIC
+        && w(1) % 2 == 0
+        && w(2) == st.tail
+        && w(3) == st.seq_gen
+        && w(4) == st.index_desc
+        && w(5) == st.index_used
+        && w(6) == st.live_keys
+        && w(7) == st.live_bytes
+        && w(8) == st.generation
 }
 
 /// Read both meta copies with `pread` (nothing is mapped or written before
@@ -359,10 +417,85 @@ pub(crate) fn recover(
         inner.write_meta(w, 0, true)?;
     }
     mark_changing(inner);
-    install(inner, w, scanned)?;
+    install(inner, w, scanned, true)?;
     w.st.generation = next_gen;
     publish(inner, w);
     Ok(OpenKind::Rebuilt)
+}
+
+/// Repair a live store, with the writer lock held, after the previous
+/// holder died (or failed) in the middle of a change: other processes may
+/// be reading. Rolls forward the complete commits it left past the tail, or,
+/// if it died while changing the index (odd seqlock) or the control block
+/// fails its checks, rebuilds the index from the log into a new table and
+/// switches readers to it. Then bumps the generation, durably, so that bytes
+/// the dead writer left past the new tail can never join a later commit.
+pub(crate) fn repair_live(inner: &Inner, w: &mut Writer) -> Result<()> {
+    let c = inner.control()?;
+    let (st, consistent) = c.snapshot(1);
+    let replayed = consistent
+        && plausible(inner, &st)
+        && match plan_replay(inner, &st) {
+            Ok(plan) => {
+                w.st = st;
+                mark_changing(inner);
+                replay(inner, w, plan)?;
+                true
+            }
+            Err(_) => false,
+        };
+    if !replayed {
+        let meta = durable_meta(inner)?;
+        let scanned = scan_log(inner, &meta)?;
+        // Keep the old counters' generation if the control block has a
+        // newer one than the meta.
+        let generation = if consistent {
+            st.generation
+        } else {
+            scanned.st.generation
+        };
+        mark_changing(inner);
+        install(inner, w, scanned, false)?;
+        w.st.generation = w.st.generation.max(generation);
+    }
+    w.st.generation = (w.st.generation + 1) & 0xffff;
+    publish(inner, w);
+    inner.write_meta(w, 0, true)?;
+    Ok(())
+}
+
+/// The newest valid meta, read from the mapping.
+fn durable_meta(inner: &Inner) -> Result<Meta> {
+    let read = |off: u64| -> MetaRead {
+        let mut b = [0u8; META_LEN];
+        match inner.arena.read(off, &mut b) {
+            Ok(()) => Meta::decode(&b),
+            Err(_) => MetaRead::Foreign,
+        }
+    };
+    meta::choose(read(0), read(META_B_OFFSET))
+        .map_err(|_| inner.corrupt(0, "no valid meta copy while repairing the store"))
+}
+
+/// Whether the newest meta in the mapping says "closed cleanly".
+pub(crate) fn live_meta_is_clean(inner: &Inner) -> bool {
+    durable_meta(inner).is_ok_and(|m| m.is_clean())
+}
+
+/// Check a live store that this handle joins (another process has it
+/// open): the control block must be ours and name an index table inside
+/// the file.
+pub(crate) fn join(inner: &Inner) -> Result<()> {
+    let _ = inner.arena.refresh();
+    let c = inner.control()?;
+    if c.magic() != CONTROL_MAGIC {
+        return Err(inner.corrupt(
+            crate::storage::CONTROL_OFFSET,
+            "the store is open in another process, but its control block is not initialised",
+        ));
+    }
+    inner.table()?;
+    Ok(())
 }
 
 /// Make the control block odd: a crash from here until `publish` makes the
@@ -601,7 +734,10 @@ fn scan_log(inner: &Inner, meta: &Meta) -> Result<Scanned> {
 /// Second half of a rebuild: put the heap index into an index chunk of the
 /// file (the largest existing one that holds it comfortably, or a new one
 /// at the tail) and make it current.
-fn install(inner: &Inner, w: &mut Writer, scanned: Scanned) -> Result<()> {
+///
+/// `reuse` allows an existing chunk; a live repair passes `false`, because
+/// readers in other processes may be reading any old table.
+fn install(inner: &Inner, w: &mut Writer, scanned: Scanned, reuse: bool) -> Result<()> {
     let Scanned {
         heap,
         log2,
@@ -611,6 +747,7 @@ fn install(inner: &Inner, w: &mut Writer, scanned: Scanned) -> Result<()> {
     let target = chunks
         .iter()
         .copied()
+        .filter(|_| reuse)
         .filter(|d| index::fits(d.capacity(), st.live_keys.saturating_mul(3) / 2, 0))
         .max_by_key(|d| d.log2cap);
     let target = match target {
@@ -626,7 +763,6 @@ fn install(inner: &Inner, w: &mut Writer, scanned: Scanned) -> Result<()> {
                 .arena
                 .write(off, &record::encode_index(inner.salt, off, nl).to_bytes())
                 .map_err(|_| inner.corrupt(off, "index chunk outside the file"))?;
-            w.pending.push((off, record::HEADER_LEN));
             st.tail = start + d.bytes();
             d
         }

@@ -531,15 +531,30 @@ fn corrupted_store_is_reported_with_its_offset() {
 }
 
 #[test]
-fn locked_store_is_an_error() {
+fn works_while_another_process_has_the_store_open() {
     let (_d, path) = store();
     let db = mapkv::Db::open(&path).expect("open");
     db.insert(b"k", b"v").unwrap();
-    let r = fails(2, ["get", p(&path), "k"]);
+    // Reads and writes go through while the store is open here.
+    assert_eq!(ok(["get", p(&path), "k"], None).stdout, b"v");
+    ok(["put", p(&path), "k2", "w"], None);
+    assert_eq!(db.get(b"k2").unwrap().as_deref(), Some(&b"w"[..]));
+    let r = ok(["stats", "--json", p(&path)], None);
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["opened"], "joined", "{v}");
+}
+
+#[test]
+fn exclusively_locked_store_is_an_error() {
+    let (_d, path) = store();
+    mapkv::Db::open(&path).unwrap().insert(b"k", b"v").unwrap();
+    let f = std::fs::File::open(&path).unwrap();
+    fs2::FileExt::lock_exclusive(&f).unwrap();
+    let r = fails(2, ["get", "--lock-timeout", "0.2", p(&path), "k"]);
     assert!(r.stderr.contains("locked"), "{}", r.stderr);
-    let r = fails(2, ["put", p(&path), "k", "w"]);
+    let r = fails(2, ["put", "--lock-timeout", "0.2", p(&path), "k", "w"]);
     assert!(r.stderr.contains("locked"), "{}", r.stderr);
-    drop(db);
+    drop(f);
     assert_eq!(ok(["get", p(&path), "k"], None).stdout, b"v");
 }
 

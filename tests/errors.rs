@@ -173,46 +173,73 @@ fn size_limits() {
 }
 
 #[test]
-fn second_writer_is_locked_out() {
+fn second_handle_shares_the_store() {
     let (_d, path) = store();
     let db = Db::open(&path).unwrap();
     db.insert(b"k", b"v").unwrap();
-    match Db::open(&path) {
+    let other = Db::open(&path).unwrap();
+    assert_eq!(other.stats().opened, mapkv::OpenKind::Joined);
+    assert_eq!(other.get(b"k").unwrap().unwrap(), &b"v"[..]);
+    other.insert(b"k2", b"w").unwrap();
+    assert_eq!(db.get(b"k2").unwrap().unwrap(), &b"w"[..]);
+    let ro = Options::new().read_only(true).open(&path).unwrap();
+    assert_eq!(ro.len(), 2);
+    drop((db, other, ro));
+    let db = Db::open(&path).unwrap();
+    assert_eq!(db.stats().opened, mapkv::OpenKind::Clean);
+    assert_eq!(db.len(), 2);
+}
+
+#[test]
+fn exclusive_holder_gives_locked_after_the_timeout() {
+    let (_d, path) = store();
+    Db::open(&path).unwrap().insert(b"k", b"v").unwrap();
+    // Hold the open lock exclusively, as an opener recovering the store does.
+    let f = std::fs::File::open(&path).unwrap();
+    fs2::FileExt::lock_exclusive(&f).unwrap();
+    let opts = Options::new().lock_timeout(std::time::Duration::from_millis(200));
+    match opts.clone().open(&path) {
         Err(e @ Error::Locked { .. }) => assert!(e.to_string().contains("locked"), "{e}"),
         Err(e) => panic!("{e:?}"),
-        Ok(_) => panic!("opened twice"),
+        Ok(_) => panic!("opened past an exclusive lock"),
     }
     assert!(matches!(
-        Options::new().read_only(true).open(&path),
+        opts.clone().read_only(true).open(&path),
         Err(Error::Locked { .. })
     ));
-    drop(db);
-    let db = Db::open(&path).unwrap();
+    drop(f);
+    let db = opts.open(&path).unwrap();
     assert_eq!(db.get(b"k").unwrap().unwrap(), &b"v"[..]);
 }
 
 #[test]
-fn second_writer_in_another_process_is_locked_out() {
+fn second_writer_in_another_process_shares_the_store() {
     if let Ok(p) = std::env::var("MAPKV_TEST_CHILD_OPEN") {
-        // Child: report what opening gives.
-        match Db::open(&p) {
-            Err(Error::Locked { .. }) => std::process::exit(3),
-            Err(_) => std::process::exit(4),
-            Ok(_) => std::process::exit(5),
-        }
+        // Child: write through its own handle and report what it saw.
+        let code = match Db::open(&p) {
+            Ok(db) => match (db.get(b"parent"), db.insert(b"child", b"hello")) {
+                (Ok(Some(v)), Ok(())) if &*v == b"here" => 0,
+                _ => 4,
+            },
+            Err(_) => 5,
+        };
+        std::process::exit(code);
     }
     let (_d, path) = store();
-    let _db = Db::open(&path).unwrap();
+    let db = Db::open(&path).unwrap();
+    db.insert(b"parent", b"here").unwrap();
     let st = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "second_writer_in_another_process_is_locked_out",
+            "second_writer_in_another_process_shares_the_store",
             "--nocapture",
         ])
         .env("MAPKV_TEST_CHILD_OPEN", &path)
         .status()
         .unwrap();
-    assert_eq!(st.code(), Some(3), "child did not get Error::Locked");
+    assert_eq!(st.code(), Some(0), "child could not share the store");
+    // The child's write is visible at once, without reopening.
+    assert_eq!(db.get(b"child").unwrap().unwrap(), &b"hello"[..]);
 }
 
 #[test]

@@ -33,8 +33,10 @@ stderr: 'mapkv: <message>'.
 
 Read commands (get, scan, stats, check, dump) open the store read-only:
 they never create or modify the file, even one that was not closed
-cleanly (it is recovered in memory). put, del and load take the store's
-write lock; a store open for writing elsewhere gives an error.";
+cleanly (it is recovered in memory). Any command works while other
+processes have the store open; put, del and load take turns with their
+writers. A command waits up to --lock-timeout seconds only for a process
+that holds the store exclusively (one recovering it after a crash).";
 
 const DUMP_FORMAT: &str = "\
 Format (JSON lines, one entry per line, key and value in standard base64):
@@ -70,6 +72,10 @@ struct Global {
     /// it, writes become durable when the command closes the store.
     #[arg(long, global = true)]
     sync: bool,
+    /// Seconds to wait for a process that holds the store exclusively
+    /// (recovering it after a crash) before giving up.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 30.0)]
+    lock_timeout: f64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -241,6 +247,7 @@ struct Ctx {
     json: bool,
     enc: Encoding,
     sync: bool,
+    lock_timeout: std::time::Duration,
 }
 
 impl Ctx {
@@ -249,7 +256,11 @@ impl Ctx {
     }
 
     fn open_read(&self, file: &Path) -> Res<Db> {
-        Ok(Options::new().read_only(true).create(false).open(file)?)
+        Ok(Options::new()
+            .read_only(true)
+            .create(false)
+            .lock_timeout(self.lock_timeout)
+            .open(file)?)
     }
 
     fn open_write(&self, file: &Path, create: bool) -> Res<Db> {
@@ -258,7 +269,11 @@ impl Ctx {
         } else {
             Durability::None
         };
-        Ok(Options::new().create(create).durability(d).open(file)?)
+        Ok(Options::new()
+            .create(create)
+            .durability(d)
+            .lock_timeout(self.lock_timeout)
+            .open(file)?)
     }
 }
 
@@ -274,6 +289,9 @@ fn run(cli: Cli) -> Res {
             Encoding::Raw
         },
         sync: g.sync,
+        lock_timeout: std::time::Duration::try_from_secs_f64(g.lock_timeout).map_err(|_| {
+            Fail::error(format!("--lock-timeout {}: not a duration", g.lock_timeout))
+        })?,
     };
     match cli.cmd {
         Cmd::Get { file, key, raw } => get(&cx, &file, key, raw),
@@ -314,6 +332,7 @@ fn opened_name(k: OpenKind) -> &'static str {
         OpenKind::Clean => "clean",
         OpenKind::Replayed => "replayed (a process had crashed; recovered in memory)",
         OpenKind::Rebuilt => "rebuilt (the index was rebuilt from the log)",
+        OpenKind::Joined => "joined (another process has the store open)",
         _ => "recovered",
     }
 }
@@ -323,6 +342,7 @@ fn opened_tag(k: OpenKind) -> &'static str {
         OpenKind::Clean => "clean",
         OpenKind::Replayed => "replayed",
         OpenKind::Rebuilt => "rebuilt",
+        OpenKind::Joined => "joined",
         _ => "other",
     }
 }

@@ -14,7 +14,28 @@
 //! 56     live_bytes   bytes of live records
 //! 64     generation   generation new commits are written with
 //! 72     file_len     file length published by the last grower
+//! 80     durable_tail     log below this is on stable storage
+//! 88     durable_seq_gen  last commit below durable_tail
+//! 96     durable_len      file length known to be durable (fsync'd)
+//! 104    meta_seq         sequence number of the newest meta written
+//! 112    synced_copy      offset of the meta copy holding the newest
+//!                         *synced* meta (the next meta goes to the other)
+//! 120    writer       pid of the writer holding the writer lock, while it
+//!                     may change anything; 0 when the store is consistent.
+//!                     Non-zero at lock time means the last writer died (or
+//!                     failed) mid-change: the new holder repairs first.
+//! 128    writers      read-write handles open (a crashed one is never
+//!                     subtracted: then nobody marks the store clean,
+//!                     and the next open replays, which is safe)
+//! 256    notify       u32 futex word, bumped after every commit (own line)
+//! 264    waiters      processes sleeping on `notify` (writers skip the
+//!                     wake system call when it is 0)
+//! 512    writer mutex robust process-shared pthread mutex (64 bytes)
 //! ```
+//!
+//! Everything from `durable_tail` on is writer state: read and written
+//! only with the writer lock held, so every writer process continues from
+//! where the previous one stopped.
 //!
 //! The control block is never trusted across an OS crash (it is not synced);
 //! after a process crash in the same boot it is, if its magic is right, its
@@ -27,7 +48,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 use super::mapping::{Arena, OutOfBounds};
 use super::CONTROL_OFFSET;
 
-pub(crate) const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"MKVCTRL1");
+pub(crate) const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"MKVCTRL2");
 
 const MAGIC: u64 = 0;
 const VERSION: u64 = 8;
@@ -39,6 +60,27 @@ const LIVE_KEYS: u64 = 48;
 const LIVE_BYTES: u64 = 56;
 const GENERATION: u64 = 64;
 const FILE_LEN: u64 = 72;
+const DURABLE_TAIL: u64 = 80;
+const DURABLE_SEQ_GEN: u64 = 88;
+const DURABLE_LEN: u64 = 96;
+const META_SEQ: u64 = 104;
+const SYNCED_COPY: u64 = 112;
+const WRITER: u64 = 120;
+const WRITERS: u64 = 128;
+pub(crate) const NOTIFY: u64 = 256;
+const WAITERS: u64 = 264;
+/// Words of the control block accessed as atomics.
+const WORDS: u64 = 64;
+
+/// The writer's durable bookkeeping, shared by every writer process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Durable {
+    pub tail: u64,
+    pub seq_gen: u64,
+    pub len: u64,
+    pub meta_seq: u64,
+    pub synced_copy: u64,
+}
 
 /// A consistent snapshot of the control block's state fields.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,7 +103,7 @@ pub(crate) struct Control<'a> {
 impl<'a> Control<'a> {
     pub(crate) fn new(arena: &'a Arena) -> Result<Control<'a>, OutOfBounds> {
         Ok(Control {
-            words: arena.atomics(CONTROL_OFFSET, 16)?,
+            words: arena.atomics(CONTROL_OFFSET, WORDS)?,
         })
     }
 
@@ -84,7 +126,77 @@ impl<'a> Control<'a> {
     }
 
     pub(crate) fn set_file_len(&self, len: u64) {
+        self.w(FILE_LEN).fetch_max(len, Ordering::AcqRel);
+    }
+
+    /// The file length the last grower published (a hint: checked with
+    /// fstat before use).
+    pub(crate) fn file_len(&self) -> u64 {
+        self.w(FILE_LEN).load(Ordering::Acquire)
+    }
+
+    /// Set the file length after the file was cut (clean close, alone).
+    pub(crate) fn reset_file_len(&self, len: u64) {
         self.w(FILE_LEN).store(len, Ordering::Release);
+    }
+
+    /// The seqlock word: odd while a writer changes the index.
+    #[inline]
+    pub(crate) fn version(&self) -> u64 {
+        self.w(VERSION).load(Ordering::Acquire)
+    }
+
+    /// The last applied commit (seq | generation << 48).
+    #[inline]
+    pub(crate) fn seq_gen(&self) -> u64 {
+        self.w(SEQ_GEN).load(Ordering::Acquire)
+    }
+
+    pub(crate) fn durable(&self) -> Durable {
+        let r = |o| self.w(o).load(Ordering::Acquire);
+        Durable {
+            tail: r(DURABLE_TAIL),
+            seq_gen: r(DURABLE_SEQ_GEN),
+            len: r(DURABLE_LEN),
+            meta_seq: r(META_SEQ),
+            synced_copy: r(SYNCED_COPY),
+        }
+    }
+
+    pub(crate) fn set_durable(&self, d: &Durable) {
+        let st = |o, v| self.w(o).store(v, Ordering::Release);
+        st(DURABLE_TAIL, d.tail);
+        st(DURABLE_SEQ_GEN, d.seq_gen);
+        st(DURABLE_LEN, d.len);
+        st(META_SEQ, d.meta_seq);
+        st(SYNCED_COPY, d.synced_copy);
+    }
+
+    /// Pid of the writer mid-change, or 0.
+    pub(crate) fn writer(&self) -> u64 {
+        self.w(WRITER).load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_writer(&self, pid: u64) {
+        self.w(WRITER).store(pid, Ordering::Release);
+    }
+
+    /// Read-write handles open on the store.
+    pub(crate) fn writers(&self) -> &'a AtomicU64 {
+        self.w(WRITERS)
+    }
+
+    /// The waiter count of the change futex.
+    pub(crate) fn waiters(&self) -> &'a AtomicU64 {
+        self.w(WAITERS)
+    }
+
+    /// Reset the cross-process words that only mean something while the
+    /// store is open (the opener that is alone calls this).
+    pub(crate) fn reset_session(&self) {
+        self.w(WRITER).store(0, Ordering::Release);
+        self.w(WAITERS).store(0, Ordering::Release);
+        self.w(WRITERS).store(0, Ordering::Release);
     }
 
     /// Read the state fields without tearing. Retries while a writer is
@@ -150,7 +262,7 @@ impl<'a> Control<'a> {
     /// Initialise (or re-initialise after recovery) the whole block.
     pub(crate) fn reset(&self, s: &State, file_len: u64) {
         self.begin();
-        self.set_file_len(file_len);
+        self.reset_file_len(file_len);
         self.end(s);
         self.w(MAGIC).store(CONTROL_MAGIC, Ordering::Release);
     }

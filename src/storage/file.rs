@@ -93,6 +93,21 @@ pub(crate) fn try_lock(file: &File, exclusive: bool) -> io::Result<bool> {
     }
 }
 
+/// Whether `file` was opened for reading and writing.
+pub(crate) fn is_writable(file: &File) -> bool {
+    // SAFETY: fcntl(F_GETFL) on our own open descriptor reads no memory.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    flags >= 0 && (flags & libc::O_ACCMODE) == libc::O_RDWR
+}
+
+/// Take the shared open lock, blocking (used to step down from exclusive;
+/// the exclusive lock is replaced, so another opener may slip in between
+/// and recover first, which is harmless: this handle is already set up and
+/// reloads all shared state under the writer lock).
+pub(crate) fn lock_shared(file: &File) -> io::Result<()> {
+    fs2::FileExt::lock_shared(file)
+}
+
 /// Reserve disk blocks for `[old_len, new_len)` and extend the file to
 /// `new_len`, so that a later store into the mapping never needs to allocate
 /// (a full disk is an `Err` here, not a SIGBUS later).

@@ -31,7 +31,7 @@
 
 use std::fs::File;
 use std::io;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use memmap2::{MmapMut, MmapOptions, MmapRaw};
 use parking_lot::Mutex;
@@ -43,6 +43,10 @@ use crate::testing::{self, IoOp, Phase};
 pub(crate) enum MapMode {
     /// `MAP_SHARED`, read-write: stores reach the page cache (and the file).
     Shared,
+    /// `MAP_SHARED`, read-only (`PROT_READ`): for read-only handles on a
+    /// file this process may not write. Nothing ever stores into it: every
+    /// store path is behind a read-write check (a store would fault).
+    SharedReadOnly,
     /// `MAP_PRIVATE`, copy-on-write: stores stay in this process. Used by
     /// read-only handles, which may need to repair the index in memory
     /// without ever writing the file.
@@ -79,6 +83,10 @@ impl View {
         let (ptr, backing) = match mode {
             MapMode::Shared => {
                 let raw = opts.map_raw(file)?;
+                (raw.as_mut_ptr(), Backing::Shared(raw))
+            }
+            MapMode::SharedReadOnly => {
+                let raw = opts.map_raw_read_only(file)?;
                 (raw.as_mut_ptr(), Backing::Shared(raw))
             }
             MapMode::Private => {
@@ -197,9 +205,95 @@ impl Arena {
         let view = self.view();
         let end = off.checked_add(n).ok_or(OutOfBounds)?;
         if end > len || end > view.len {
+            return self.refresh_for(end);
+        }
+        Ok(view)
+    }
+
+    /// Slow path of `checked`: another process may have grown the file.
+    /// Believe only `fstat` (never a length read from the file), map more
+    /// address space if the reservation is too small, and publish the new
+    /// verified length. Readers pay this once per growth, not per read.
+    #[cold]
+    #[inline(never)]
+    fn refresh_for(&self, end: u64) -> Result<&View, OutOfBounds> {
+        if self.mode == MapMode::Private {
+            return Err(OutOfBounds);
+        }
+        let real = self.file.metadata().map_err(|_| OutOfBounds)?.len();
+        if end > real {
+            return Err(OutOfBounds);
+        }
+        self.follow(real).map_err(|_| OutOfBounds)?;
+        let view = self.view();
+        if end > self.len() || end > view.len {
             return Err(OutOfBounds);
         }
         Ok(view)
+    }
+
+    /// Make `len` bytes (which the file is known to have) accessible: remap
+    /// if the newest view is shorter, then raise the verified length.
+    fn follow(&self, len: u64) -> io::Result<()> {
+        let mut views = self.views.lock();
+        let cur_len = views.last().map(|v| v.len).unwrap_or(0);
+        if len > cur_len {
+            let reserve = len.max(cur_len.saturating_mul(2));
+            let view = Box::new(View::map(&self.file, reserve, self.mode)?);
+            let ptr = &*view as *const View as *mut View;
+            views.push(view);
+            self.current.store(ptr, Ordering::Release);
+        }
+        drop(views);
+        self.len.fetch_max(len, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Catch up with growth made by another process: if the file is longer
+    /// than the verified length (`fstat`), map and publish it. Returns the
+    /// verified length.
+    pub(crate) fn refresh(&self) -> io::Result<u64> {
+        if self.mode != MapMode::Private {
+            let real = self.file.metadata()?.len();
+            if real > self.len() {
+                self.follow(real)?;
+            }
+        }
+        Ok(self.len())
+    }
+
+    /// A pointer to `[off, off+n)` in the *first* view, whose address never
+    /// changes while the arena lives: for objects whose address matters
+    /// across calls (the writer mutex sits on glibc's robust list by
+    /// address). The range must lie in the file header, below the initial
+    /// length.
+    pub(super) fn stable_ptr(&self, off: u64, n: u64) -> Result<*mut u8, OutOfBounds> {
+        let views = self.views.lock();
+        let first = views.first().ok_or(OutOfBounds)?;
+        let end = off.checked_add(n).ok_or(OutOfBounds)?;
+        if end > first.len || end > self.len() || off % 8 != 0 {
+            return Err(OutOfBounds);
+        }
+        // SAFETY: the range is inside the first view (checked above), so the
+        // offset pointer stays inside that mapping.
+        Ok(unsafe { first.ptr.add(off as usize) })
+    }
+
+    /// The file (for the open-handle `flock`).
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The 32-bit word at `off` (4-aligned) as an atomic.
+    pub(crate) fn atomic_u32(&self, off: u64) -> Result<&AtomicU32, OutOfBounds> {
+        if off % 4 != 0 {
+            return Err(OutOfBounds);
+        }
+        let view = self.checked(off, 4)?;
+        // SAFETY: facts 1-3 for the 4 bytes; the view base is page-aligned
+        // and `off` a multiple of 4, so the word is aligned for AtomicU32;
+        // interior mutability as in `atomics`.
+        Ok(unsafe { &*(view.ptr.add(off as usize) as *const AtomicU32) })
     }
 
     /// Copy `buf.len()` bytes at `off` out of the mapping.
@@ -274,6 +368,9 @@ impl Arena {
     /// only on bytes no reader can reach yet (past the published tail) or on
     /// pages nobody else maps as Rust references (meta).
     pub(crate) fn write(&self, off: u64, data: &[u8]) -> Result<(), OutOfBounds> {
+        if self.mode == MapMode::SharedReadOnly {
+            return Err(OutOfBounds);
+        }
         let view = self.checked(off, data.len() as u64)?;
         debug_assert!(off + data.len() as u64 <= view.len);
         // SAFETY: facts 1-3; the destination is writable (read-write shared
@@ -288,6 +385,9 @@ impl Arena {
 
     /// Fill `[off, off+n)` with zeros.
     pub(crate) fn zero(&self, off: u64, n: u64) -> Result<(), OutOfBounds> {
+        if self.mode == MapMode::SharedReadOnly {
+            return Err(OutOfBounds);
+        }
         let view = self.checked(off, n)?;
         // SAFETY: as in `write`.
         unsafe {
@@ -407,11 +507,18 @@ impl Arena {
         if new_len <= old {
             return Ok(());
         }
-        if self.mode == MapMode::Private {
+        if self.mode != MapMode::Shared {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 "read-only handle cannot grow the file",
             ));
+        }
+        // Another process may have grown the file since we last looked:
+        // start from its real length (growth is serialised by the writer
+        // lock, so it cannot change under us now).
+        let old = self.refresh()?;
+        if new_len <= old {
+            return Ok(());
         }
         testing::fire(
             &self.path,
@@ -422,17 +529,7 @@ impl Arena {
             Phase::Before,
         )?;
         super::file::allocate(&self.file, old, new_len)?;
-        let mut views = self.views.lock();
-        let cur_len = views.last().map(|v| v.len).unwrap_or(0);
-        if new_len > cur_len {
-            let reserve = new_len.max(cur_len.saturating_mul(2));
-            let view = Box::new(View::map(&self.file, reserve, self.mode)?);
-            let ptr = &*view as *const View as *mut View;
-            views.push(view);
-            self.current.store(ptr, Ordering::Release);
-        }
-        drop(views);
-        self.len.store(new_len, Ordering::Release);
+        self.follow(new_len)?;
         testing::fire(
             &self.path,
             IoOp::Grow {

@@ -11,7 +11,8 @@
 //! offset      size   what
 //! 0           4096   meta A   (see meta.rs; 128 bytes used, rest zero)
 //! 4096        4096   meta B
-//! 8192        4096   control block (live, shared state; atomic words)
+//! 8192        4096   control block (live, shared state; atomic words,
+//!                    the change futex and the writer mutex)
 //! 12288       ...    arena: index chunks and log records, bump-allocated
 //!                    from the tail towards the end of the file
 //! ```
@@ -21,6 +22,7 @@
 
 pub(crate) mod control;
 pub(crate) mod file;
+pub(crate) mod lock;
 pub(crate) mod mapping;
 pub(crate) mod meta;
 
@@ -32,6 +34,8 @@ pub(crate) const META_A_OFFSET: u64 = 0;
 pub(crate) const META_B_OFFSET: u64 = FORMAT_PAGE;
 /// File offset of the control block.
 pub(crate) const CONTROL_OFFSET: u64 = 2 * FORMAT_PAGE;
+/// File offset of the writer mutex (inside the control page).
+pub(crate) const WRITER_LOCK_OFFSET: u64 = CONTROL_OFFSET + 512;
 /// First byte of the arena (index chunks and log records).
 pub(crate) const ARENA_START: u64 = 3 * FORMAT_PAGE;
 /// File lengths are multiples of this.

@@ -1,0 +1,350 @@
+//! What many processes sharing one store need beyond get and insert:
+//! change notification, reads of several keys that see a commit whole, and
+//! fixed-layout (`Pod`) values.
+
+use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, Instant};
+
+use bytemuck::Pod;
+
+use crate::index;
+use crate::log::record::{seq_of, BodyCrc, HEADER_LEN, KIND_PUT};
+use crate::storage::control::NOTIFY;
+use crate::storage::lock::futex_wait;
+use crate::storage::mapping::MapMode;
+use crate::storage::CONTROL_OFFSET;
+use crate::{Db, Error, Result, Value};
+
+/// A consistent view for [`Db::read_consistent`]: every read through it
+/// sees the store as of one commit.
+///
+/// # Examples
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let db = mapkv::Db::open(dir.path().join("rv.mapkv"))?;
+/// db.insert(b"x", b"1")?;
+/// let (x, y) = db.read_consistent(|view| Ok((view.get(b"x")?, view.contains_key(b"y")?)))?;
+/// assert_eq!(x.as_deref(), Some(&b"1"[..]));
+/// assert!(!y);
+/// # Ok::<(), mapkv::Error>(())
+/// ```
+pub struct ReadView<'a> {
+    db: &'a Db,
+}
+
+impl ReadView<'_> {
+    /// Like [`Db::get`].
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
+        self.db.get(key)
+    }
+
+    /// Like [`Db::contains_key`].
+    pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        self.db.contains_key(key)
+    }
+
+    /// Like [`Db::get_pod`].
+    pub fn get_pod<T: Pod>(&self, key: impl AsRef<[u8]>) -> Result<Option<T>> {
+        self.db.get_pod(key)
+    }
+}
+
+/// Attempts of [`Db::read_consistent`] before a read-write handle stops
+/// writers (takes the writer lock) to guarantee progress.
+const OPTIMISTIC_TRIES: u32 = 64;
+
+impl Db {
+    /// The sequence number of the newest commit visible to this handle, in
+    /// any process. It only grows; pass it to
+    /// [`wait_for_change`](Db::wait_for_change).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("cs.mapkv"))?;
+    /// let before = db.commit_seq();
+    /// db.insert(b"k", b"v")?;
+    /// assert_eq!(db.commit_seq(), before + 1);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn commit_seq(&self) -> u64 {
+        self.inner
+            .control()
+            .map(|c| seq_of(c.seq_gen()))
+            .unwrap_or(0)
+    }
+
+    /// Block until a commit newer than `since` (a value from
+    /// [`commit_seq`](Db::commit_seq)) lands, in this or any other process,
+    /// or until `timeout` passes. Returns the newest commit sequence number:
+    /// equal to `since` if it timed out.
+    ///
+    /// No polling on Linux: waiters sleep on a futex in the shared mapping
+    /// and every commit wakes them (writers make that system call only while
+    /// someone waits). A read-only handle that could not open the file for
+    /// writing cannot register as a waiter, and re-checks every 2 ms instead.
+    ///
+    /// Several commits may land before the waiter runs: compare what you
+    /// read with what you had, not the number of wake-ups.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("wait.mapkv");
+    /// let db = mapkv::Db::open(&path)?;
+    /// let seen = db.commit_seq();
+    /// let writer = {
+    ///     let other = mapkv::Db::open(&path)?; // another handle, as another process would
+    ///     std::thread::spawn(move || other.insert(b"news", b"!"))
+    /// };
+    /// let now = db.wait_for_change(seen, Duration::from_secs(10));
+    /// assert!(now > seen);
+    /// writer.join().unwrap()?;
+    /// assert!(db.contains_key(b"news")?);
+    /// // Nothing new: returns `since` after the timeout.
+    /// assert_eq!(db.wait_for_change(now, Duration::from_millis(10)), now);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn wait_for_change(&self, since: u64, timeout: Duration) -> u64 {
+        let i = &*self.inner;
+        let deadline = Instant::now().checked_add(timeout);
+        let (Ok(c), Ok(word)) = (i.control(), i.arena.atomic_u32(CONTROL_OFFSET + NOTIFY)) else {
+            return since;
+        };
+        let can_register = i.arena.mode() == MapMode::Shared;
+        loop {
+            if can_register {
+                c.waiters().fetch_add(1, Ordering::SeqCst);
+            }
+            // Read the futex word before the state: a commit after this
+            // load changes the word, so the wait below returns at once.
+            let n = word.load(Ordering::SeqCst);
+            let now_seq = self.commit_seq();
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            if now_seq != since || left.is_zero() {
+                if can_register {
+                    c.waiters().fetch_sub(1, Ordering::SeqCst);
+                }
+                return now_seq;
+            }
+            let nap = if can_register {
+                left
+            } else {
+                left.min(Duration::from_millis(2))
+            };
+            futex_wait(word, n, nap);
+            if can_register {
+                c.waiters().fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Run `f` against a view in which every read sees the store as of one
+    /// commit: a batch is seen whole or not at all, across keys.
+    ///
+    /// How: a sequence lock over the commit counter. `f` runs without any
+    /// lock; if a commit landed while it ran, it runs again. `f` may
+    /// therefore run more than once: keep side effects out of it. Cost: two
+    /// extra atomic loads when no commit interferes; under a steady stream of
+    /// commits, retries. After 64 tries a read-write handle takes the writer
+    /// lock for one last run, so it always finishes; a read-only handle
+    /// keeps retrying (backing off), for up to about a second.
+    ///
+    /// # Errors
+    /// Whatever `f` returns from a run that no commit disturbed;
+    /// [`Error::Locked`] if a read-only handle could not get a quiet moment.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("rc.mapkv"))?;
+    /// let mut b = db.batch();
+    /// b.insert(b"from", b"90").insert(b"to", b"10"); // a transfer: both or neither
+    /// b.commit()?;
+    /// let total = db.read_consistent(|v| {
+    ///     let n = |k: &[u8]| -> mapkv::Result<u32> {
+    ///         Ok(v.get(k)?.map(|x| std::str::from_utf8(&x).unwrap().parse().unwrap()).unwrap_or(0))
+    ///     };
+    ///     Ok(n(b"from")? + n(b"to")?)
+    /// })?;
+    /// assert_eq!(total, 100);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn read_consistent<R>(&self, mut f: impl FnMut(&ReadView<'_>) -> Result<R>) -> Result<R> {
+        let i = &*self.inner;
+        let c = i.control()?;
+        let view = ReadView { db: self };
+        let started = Instant::now();
+        let mut tries = 0u32;
+        loop {
+            let v1 = c.version();
+            if v1 % 2 == 0 {
+                let res = f(&view);
+                fence(Ordering::Acquire);
+                if c.version() == v1 {
+                    return res;
+                }
+            }
+            tries += 1;
+            if tries >= OPTIMISTIC_TRIES && i.cross {
+                // Stop writers for one run: nothing can change under it.
+                let _w = i.lock_writer()?;
+                return f(&view);
+            }
+            if !i.cross && started.elapsed() > Duration::from_secs(1) {
+                return Err(Error::Locked {
+                    path: i.path.clone(),
+                    detail: "commits kept landing (or a writer died mid-commit and no writer \
+                             has repaired the store yet) while a read-only handle tried to \
+                             read a consistent view",
+                });
+            }
+            if tries < 16 {
+                std::hint::spin_loop();
+            } else if tries < OPTIMISTIC_TRIES {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+    }
+
+    /// The values of several keys, as of one commit (see
+    /// [`read_consistent`](Db::read_consistent)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("gm.mapkv"))?;
+    /// db.insert(b"a", b"1")?;
+    /// let vals = db.get_many(&[&b"a"[..], &b"b"[..]])?;
+    /// assert_eq!(vals[0].as_deref(), Some(&b"1"[..]));
+    /// assert!(vals[1].is_none());
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Value>>> {
+        self.read_consistent(|v| keys.iter().map(|k| v.get(k)).collect())
+    }
+
+    /// Store a plain-old-data value (a `#[repr(C)]` struct deriving
+    /// `bytemuck::Pod`) under `key`: its bytes, in this machine's layout and
+    /// byte order. Read it back with [`get_pod`](Db::get_pod).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use bytemuck::{Pod, Zeroable};
+    ///
+    /// #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+    /// #[repr(C)]
+    /// struct Reading {
+    ///     sensor: u32,
+    ///     celsius_x10: i32,
+    ///     at_ms: u64,
+    /// }
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("pod.mapkv"))?;
+    /// let r = Reading { sensor: 7, celsius_x10: 215, at_ms: 1_700_000_000_000 };
+    /// db.insert_pod(b"sensor:7", &r)?;
+    /// assert_eq!(db.get_pod::<Reading>(b"sensor:7")?, Some(r));
+    /// // The wrong type is an error, not garbage.
+    /// assert!(matches!(db.get_pod::<u32>(b"sensor:7"), Err(mapkv::Error::ValueSize { .. })));
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn insert_pod<T: Pod>(&self, key: impl AsRef<[u8]>, value: &T) -> Result<()> {
+        self.insert(key, bytemuck::bytes_of(value))
+    }
+
+    /// Read a value stored by [`insert_pod`](Db::insert_pod) as a `T`.
+    ///
+    /// One copy, straight from the mapping into the returned `T` (no
+    /// allocation, no intermediate buffer), checksum-verified. A reference
+    /// into the mapping itself is not offered: another process may change
+    /// those bytes at any time, and Rust must not hold a reference to memory
+    /// that changes under it.
+    ///
+    /// # Errors
+    /// [`Error::ValueSize`] if the stored value is not `size_of::<T>()`
+    /// bytes; [`Error::Corrupted`] if the record fails its checks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("gp.mapkv"))?;
+    /// db.insert_pod(b"counts", &[1u64, 2, 3])?;
+    /// assert_eq!(db.get_pod::<[u64; 3]>(b"counts")?, Some([1, 2, 3]));
+    /// assert_eq!(db.get_pod::<u64>(b"missing")?, None);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn get_pod<T: Pod>(&self, key: impl AsRef<[u8]>) -> Result<Option<T>> {
+        let mut out = T::zeroed();
+        let found = self
+            .inner
+            .fetch_exact(key.as_ref(), bytemuck::bytes_of_mut(&mut out))?;
+        Ok(found.then_some(out))
+    }
+}
+
+impl crate::db::Inner {
+    /// Find `key` and copy its value into `out`, which must be exactly the
+    /// value's length; verify the record's CRC over the key and `out`.
+    pub(crate) fn fetch_exact(&self, key: &[u8], out: &mut [u8]) -> Result<bool> {
+        crate::db::check_key(key)?;
+        let (t, d) = self.table()?;
+        let h = index::hash(self.hash_seed, key);
+        let mut kbuf = vec![0u8; key.len()];
+        let found = t
+            .find(h, |off| {
+                self.arena
+                    .prefetch(off, HEADER_LEN + (key.len() + out.len()) as u64);
+                let hd = self.header_at(off)?;
+                if hd.kind != KIND_PUT {
+                    return Err(
+                        self.corrupt(off, "slot points at something that is not a live record")
+                    );
+                }
+                if hd.key_len as usize != key.len() {
+                    return Ok(false);
+                }
+                let klen = key.len() as u64;
+                let end = (off + HEADER_LEN + klen).saturating_add(hd.val_len as u64);
+                if !self.within_file(end) {
+                    return Err(self.corrupt(off, "record runs past the end of the file"));
+                }
+                self.arena
+                    .read(off + HEADER_LEN, &mut kbuf)
+                    .map_err(|_| self.corrupt(off, "record runs past the end of the file"))?;
+                if kbuf != key {
+                    return Ok(false);
+                }
+                if hd.val_len as usize != out.len() {
+                    return Err(Error::ValueSize {
+                        expected: out.len(),
+                        found: hd.val_len as usize,
+                    });
+                }
+                self.arena
+                    .read(off + HEADER_LEN + klen, out)
+                    .map_err(|_| self.corrupt(off, "record runs past the end of the file"))?;
+                let mut crc = BodyCrc::new(self.salt, off, &hd.tail_bytes());
+                crc.update(&kbuf);
+                crc.update(out);
+                if crc.finish() != hd.crc {
+                    return Err(self.corrupt(off, "record fails its checksum"));
+                }
+                Ok(true)
+            })
+            .map_err(|e| self.locate(e, d.start))?;
+        Ok(found.is_some())
+    }
+}
