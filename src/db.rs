@@ -877,18 +877,19 @@ impl Inner {
             return Ok(());
         }
         self.check_writable()?;
-        {
+        let left = {
             let mut w = self.lock_writer()?;
             let c = self.control()?;
             let left = c.writers().load(Ordering::Acquire).saturating_sub(1);
             c.writers().store(left, Ordering::Release);
-            if left > 0 {
-                return Ok(());
+            if left == 0 {
+                // Read-only handles may still have it open; they never
+                // write, and a writer that joins later first clears the
+                // clean flag.
+                self.commit_meta(&mut w, true)?;
             }
-            // Read-only handles may still have it open; they never write, and
-            // a writer that joins later first clears the clean flag.
-            self.commit_meta(&mut w, true)?;
-        }
+            left
+        };
         // Alone? Converting our shared open lock to an exclusive one
         // succeeds only if no other handle has the file open. (On failure
         // the shared lock may be gone too; we are done anyway.)
@@ -905,6 +906,10 @@ impl Inner {
             self.exclusive.store(true, Ordering::Release);
         }
         let mut w = self.lock_writer()?;
+        if left > 0 {
+            // The count included writers that crashed; alone, we know better.
+            self.commit_meta(&mut w, true)?;
+        }
         // Give back the space preallocated past the tail. The meta that
         // names the shorter length is durable before the file is cut, so a
         // crash in between leaves a file longer than its meta says (fine),
