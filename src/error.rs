@@ -114,6 +114,20 @@ pub enum Error {
         found: usize,
     },
 
+    /// [`Db::changes_after`](crate::Db::changes_after) was given a log
+    /// position that this store's log does not have.
+    #[error(
+        "{path}: {position} is not a position in the log (it ends at {tail}); use Db::log_position"
+    )]
+    BadPosition {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The position given.
+        position: u64,
+        /// Where the log ends now.
+        tail: u64,
+    },
+
     /// A write on a handle opened with `Options::read_only(true)`.
     #[error("{path}: the store was opened read-only")]
     ReadOnly {

@@ -592,3 +592,69 @@ fn bad_arguments_are_usage_errors() {
         .text()
         .contains(env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn watch_prints_changes_from_another_process_as_they_happen() {
+    let (_d, path) = store();
+    let db = mapkv::Db::open(&path).unwrap();
+    db.insert(b"before", b"not shown").unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_mapkv"))
+        .args(["watch", "--json", "--count", "4", p(&path)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let keyed = std::process::Command::new(env!("CARGO_BIN_EXE_mapkv"))
+        .args(["watch", "--idle-exit", "1.5", p(&path), "k2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Give the watchers time to open the store; changes made before they
+    // read their starting position would simply not be shown.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    db.insert(b"k1", b"v1").unwrap();
+    let mut b = db.batch();
+    b.insert(b"k2", b"v2").remove(b"before");
+    b.commit().unwrap();
+    db.insert(b"k2", b"v3").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = out
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    let ops: Vec<(String, String)> = lines
+        .iter()
+        .map(|v| {
+            (
+                v["op"].as_str().unwrap().to_string(),
+                v["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let k = |s: &[u8]| b64(s);
+    assert_eq!(
+        ops,
+        vec![
+            ("put".into(), k(b"k1")),
+            ("put".into(), k(b"k2")),
+            ("del".into(), k(b"before")),
+            ("put".into(), k(b"k2")),
+        ]
+    );
+    assert_eq!(lines[1]["seq"], lines[2]["seq"], "one batch, one commit");
+    let keyed = keyed.wait_with_output().unwrap();
+    assert!(keyed.status.success());
+    let text = String::from_utf8(keyed.stdout).unwrap();
+    let got: Vec<&str> = text
+        .lines()
+        .map(|l| l.split('\t').nth(3).unwrap())
+        .collect();
+    assert_eq!(got, ["v2", "v3"], "{text}");
+}

@@ -306,3 +306,69 @@ fn writer_killed_holding_the_lock_is_repaired_by_the_next_writer() {
     db.check().unwrap();
     assert_eq!(db.get(b"after").unwrap().as_deref(), Some(&b"death"[..]));
 }
+
+#[test]
+fn change_feed_replays_every_handles_commits_in_order() {
+    use std::collections::HashMap;
+    let (_d, path) = store();
+    let a = Db::open(&path).unwrap();
+    let b = Db::open(&path).unwrap();
+    let start = a.log_position();
+    let mut rng = Rng::new(common::seed("change_feed"));
+    let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    for i in 0..3_000u32 {
+        let h = if rng.chance(50) { &a } else { &b };
+        let k = format!("k{}", rng.below(300)).into_bytes();
+        if rng.chance(20) {
+            h.remove(&k).unwrap();
+            model.remove(&k);
+        } else {
+            let n = rng.below(100) as usize;
+            let v = rng.bytes(n);
+            h.insert(&k, &v).unwrap();
+            model.insert(k, v);
+        }
+        if i % 500 == 0 {
+            let mut batch = h.batch();
+            batch.insert(b"batch", i.to_le_bytes()).remove(b"k0");
+            batch.commit().unwrap();
+            model.insert(b"batch".to_vec(), i.to_le_bytes().to_vec());
+            model.remove(&b"k0"[..]);
+        }
+    }
+    // Replay the feed, in small pages, into a fresh map.
+    let mut replay: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    let (mut pos, mut last_seq) = (start, 0);
+    loop {
+        let (commits, next) = b.changes_after(pos, 97).unwrap();
+        if commits.is_empty() {
+            break;
+        }
+        for c in commits {
+            assert!(c.seq > last_seq, "out of order: {} after {last_seq}", c.seq);
+            last_seq = c.seq;
+            for ch in c.changes {
+                match ch {
+                    mapkv::Change::Put { key, value } => {
+                        replay.insert(key, value.to_vec());
+                    }
+                    mapkv::Change::Remove { key } => {
+                        replay.remove(&key);
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        pos = next;
+    }
+    assert_eq!(last_seq, a.commit_seq());
+    assert_eq!(replay, model);
+    assert!(matches!(
+        a.changes_after(pos + 8, 10),
+        Err(Error::BadPosition { .. })
+    ));
+    assert!(matches!(
+        a.changes_after(start + 8, 10),
+        Err(Error::BadPosition { .. })
+    ));
+}

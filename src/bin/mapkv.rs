@@ -45,7 +45,7 @@ This round-trips any bytes; 'mapkv load' reads it back. Other fields are
 ignored; empty lines are skipped.";
 
 /// Inspect and edit mapkv stores: get, put, del, scan, stats, check,
-/// dump and load.
+/// dump, load and watch.
 #[derive(Parser, Debug)]
 #[command(name = "mapkv", version, after_help = AFTER_HELP)]
 struct Cli {
@@ -165,6 +165,26 @@ enum Cmd {
     Dump {
         /// The store's file.
         file: PathBuf,
+    },
+    /// Print changes as they happen, from any process, until interrupted.
+    ///
+    /// One line per operation of every commit made after the command
+    /// starts: 'SEQ<TAB>put<TAB>KEY<TAB>VALUE' or 'SEQ<TAB>del<TAB>KEY' (text
+    /// escaped as in scan, or --hex/--base64), or a JSON object per line with
+    /// --json. With KEY, only that key's changes. Sleeps on the store's
+    /// change notification between commits (no polling); opens the store
+    /// read-only.
+    Watch {
+        /// The store's file.
+        file: PathBuf,
+        /// Only changes to this key (decoded as --hex or --base64 say).
+        key: Option<OsString>,
+        /// Stop after N changes (lines).
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Stop when no commit lands for this many seconds.
+        #[arg(long, value_name = "SECS")]
+        idle_exit: Option<f64>,
     },
     /// Insert the entries of a dump (JSON lines) from standard input.
     ///
@@ -312,6 +332,12 @@ fn run(cli: Cli) -> Res {
         Cmd::Check { file } => check(&cx, &file),
         Cmd::Dump { file } => dump(&cx, &file),
         Cmd::Load { file, input, batch } => load(&cx, &file, input, batch),
+        Cmd::Watch {
+            file,
+            key,
+            count,
+            idle_exit,
+        } => watch(&cx, &file, key, count, idle_exit),
     }
 }
 
@@ -377,6 +403,77 @@ fn get(cx: &Ctx, file: &Path, key: OsString, raw: bool) -> Res {
             Ok(())
         }
         (None, false) => Err(not_found(cx, &key)),
+    }
+}
+
+fn watch(
+    cx: &Ctx,
+    file: &Path,
+    key: Option<OsString>,
+    count: Option<u64>,
+    idle_exit: Option<f64>,
+) -> Res {
+    let key = key.map(|k| cx.arg("KEY", k)).transpose()?;
+    let idle = idle_exit
+        .map(|s| {
+            std::time::Duration::try_from_secs_f64(s)
+                .map_err(|_| Fail::error(format!("--idle-exit {s}: not a duration")))
+        })
+        .transpose()?;
+    let db = cx.open_read(file)?;
+    let mut pos = db.log_position();
+    let mut seen = db.commit_seq();
+    let mut printed = 0u64;
+    let nap = idle.unwrap_or(std::time::Duration::from_secs(3600));
+    loop {
+        let (commits, next) = db.changes_after(pos, 1024)?;
+        pos = next;
+        let mut out = stdout();
+        for c in &commits {
+            for ch in &c.changes {
+                if key.as_deref().is_some_and(|k| k != ch.key()) {
+                    continue;
+                }
+                let value = match ch {
+                    mapkv::Change::Put { value, .. } => Some(&value[..]),
+                    _ => None,
+                };
+                if cx.json {
+                    let obj = json!({
+                        "seq": c.seq,
+                        "op": if value.is_some() { "put" } else { "del" },
+                        "key": b64(ch.key()),
+                        "value": value.map(b64),
+                    });
+                    serde_json::to_writer(&mut out, &obj).map_err(io::Error::from)?;
+                    out.write_all(b"\n")?;
+                } else if let Some(v) = value {
+                    writeln!(
+                        out,
+                        "{}\tput\t{}\t{}",
+                        c.seq,
+                        cx.enc.text(ch.key()),
+                        cx.enc.text(v)
+                    )?;
+                } else {
+                    writeln!(out, "{}\tdel\t{}", c.seq, cx.enc.text(ch.key()))?;
+                }
+                printed += 1;
+                if count.is_some_and(|n| printed >= n) {
+                    out.flush()?;
+                    return Ok(());
+                }
+            }
+        }
+        out.flush()?;
+        if commits.len() == 1024 {
+            continue; // more are waiting
+        }
+        let now = db.wait_for_change(seen, nap);
+        if now == seen && idle.is_some() {
+            return Ok(());
+        }
+        seen = now;
     }
 }
 

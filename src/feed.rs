@@ -1,0 +1,153 @@
+//! Reading the log back as a feed of commits: what changed, in order, in
+//! any process. `mapkv watch` is built on it.
+
+use crate::log::record::{seq_of, KIND_PUT};
+use crate::log::{Item, Scanner};
+use crate::storage::ARENA_START;
+use crate::{Db, Error, Result, Value};
+
+/// One operation of a [`Commit`], read back from the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// `key` was set to `value`.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value it was given.
+        value: Value,
+    },
+    /// `key` was removed.
+    Remove {
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+impl Change {
+    /// The key this change is about.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Change::Put { key, .. } | Change::Remove { key } => key,
+        }
+    }
+}
+
+/// A commit read back by [`Db::changes_after`]: its sequence number (as
+/// [`Db::commit_seq`] counts) and its operations, in the order written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Commit {
+    /// Sequence number of the commit.
+    pub seq: u64,
+    /// What it did.
+    pub changes: Vec<Change>,
+}
+
+impl Db {
+    /// The log position just past the newest commit: a cursor for
+    /// [`changes_after`](Db::changes_after).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("lp.mapkv"))?;
+    /// let before = db.log_position();
+    /// db.insert(b"k", b"v")?;
+    /// assert!(db.log_position() > before);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn log_position(&self) -> u64 {
+        self.inner
+            .control()
+            .map(|c| c.snapshot(1000).0.tail)
+            .unwrap_or(ARENA_START)
+    }
+
+    /// The commits that landed after log position `from` (a value from
+    /// [`log_position`](Db::log_position) or from an earlier call), at most
+    /// `max` of them, oldest first, each checksum-verified; and the position
+    /// to continue from. Commits from every process appear, in the order
+    /// they were made. Together with [`wait_for_change`](Db::wait_for_change)
+    /// this is a change feed:
+    ///
+    /// # Errors
+    /// [`Error::BadPosition`] if `from` is not a position this store's log
+    /// has (not from `log_position`, or from another store);
+    /// [`Error::Corrupted`] if the log fails its checks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mapkv::Change;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("feed.mapkv"))?;
+    /// let mut pos = db.log_position();
+    /// db.insert(b"a", b"1")?;
+    /// db.remove(b"a")?;
+    /// let (commits, next) = db.changes_after(pos, 100)?;
+    /// assert_eq!(commits.len(), 2);
+    /// assert!(matches!(&commits[0].changes[0], Change::Put { key, value } if key == b"a" && &**value == b"1"));
+    /// assert!(matches!(&commits[1].changes[0], Change::Remove { key } if key == b"a"));
+    /// pos = next;
+    /// assert!(db.changes_after(pos, 100)?.0.is_empty()); // nothing new
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn changes_after(&self, from: u64, max: usize) -> Result<(Vec<Commit>, u64)> {
+        let i = &*self.inner;
+        let tail = self.log_position();
+        if from < ARENA_START || from > tail || from % 8 != 0 {
+            return Err(Error::BadPosition {
+                path: i.path.clone(),
+                position: from,
+                tail,
+            });
+        }
+        if !i.within_file(tail) {
+            return Err(i.corrupt(tail, "log tail past the end of the file"));
+        }
+        let mut out = Vec::new();
+        let mut sc = Scanner::new(&i.arena, i.salt, from, tail, None);
+        while sc.pos() < tail && out.len() < max {
+            match sc.next_item() {
+                Ok(Item::Commit {
+                    records, seq_gen, ..
+                }) => {
+                    let mut changes = Vec::with_capacity(records.len());
+                    for r in records {
+                        let key = i.read_key(r.off, &r.header)?;
+                        changes.push(if r.header.kind == KIND_PUT {
+                            let buf = i.read_record(r.off, &r.header)?;
+                            let k = key.len();
+                            Change::Put {
+                                key,
+                                value: Value::from_parts(buf, k),
+                            }
+                        } else {
+                            Change::Remove { key }
+                        });
+                    }
+                    out.push(Commit {
+                        seq: seq_of(seq_gen),
+                        changes,
+                    });
+                }
+                Ok(Item::Index { .. }) => {}
+                Err(stop) if sc.pos() == from && out.is_empty() => {
+                    // Nothing valid starts here: not a position of this log.
+                    let _ = stop;
+                    return Err(Error::BadPosition {
+                        path: i.path.clone(),
+                        position: from,
+                        tail,
+                    });
+                }
+                Err(stop) => {
+                    return Err(i.corrupt(stop.bad, format!("change feed: {}", stop.why)));
+                }
+            }
+        }
+        Ok((out, sc.pos()))
+    }
+}
