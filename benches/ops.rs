@@ -8,6 +8,10 @@
 //! Criterion reports the median time per operation (or per element for
 //! batches and scans); peak memory and file sizes are printed at the end.
 
+#[path = "common/workload.rs"]
+mod workload;
+use workload::{key, value, Rng, VALUE};
+
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -17,38 +21,6 @@ use criterion::{BatchSize, Criterion, Throughput};
 use mapkv::{Db, Durability, Options};
 
 const N: u64 = 1_000_000;
-const VALUE: usize = 150;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
-/// The i-th key: 24 bytes that look random.
-fn key(i: u64) -> [u8; 24] {
-    let mut r = Rng(i);
-    let mut k = [0u8; 24];
-    for c in k.chunks_mut(8) {
-        c.copy_from_slice(&r.next().to_le_bytes());
-    }
-    k
-}
-
-fn value(i: u64) -> [u8; VALUE] {
-    let mut r = Rng(i ^ 0xabcdef);
-    let mut v = [0u8; VALUE];
-    for c in v.chunks_mut(8) {
-        let x = r.next().to_le_bytes();
-        c.copy_from_slice(&x[..c.len()]);
-    }
-    v
-}
 
 struct Fixture {
     _dir: tempfile::TempDir,

@@ -25,13 +25,15 @@ use crate::OpenKind;
 use crate::{Error, Result, Value};
 
 /// A handle to an open store. Cheap to clone; clones share one mapping and
-/// one writer lock, and may be used from any number of threads.
+/// may be used from any number of threads. Other handles on the same file,
+/// opened in this or other processes, share the store too.
 ///
 /// Reads ([`get`](Db::get), [`contains_key`](Db::contains_key),
 /// [`iter`](Db::iter), [`len`](Db::len)) take no lock and make no system
-/// call. Writes are serialised by one writer lock. The store is closed
-/// cleanly when the last handle is dropped (or by [`close`](Db::close),
-/// which reports errors).
+/// call. Writes from every thread and process are serialised by one writer
+/// lock. The store is closed cleanly when the last read-write handle, in
+/// any process, is dropped (or closed with [`close`](Db::close), which
+/// reports errors).
 ///
 /// ```
 /// use mapkv::Db;
@@ -601,7 +603,11 @@ impl Inner {
     /// Rebuild the index into a larger (or tombstone-free) table if `more`
     /// new entries would push it past 3/4 load. The new table is an index
     /// chunk appended at the tail; readers switch to it atomically.
-    pub(crate) fn ensure_index_room(&self, w: &mut Writer, more: u64) -> Result<()> {
+    ///
+    /// `then` is the number of bytes the caller appends after the table
+    /// (the commit's records): the file is grown for both at once, so that
+    /// running out of space fails before anything is written.
+    pub(crate) fn ensure_index_room(&self, w: &mut Writer, more: u64, then: u64) -> Result<()> {
         let (old, d) = self.table_at(w.st.index_desc)?;
         if index::fits(d.capacity(), w.st.index_used, more) {
             return Ok(());
@@ -615,7 +621,10 @@ impl Inner {
             log2cap: log2,
         };
         let end = start + new.bytes();
-        self.ensure_space(end)?;
+        self.ensure_space(
+            end.checked_add(then)
+                .ok_or_else(|| self.corrupt(off, "tail overflows"))?,
+        )?;
         let hdr = record::encode_index(self.salt, off, log2);
         w.unpublished = true;
         self.write_bytes(off, &hdr.to_bytes())?;
@@ -668,11 +677,11 @@ impl Inner {
     pub(crate) fn commit_locked(&self, w: &mut Writer, ops: &[Op<'_>]) -> Result<()> {
         self.check_writable()?;
         let puts = ops.iter().filter(|o| matches!(o, Op::Put(..))).count() as u64;
-        self.ensure_index_room(w, puts)?;
         let total: u64 = ops
             .iter()
             .map(|o| record_len(o.key().len(), o.value().len()))
             .sum();
+        self.ensure_index_room(w, puts, total)?;
         let start = w.st.tail;
         let end = start
             .checked_add(total)
@@ -970,7 +979,9 @@ impl Db {
     /// [`Error::NotMapkv`] if the file is something else (it is left
     /// untouched), [`Error::UnsupportedVersion`], [`Error::Corrupted`] if
     /// the store is damaged where it cannot be repaired, [`Error::Locked`]
-    /// if another handle has it open, [`Error::Io`].
+    /// if another handle held it exclusively (while recovering it) for
+    /// longer than [`Options::lock_timeout`], [`Error::Io`]. Other handles
+    /// having it open is fine: this one joins them.
     ///
     /// # Examples
     ///
@@ -1371,9 +1382,12 @@ impl Db {
         &self.inner.path
     }
 
-    /// Close the store cleanly and report any error. Only the last handle
-    /// closes; on other clones this just drops the handle. Dropping the last
-    /// handle does the same but cannot report errors.
+    /// Close this handle and report any error. Only the last clone closes;
+    /// on other clones this just drops the handle. If no other read-write
+    /// handle (in any process) has the store open, it is made durable and
+    /// marked clean; if no handle at all has it open, the space
+    /// preallocated past the log is given back too. Dropping the last clone
+    /// does the same but cannot report errors.
     ///
     /// # Examples
     ///

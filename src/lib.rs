@@ -8,6 +8,11 @@
 //!   two, one copy of the record, a CRC check.
 //! * **Writes** append to the log under one writer lock and publish with an
 //!   atomic slot store. Durability per store: [`Durability`].
+//! * **Many processes** open the same file at once: readers everywhere stay
+//!   lock-free and see each commit at once; writers take turns on a robust
+//!   lock in the mapping that a killed process cannot leave held;
+//!   [`Db::wait_for_change`] wakes waiters in any process, and
+//!   [`Db::changes_after`] tells them what changed.
 //! * **Crashes**: a process crash loses nothing that was acknowledged; an OS
 //!   crash or power loss loses nothing acknowledged under
 //!   [`Durability::Sync`] or before a [`Db::flush`] that returned. Commits,

@@ -630,7 +630,7 @@ fn replay(inner: &Inner, w: &mut Writer, plan: ReplayPlan) -> Result<()> {
     if plan.commits == 0 {
         return Ok(());
     }
-    inner.ensure_index_room(w, plan.puts)?;
+    inner.ensure_index_room(w, plan.puts, 0)?;
     let (t, _) = inner.table_at(w.st.index_desc)?;
     let mut st = w.st;
     let mut sc = Scanner::new(&inner.arena, inner.salt, start, plan.end, Some(last));

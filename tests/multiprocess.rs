@@ -1,0 +1,2014 @@
+//! Many processes on one store, read-write at once.
+//!
+//! `multiprocess_stress`: three writer processes and two reader processes
+//! share one file for a bounded time. Every value says which key, writer
+//! and per-key sequence number it belongs to, carries a payload of varying
+//! length and a checksum, so a torn, stale or misplaced value is detected.
+//!
+//! * Each writer owns its keys (`w{id}:{k}`, `w{id}:pair:a|b`, and a few
+//!   scratch keys `w{id}:x{j}` that it also removes), bumps a key's
+//!   sequence on every write, and commits the pair in one batch with equal
+//!   sequences. It announces every commit on stdout before it starts (an
+//!   intent line) and acknowledges it after it returned (one direct write
+//!   each), so the parent knows what was acknowledged even if the writer is
+//!   killed, and which commit was in flight when it was.
+//! * The parent SIGKILLs writers at random moments (blind, just after an
+//!   intent line so that most land inside the commit, and during the
+//!   restarted writer's own open) and restarts the same writer id. The new
+//!   writer resumes every key from the store; the parent checks what it
+//!   found against the acknowledgements: every key as acknowledged, or as
+//!   the write in flight left it, and that write all-or-nothing.
+//! * Readers (one read-write handle, one read-only handle) read random keys
+//!   in a loop: every value must be a whole value of its key; per key the
+//!   sequence never goes backwards; `get_many` of a pair sees equal
+//!   sequences; `commit_seq` never goes backwards; `wait_for_change` wakes
+//!   up on a commit while writers run (and never returns early without
+//!   one); the read-write reader also runs `check` on the live store.
+//!   A reader fails (exits non-zero) with a message naming the key, what it
+//!   saw and what it had seen before.
+//! * At the end (readers stopped, then the writers: gracefully, or some or
+//!   all of them killed, chosen per run) the parent opens the store, runs
+//!   `check`, and compares every key with the acknowledgements: a key holds
+//!   its last acknowledged sequence, or one more if that write was in flight
+//!   when its writer was killed; pairs are equal; `len`, `iter` and `check`
+//!   agree. Then it closes and reopens once more.
+//!
+//! `read_only_handle_follows_writer_process`: read-only handles in child
+//! processes, one opened before another process writes anything and one
+//! opened midway, follow that writer (file growth included) without
+//! reopening, and see its last commit.
+//!
+//! All children are this test binary re-executed (`mp_child`, a no-op
+//! unless `MAPKV_MP_ROLE` is set). `MAPKV_MP_SECS` sets the length of the
+//! stress run (default 10 s; the log grows by about 5 MB a second, as
+//! nothing reclaims overwritten records); `MAPKV_SEED` replays the parent's
+//! choices (kill timing is not reproducible). A failure names the seed and
+//! keeps the store file for a post-mortem.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::Rng;
+use mapkv::{Db, Durability, Error, OpenKind, Options};
+
+/// Writer processes in the stress test.
+const WRITERS: usize = 3;
+/// Reader processes in the stress test: reader 0 has a read-write handle,
+/// reader 1 a read-only one.
+const READERS: usize = 2;
+/// Sequenced keys per writer: `w{id}:0` .. `w{id}:199`.
+const KEYS: usize = 200;
+/// Index of `w{id}:pair:a` and `w{id}:pair:b`, always written together.
+const PAIR_A: usize = KEYS;
+const PAIR_B: usize = KEYS + 1;
+/// Scratch keys per writer (`w{id}:x{j}`), inserted and removed.
+const SCRATCH: usize = 8;
+/// Every key a writer owns: sequenced, pair, scratch.
+const PER_WRITER: usize = KEYS + 2 + SCRATCH;
+/// Default length of the stress run.
+const DEFAULT_SECS: u64 = 10;
+/// The name of the child's test function (passed to `--exact`).
+const CHILD_TEST: &str = "mp_child";
+/// How long a reader's `wait_for_change` may wait for a commit while
+/// writers run before that counts as a lost wake-up.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Readers stop checking the live store once its log is this large: a
+/// check holds writers off for O(log), which in a long soak could outlast
+/// `WAIT_TIMEOUT`.
+const LIVE_CHECK_MAX: u64 = 256 << 20;
+/// How long the parent waits for a child's output (or exit) before it
+/// declares it hung.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The read-only test: its writer's id in values, its keys, its commits.
+const RO_WRITER: usize = 9;
+const RO_COUNTER: &[u8] = b"ro:n";
+const RO_BLOBS: u64 = 48;
+const RO_COMMITS: u64 = 1500;
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+fn show(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Keys and self-checking values.
+
+/// The name of key `i` of writer `w`.
+fn key_name(w: usize, i: usize) -> Vec<u8> {
+    match i {
+        PAIR_A => format!("w{w}:pair:a"),
+        PAIR_B => format!("w{w}:pair:b"),
+        i if i < KEYS => format!("w{w}:{i}"),
+        i => format!("w{w}:x{}", i - KEYS - 2),
+    }
+    .into_bytes()
+}
+
+fn ro_blob(b: u64) -> Vec<u8> {
+    format!("ro:blob:{b}").into_bytes()
+}
+
+/// FNV-1a, 64 bits.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The SplitMix64 finalizer.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// "MPV1", little-endian.
+const VALUE_MAGIC: u32 = 0x3156_504d;
+/// magic (4), key hash (8), writer (4), sequence (8), payload length (4).
+const VALUE_HEAD: usize = 28;
+
+/// Payload length of the value of a key (by hash) at a sequence: mostly
+/// 0..120 bytes, one in 500 4..32 KiB (so the file grows while everyone
+/// maps it, without filling the disk in a soak).
+fn payload_len(key_hash: u64, seq: u64) -> usize {
+    let r = mix64(key_hash ^ seq.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    if r % 500 == 0 {
+        4096 + (r >> 40) as usize % (28 << 10)
+    } else {
+        (r >> 40) as usize % 121
+    }
+}
+
+/// The value `writer` writes for `key` at `seq`: a pure function of the
+/// three, so anyone can tell whether a value is exactly what was written.
+fn make_value(key: &[u8], writer: usize, seq: u64) -> Vec<u8> {
+    make_sized(key, writer, seq, payload_len(fnv1a(key), seq))
+}
+
+fn make_sized(key: &[u8], writer: usize, seq: u64, payload: usize) -> Vec<u8> {
+    let kh = fnv1a(key);
+    let mut v = Vec::with_capacity(VALUE_HEAD + payload + 8);
+    v.extend_from_slice(&VALUE_MAGIC.to_le_bytes());
+    v.extend_from_slice(&kh.to_le_bytes());
+    v.extend_from_slice(&(writer as u32).to_le_bytes());
+    v.extend_from_slice(&seq.to_le_bytes());
+    v.extend_from_slice(&(payload as u32).to_le_bytes());
+    let end = VALUE_HEAD + payload;
+    let mut x = kh ^ seq.rotate_left(32) ^ writer as u64;
+    while v.len() < end {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let word = mix64(x).to_le_bytes();
+        let take = (end - v.len()).min(8);
+        v.extend_from_slice(&word[..take]);
+    }
+    let sum = mix64(fnv1a(&v));
+    v.extend_from_slice(&sum.to_le_bytes());
+    v
+}
+
+/// What a value says about itself, once its checksum holds.
+struct Decoded {
+    key_hash: u64,
+    writer: usize,
+    seq: u64,
+    payload: usize,
+}
+
+fn decode(v: &[u8]) -> Result<Decoded, String> {
+    if v.len() < VALUE_HEAD + 8 {
+        return Err(format!(
+            "{} bytes, too short to be a value of this test",
+            v.len()
+        ));
+    }
+    let (body, sum) = v.split_at(v.len() - 8);
+    if u64::from_le_bytes(sum.try_into().unwrap()) != mix64(fnv1a(body)) {
+        return Err(format!(
+            "{} bytes that fail their checksum (a torn or damaged value)",
+            v.len()
+        ));
+    }
+    let u32_at = |o: usize| u32::from_le_bytes(v[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(v[o..o + 8].try_into().unwrap());
+    if u32_at(0) != VALUE_MAGIC {
+        return Err(format!("{} bytes without the value magic", v.len()));
+    }
+    let payload = u32_at(24) as usize;
+    if payload != body.len() - VALUE_HEAD {
+        return Err(format!(
+            "its length field says {payload} payload bytes, it has {}",
+            body.len() - VALUE_HEAD
+        ));
+    }
+    Ok(Decoded {
+        key_hash: u64_at(4),
+        writer: u32_at(12) as usize,
+        seq: u64_at(16),
+        payload,
+    })
+}
+
+/// Check that `v` is exactly a value `writer` wrote for `key`; returns its
+/// sequence number.
+fn check_value(key: &[u8], writer: usize, v: &[u8]) -> Result<u64, String> {
+    let d = decode(v)?;
+    if d.key_hash != fnv1a(key) || d.writer != writer {
+        return Err(format!(
+            "it holds {} (writer {}, seq {}): a misplaced value",
+            owner(d.key_hash),
+            d.writer,
+            d.seq
+        ));
+    }
+    if v != make_sized(key, writer, d.seq, d.payload) {
+        return Err(format!(
+            "seq {}: its checksum holds but its bytes differ from what was written",
+            d.seq
+        ));
+    }
+    Ok(d.seq)
+}
+
+/// Which key of the test hashes to `h` (for messages).
+fn owner(h: u64) -> String {
+    let mut keys: Vec<Vec<u8>> = (0..WRITERS)
+        .flat_map(|w| (0..PER_WRITER).map(move |i| key_name(w, i)))
+        .collect();
+    keys.push(RO_COUNTER.to_vec());
+    keys.extend((0..RO_BLOBS).map(ro_blob));
+    match keys.iter().find(|k| fnv1a(k) == h) {
+        Some(k) => format!("the value of key {}", show(k)),
+        None => format!("the value of an unknown key (hash {h:#x})"),
+    }
+}
+
+fn fmt_seq(v: Option<u64>) -> String {
+    match v {
+        None => "absent".to_string(),
+        Some(s) => format!("seq {s}"),
+    }
+}
+
+/// `i=seq` or `i=-` (removed), comma-separated: the writers' line format.
+fn fmt_writes(writes: impl IntoIterator<Item = (usize, Option<u64>)>) -> String {
+    let parts: Vec<String> = writes
+        .into_iter()
+        .map(|(i, v)| match v {
+            Some(s) => format!("{i}={s}"),
+            None => format!("{i}=-"),
+        })
+        .collect();
+    parts.join(",")
+}
+
+fn parse_writes(s: &str) -> Result<Vec<(usize, Option<u64>)>, String> {
+    s.split(',')
+        .map(|w| {
+            let (i, v) = w
+                .split_once('=')
+                .ok_or_else(|| format!("bad write {w:?}"))?;
+            let i: usize = i.parse().map_err(|_| format!("bad key index {w:?}"))?;
+            if i >= PER_WRITER {
+                return Err(format!("key index {i} out of range"));
+            }
+            let v = match v {
+                "-" => None,
+                s => Some(s.parse().map_err(|_| format!("bad seq {w:?}"))?),
+            };
+            Ok((i, v))
+        })
+        .collect()
+}
+
+/// `a=1 b=2` into a map.
+fn parse_counts(s: &str) -> BTreeMap<String, u64> {
+    s.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// The children.
+
+/// Every child process: a writer or reader of either test. Returns at once
+/// in a normal test run.
+#[test]
+fn mp_child() {
+    let Ok(role) = std::env::var("MAPKV_MP_ROLE") else {
+        return;
+    };
+    let env = ChildEnv::from_env(role);
+    match env.role.as_str() {
+        "writer" => writer_main(&env),
+        "reader" => reader_main(&env),
+        "ro_writer" => ro_writer_main(&env),
+        "ro_reader" => ro_reader_main(&env),
+        other => panic!("child: unknown MAPKV_MP_ROLE {other:?}"),
+    }
+}
+
+/// What a child learns from its environment.
+struct ChildEnv {
+    role: String,
+    path: PathBuf,
+    id: usize,
+    instance: u64,
+    seed: u64,
+    mode: Durability,
+    read_only: bool,
+    /// A child that is never stopped gives up after this long.
+    limit: Duration,
+}
+
+impl ChildEnv {
+    fn from_env(role: String) -> ChildEnv {
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| panic!("child {role}: {name} is not set"))
+        };
+        let num = |name: &str| {
+            var(name)
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("child {role}: {name} is not a number"))
+        };
+        let mode = match var("MAPKV_MP_MODE").as_str() {
+            "none" => Durability::None,
+            "async" => Durability::Async,
+            "sync" => Durability::Sync,
+            other => panic!("child {role}: bad MAPKV_MP_MODE {other:?}"),
+        };
+        ChildEnv {
+            path: PathBuf::from(var("MAPKV_MP_PATH")),
+            id: num("MAPKV_MP_ID") as usize,
+            instance: num("MAPKV_MP_INSTANCE"),
+            seed: num("MAPKV_MP_SEED"),
+            mode,
+            read_only: var("MAPKV_MP_READ_ONLY") == "1",
+            limit: Duration::from_secs(num("MAPKV_MP_LIMIT_SECS")),
+            role,
+        }
+    }
+
+    fn fail(&self, msg: impl Display) -> ! {
+        let what = match (self.role.as_str(), self.read_only) {
+            ("writer" | "ro_writer", _) => format!("durability {:?}", self.mode),
+            (_, true) => "read-only handle".to_string(),
+            (_, false) => "read-write handle".to_string(),
+        };
+        panic!(
+            "{} {} (instance {}, MAPKV_MP_SEED={}, {what}): {msg}",
+            self.role, self.id, self.instance, self.seed,
+        );
+    }
+}
+
+/// The child's protocol channel: stdout, written with one direct `write`
+/// per line (no buffering), so that a kill can only cut the last line short.
+struct Out(File);
+
+impl Out {
+    fn new() -> Out {
+        // The harness printed "test mp_child ... ": get it out first.
+        std::io::stdout().flush().expect("child: flush stdout");
+        let fd = std::io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .expect("child: dup stdout");
+        let mut out = Out(File::from(fd));
+        // End the harness's line, so that ours start at a line start.
+        out.line("\n@S");
+        out
+    }
+
+    fn line(&mut self, line: &str) {
+        let mut buf = String::with_capacity(line.len() + 1);
+        buf.push_str(line);
+        buf.push('\n');
+        self.0
+            .write_all(buf.as_bytes())
+            .expect("child: write to the parent");
+    }
+}
+
+/// Set when the parent closes our stdin: time to stop. (Also when the
+/// parent dies, so no child outlives a crashed test run for long.)
+fn stop_on_eof() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().lock().read_to_end(&mut sink);
+        flag.store(true, Ordering::Release);
+    });
+    stop
+}
+
+/// A stress-test writer: resumes every key from the store, then commits
+/// until told to stop. Protocol lines: `@O kind` once open; `@R i=seq,...`
+/// what it resumed from (every key); `@I i=seq,...` before a commit; `@A`
+/// after it returned; `@F counts` at a graceful end.
+fn writer_main(env: &ChildEnv) {
+    let id = env.id;
+    let mut out = Out::new();
+    let stop = stop_on_eof();
+    let db = Options::new()
+        .durability(env.mode)
+        .open(&env.path)
+        .unwrap_or_else(|e| env.fail(format!("open: {e}")));
+    out.line(&format!("@O {:?}", db.stats().opened));
+    let names: Vec<Vec<u8>> = (0..PER_WRITER).map(|i| key_name(id, i)).collect();
+
+    // Resume: the store says where each key's sequence is.
+    let mut state: Vec<Option<u64>> = Vec::with_capacity(PER_WRITER);
+    for name in &names {
+        let v = db
+            .get(name)
+            .unwrap_or_else(|e| env.fail(format!("resume: get {}: {e}", show(name))));
+        state.push(v.map(|v| {
+            check_value(name, id, &v)
+                .unwrap_or_else(|e| env.fail(format!("resume: key {}: {e}", show(name))))
+        }));
+    }
+    if state[PAIR_A] != state[PAIR_B] {
+        env.fail(format!(
+            "resume: the pair is torn: a {}, b {}",
+            fmt_seq(state[PAIR_A]),
+            fmt_seq(state[PAIR_B])
+        ));
+    }
+    out.line(&format!(
+        "@R {}",
+        fmt_writes(state.iter().copied().enumerate())
+    ));
+
+    let mut rng = Rng::new(env.seed);
+    // Scratch values need no order, only to be told apart.
+    let mut scratch_seq = env.instance << 32;
+    let (mut commits, mut readbacks) = (0u64, 0u64);
+    let mut writes: Vec<(usize, Option<u64>)> = Vec::new();
+    let started = Instant::now();
+    let next = |s: Option<u64>| Some(s.map_or(1, |s| s + 1));
+    while !stop.load(Ordering::Acquire) {
+        if started.elapsed() > env.limit {
+            env.fail(format!("not stopped within {:?}", env.limit));
+        }
+        let r = rng.below(100);
+        if r < 8 {
+            // Read back a key: nobody else writes it.
+            let i = rng.below(PER_WRITER as u64) as usize;
+            let got = db
+                .get(&names[i])
+                .unwrap_or_else(|e| env.fail(format!("get {}: {e}", show(&names[i]))));
+            let want = state[i].map(|s| make_value(&names[i], id, s));
+            if got.as_deref() != want.as_deref() {
+                let found = match &got {
+                    None => "absent".to_string(),
+                    Some(v) => match check_value(&names[i], id, v) {
+                        Ok(s) => format!("seq {s}"),
+                        Err(e) => e,
+                    },
+                };
+                env.fail(format!(
+                    "read back key {}: found {found}, this writer last committed {}",
+                    show(&names[i]),
+                    fmt_seq(state[i])
+                ));
+            }
+            readbacks += 1;
+            continue;
+        }
+        writes.clear();
+        let mut scratch_op = r >= 88;
+        if r < 60 {
+            let i = rng.below(KEYS as u64) as usize;
+            writes.push((i, next(state[i])));
+        } else if r < 75 {
+            let s = next(state[PAIR_A]);
+            writes.push((PAIR_A, s));
+            writes.push((PAIR_B, s));
+        } else if r < 88 {
+            let n = 2 + rng.below(15) as usize;
+            while writes.len() < n {
+                let i = rng.below(KEYS as u64) as usize;
+                if !writes.iter().any(|&(j, _)| j == i) {
+                    writes.push((i, next(state[i])));
+                }
+            }
+            scratch_op = rng.chance(30);
+        }
+        if scratch_op {
+            let j = KEYS + 2 + rng.below(SCRATCH as u64) as usize;
+            if rng.chance(40) {
+                writes.push((j, None));
+            } else {
+                scratch_seq += 1;
+                writes.push((j, Some(scratch_seq)));
+            }
+        }
+
+        out.line(&format!("@I {}", fmt_writes(writes.iter().copied())));
+        if let [(i, v)] = writes[..] {
+            match v {
+                Some(s) => db
+                    .insert(&names[i], make_value(&names[i], id, s))
+                    .unwrap_or_else(|e| env.fail(format!("insert {}: {e}", show(&names[i])))),
+                None => {
+                    let was = db
+                        .remove(&names[i])
+                        .unwrap_or_else(|e| env.fail(format!("remove {}: {e}", show(&names[i]))));
+                    if was != state[i].is_some() {
+                        env.fail(format!(
+                            "remove {} returned {was}, but the key was {}",
+                            show(&names[i]),
+                            fmt_seq(state[i])
+                        ));
+                    }
+                }
+            }
+        } else {
+            let mut b = db.batch();
+            for &(i, v) in &writes {
+                match v {
+                    Some(s) => b.insert(&names[i], make_value(&names[i], id, s)),
+                    None => b.remove(&names[i]),
+                };
+            }
+            b.commit()
+                .unwrap_or_else(|e| env.fail(format!("batch commit: {e}")));
+        }
+        out.line("@A");
+        for &(i, v) in &writes {
+            state[i] = v;
+        }
+        commits += 1;
+        if rng.chance(25) {
+            // Think time: fewer bytes per second, and more lock hand-overs.
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    out.line(&format!("@F commits={commits} readbacks={readbacks}"));
+    db.close()
+        .unwrap_or_else(|e| env.fail(format!("close: {e}")));
+}
+
+/// A stress-test reader, with what it has seen so far.
+struct Reader<'a> {
+    env: &'a ChildEnv,
+    db: Db,
+    names: Vec<Vec<Vec<u8>>>,
+    /// Per writer and sequenced key: the highest sequence seen (0: absent).
+    seen: Vec<Vec<u64>>,
+    counts: BTreeMap<&'static str, u64>,
+}
+
+impl Reader<'_> {
+    fn count(&mut self, what: &'static str) {
+        *self.counts.entry(what).or_default() += 1;
+    }
+
+    /// Check a value read for key `i` of writer `w`; returns its sequence
+    /// (0 if absent). Sequenced keys must never go backwards.
+    fn observe(&mut self, w: usize, i: usize, v: Option<&[u8]>, how: &str) -> u64 {
+        let name = &self.names[w][i];
+        let seq = match v {
+            None => 0,
+            Some(v) => check_value(name, w, v)
+                .unwrap_or_else(|e| self.env.fail(format!("{how}: key {}: {e}", show(name)))),
+        };
+        if i < KEYS + 2 {
+            let before = self.seen[w][i];
+            if seq < before {
+                self.env.fail(format!(
+                    "{how}: key {}: the sequence went backwards: found {} after seq {before} \
+                     had been read",
+                    show(name),
+                    fmt_seq(Some(seq).filter(|&s| s > 0)),
+                ));
+            }
+            self.seen[w][i] = seq;
+        }
+        seq
+    }
+
+    fn get(&mut self, w: usize, i: usize) {
+        let got = self.db.get(&self.names[w][i]).unwrap_or_else(|e| {
+            self.env
+                .fail(format!("get {}: {e}", show(&self.names[w][i])))
+        });
+        self.observe(w, i, got.as_deref(), "get");
+        self.count("gets");
+    }
+
+    /// `get_many`; `None` if a read-only handle found no quiet moment.
+    fn get_many(&mut self, w: usize, keys: &[usize]) -> Option<Vec<Option<mapkv::Value>>> {
+        let names: Vec<&[u8]> = keys.iter().map(|&i| &self.names[w][i][..]).collect();
+        match self.db.get_many(&names) {
+            Ok(v) => Some(v),
+            Err(Error::Locked { .. }) if self.env.read_only => {
+                self.count("get_many_locked");
+                None
+            }
+            Err(e) => self
+                .env
+                .fail(format!("get_many of writer {w}'s keys {keys:?}: {e}")),
+        }
+    }
+
+    fn pair(&mut self, w: usize) {
+        let Some(vals) = self.get_many(w, &[PAIR_A, PAIR_B]) else {
+            return;
+        };
+        let a = self.observe(w, PAIR_A, vals[0].as_deref(), "get_many of the pair");
+        let b = self.observe(w, PAIR_B, vals[1].as_deref(), "get_many of the pair");
+        if a != b {
+            self.env.fail(format!(
+                "get_many of w{w}'s pair saw a {} but b {}: a batch seen in part",
+                fmt_seq(Some(a).filter(|&s| s > 0)),
+                fmt_seq(Some(b).filter(|&s| s > 0)),
+            ));
+        }
+        self.count("pair_reads");
+    }
+
+    fn many(&mut self, w: usize, rng: &mut Rng) {
+        let n = 2 + rng.below(7) as usize;
+        let keys: Vec<usize> = (0..n).map(|_| rng.below(KEYS as u64) as usize).collect();
+        let Some(vals) = self.get_many(w, &keys) else {
+            return;
+        };
+        for (&i, v) in keys.iter().zip(&vals) {
+            self.observe(w, i, v.as_deref(), "get_many");
+        }
+        self.count("many_reads");
+    }
+
+    /// A commit must wake us up while writers run, and a return without a
+    /// change must mean the timeout passed.
+    fn wait(&mut self) {
+        let since = self.db.commit_seq();
+        let t = Instant::now();
+        let now = self.db.wait_for_change(since, WAIT_TIMEOUT);
+        let took = t.elapsed();
+        if now < since {
+            self.env.fail(format!(
+                "wait_for_change({since}) returned the older commit {now}"
+            ));
+        }
+        if now == since {
+            if took < WAIT_TIMEOUT {
+                self.env.fail(format!(
+                    "wait_for_change({since}, {WAIT_TIMEOUT:?}) returned without a change \
+                     after only {took:?}"
+                ));
+            }
+            self.env.fail(format!(
+                "wait_for_change({since}): no commit within {WAIT_TIMEOUT:?} while three \
+                 writers run (a lost wake-up, or writers stuck)"
+            ));
+        }
+        let after = self.db.commit_seq();
+        if after < now {
+            self.env.fail(format!(
+                "wait_for_change returned commit {now}, then commit_seq said {after}"
+            ));
+        }
+        // A `since` in the past returns at once (no assertion on time: it
+        // must just return a newer commit).
+        let past = self.db.wait_for_change(since, WAIT_TIMEOUT);
+        if past <= since {
+            self.env.fail(format!(
+                "wait_for_change({since}) returned {past} although commit {now} had landed"
+            ));
+        }
+        self.count("waits");
+    }
+}
+
+/// A stress-test reader: reads until told to stop; exits non-zero (a
+/// panic) on any violation. Protocol lines: `@O kind`, `@F counts`.
+fn reader_main(env: &ChildEnv) {
+    let mut out = Out::new();
+    let stop = stop_on_eof();
+    let db = Options::new()
+        .read_only(env.read_only)
+        .open(&env.path)
+        .unwrap_or_else(|e| env.fail(format!("open: {e}")));
+    out.line(&format!("@O {:?}", db.stats().opened));
+    let mut r = Reader {
+        env,
+        db,
+        names: (0..WRITERS)
+            .map(|w| (0..PER_WRITER).map(|i| key_name(w, i)).collect())
+            .collect(),
+        seen: vec![vec![0; KEYS + 2]; WRITERS],
+        counts: BTreeMap::new(),
+    };
+    let mut rng = Rng::new(env.seed);
+    let started = Instant::now();
+    let mut last_commit = r.db.commit_seq();
+    let mut next_wait = Instant::now() + Duration::from_millis(50 + rng.below(300));
+    let mut next_check = Instant::now() + Duration::from_millis(1000 + rng.below(2000));
+    while !stop.load(Ordering::Acquire) {
+        if started.elapsed() > env.limit {
+            env.fail(format!("not stopped within {:?}", env.limit));
+        }
+        let c = r.db.commit_seq();
+        if c < last_commit {
+            env.fail(format!(
+                "commit_seq went backwards: {c} after {last_commit}"
+            ));
+        }
+        last_commit = c;
+        let w = rng.below(WRITERS as u64) as usize;
+        match rng.below(100) {
+            0..=59 => r.get(w, rng.below(KEYS as u64 + 2) as usize),
+            60..=79 => r.pair(w),
+            80..=89 => r.many(w, &mut rng),
+            _ => {
+                let i = KEYS + 2 + rng.below(SCRATCH as u64) as usize;
+                r.get(w, i);
+            }
+        }
+        if Instant::now() >= next_wait {
+            r.wait();
+            next_wait = Instant::now() + Duration::from_millis(100 + rng.below(400));
+        }
+        if !env.read_only
+            && Instant::now() >= next_check
+            && r.db.stats().used_bytes < LIVE_CHECK_MAX
+        {
+            // Full verification of the live store (writers wait meanwhile).
+            r.db.check()
+                .unwrap_or_else(|e| env.fail(format!("check of the live store: {e}")));
+            r.count("live_checks");
+            next_check = Instant::now() + Duration::from_millis(2000 + rng.below(2000));
+        }
+    }
+    let counts: Vec<String> = r.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    out.line(&format!("@F {}", counts.join(" ")));
+}
+
+/// The read-only test's writer: `RO_COMMITS` commits of the counter, every
+/// eighth in a batch with a large blob (the file grows several times).
+/// Protocol lines: `@O kind`, `@P n` every 100 commits, `@F`.
+fn ro_writer_main(env: &ChildEnv) {
+    let mut out = Out::new();
+    let db = Options::new()
+        .durability(env.mode)
+        .open(&env.path)
+        .unwrap_or_else(|e| env.fail(format!("open: {e}")));
+    out.line(&format!("@O {:?}", db.stats().opened));
+    for n in 1..=RO_COMMITS {
+        let counter = make_value(RO_COUNTER, RO_WRITER, n);
+        if n % 8 == 0 {
+            let blob = ro_blob((n / 8) % RO_BLOBS);
+            let len = 8192 + (mix64(n) % (56 << 10)) as usize;
+            let mut b = db.batch();
+            b.insert(RO_COUNTER, counter)
+                .insert(&blob, make_sized(&blob, RO_WRITER, n, len));
+            b.commit()
+                .unwrap_or_else(|e| env.fail(format!("batch {n}: {e}")));
+        } else {
+            db.insert(RO_COUNTER, counter)
+                .unwrap_or_else(|e| env.fail(format!("insert {n}: {e}")));
+        }
+        if n % 100 == 0 {
+            out.line(&format!("@P {n}"));
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    out.line(&format!("@F len={}", db.len()));
+    db.close()
+        .unwrap_or_else(|e| env.fail(format!("close: {e}")));
+}
+
+/// The read-only test's reader: a read-only handle, opened once, reads
+/// until it sees the writer's last commit. Protocol lines:
+/// `@O kind first-seq`, `@F counts`.
+fn ro_reader_main(env: &ChildEnv) {
+    let mut out = Out::new();
+    let db = Options::new()
+        .read_only(true)
+        .open(&env.path)
+        .unwrap_or_else(|e| env.fail(format!("open: {e}")));
+    let counter = |v: Option<&[u8]>, how: &str| -> u64 {
+        let v = v.unwrap_or_else(|| env.fail(format!("{how}: the counter is absent")));
+        check_value(RO_COUNTER, RO_WRITER, v)
+            .unwrap_or_else(|e| env.fail(format!("{how}: the counter: {e}")))
+    };
+    let first = counter(
+        db.get(RO_COUNTER)
+            .unwrap_or_else(|e| env.fail(format!("get: {e}")))
+            .as_deref(),
+        "first get",
+    );
+    out.line(&format!("@O {:?} {first}", db.stats().opened));
+    match db.insert(b"ro:forbidden", b"x") {
+        Err(Error::ReadOnly { .. }) => {}
+        other => env.fail(format!(
+            "insert on a read-only handle returned {other:?}, not Error::ReadOnly"
+        )),
+    }
+
+    let mut rng = Rng::new(env.seed);
+    let started = Instant::now();
+    let (mut last, mut distinct, mut woke, mut locked, mut reads) = (first, 1u64, 0u64, 0u64, 0u64);
+    while last < RO_COMMITS {
+        if started.elapsed() > env.limit {
+            env.fail(format!(
+                "after {:?} the read-only handle still sees the counter at {last}; the writer \
+                 goes up to {RO_COMMITS}: it does not follow the other process's writes",
+                env.limit
+            ));
+        }
+        let since = db.commit_seq();
+        let b = rng.below(RO_BLOBS);
+        let blob = ro_blob(b);
+        let vals = match db.get_many(&[RO_COUNTER, &blob[..]]) {
+            Ok(v) => v,
+            Err(Error::Locked { .. }) => {
+                locked += 1;
+                continue;
+            }
+            Err(e) => env.fail(format!("get_many: {e}")),
+        };
+        reads += 1;
+        let n = counter(vals[0].as_deref(), "get_many");
+        if n < last {
+            env.fail(format!("the counter went backwards: {n} after {last}"));
+        }
+        if n != last {
+            distinct += 1;
+            last = n;
+        }
+        if let Some(v) = &vals[1] {
+            let s = check_value(&blob, RO_WRITER, v)
+                .unwrap_or_else(|e| env.fail(format!("blob {b}: {e}")));
+            // Written in the same batch as counter value s.
+            if s > n || s % 8 != 0 || (s / 8) % RO_BLOBS != b {
+                env.fail(format!(
+                    "blob {b} holds the value of commit {s}, seen together with counter {n}"
+                ));
+            }
+        }
+        if db.wait_for_change(since, Duration::from_millis(200)) > since {
+            woke += 1;
+        }
+    }
+    if reads == 0 {
+        env.fail(format!("get_many never succeeded ({locked} times Locked)"));
+    }
+    // Everything the writer left, without reopening.
+    let want_len = 1 + RO_BLOBS.min(RO_COMMITS / 8);
+    if db.len() != want_len {
+        env.fail(format!(
+            "len() is {} after the writer's last commit; it wrote {want_len} keys",
+            db.len()
+        ));
+    }
+    for b in 0..RO_BLOBS.min(RO_COMMITS / 8) {
+        let blob = ro_blob(b);
+        match db.get(&blob) {
+            Ok(Some(v)) => {
+                check_value(&blob, RO_WRITER, &v)
+                    .unwrap_or_else(|e| env.fail(format!("final read of blob {b}: {e}")));
+            }
+            Ok(None) => env.fail(format!("blob {b} is absent after the writer's last commit")),
+            Err(e) => env.fail(format!("final read of blob {b}: {e}")),
+        }
+    }
+    out.line(&format!(
+        "@F first={first} last={last} distinct={distinct} woke={woke} reads={reads} \
+         locked={locked} len={}",
+        db.len()
+    ));
+}
+
+// ---------------------------------------------------------------------------
+// The parent: child processes.
+
+/// A line from a child (`None`: its stdout closed).
+struct Ev {
+    slot: usize,
+    instance: u64,
+    line: Option<String>,
+}
+
+/// One running child.
+struct Proc {
+    label: String,
+    instance: u64,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stderr: Option<JoinHandle<String>>,
+    /// The parent stopped or killed it: its exit is expected.
+    exiting: bool,
+    /// Its stdout closed: every line it wrote has been handled.
+    eof: bool,
+    /// Its `@O` and `@F` lines.
+    opened: Option<String>,
+    finals: Option<String>,
+}
+
+/// The children of one test, in slots; every line they print arrives on
+/// one channel. Dropping it kills whatever still runs.
+struct Kids {
+    exe: PathBuf,
+    tx: mpsc::Sender<Ev>,
+    rx: mpsc::Receiver<Ev>,
+    procs: Vec<Option<Proc>>,
+}
+
+impl Kids {
+    fn new(slots: usize) -> Kids {
+        let (tx, rx) = mpsc::channel();
+        Kids {
+            exe: std::env::current_exe().expect("current_exe"),
+            tx,
+            rx,
+            procs: (0..slots).map(|_| None).collect(),
+        }
+    }
+
+    fn spawn(&mut self, slot: usize, instance: u64, label: String, envs: &[(&str, String)]) {
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {label}: {e}"));
+        let stdout = child.stdout.take().expect("child stdout");
+        let mut stderr = child.stderr.take().expect("child stderr");
+        let tx = self.tx.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    // A line cut short by a kill never counts.
+                    Ok(_) if buf.last() != Some(&b'\n') => break,
+                    Ok(_) => {
+                        buf.pop();
+                        if buf.first() == Some(&b'@') {
+                            let line = Some(String::from_utf8_lossy(&buf).into_owned());
+                            if tx
+                                .send(Ev {
+                                    slot,
+                                    instance,
+                                    line,
+                                })
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            let _ = tx.send(Ev {
+                slot,
+                instance,
+                line: None,
+            });
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        self.procs[slot] = Some(Proc {
+            label,
+            instance,
+            stdin: child.stdin.take(),
+            child,
+            stderr: Some(stderr),
+            exiting: false,
+            eof: false,
+            opened: None,
+            finals: None,
+        });
+    }
+
+    fn get(&mut self, slot: usize) -> &mut Proc {
+        self.procs[slot].as_mut().expect("no child in this slot")
+    }
+
+    /// Wait for the child's exit; returns its status and stderr.
+    fn reap(&mut self, slot: usize) -> (ExitStatus, String) {
+        let p = self.get(slot);
+        let status = p.child.wait().expect("wait for a child");
+        let stderr = p
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        (status, stderr)
+    }
+
+    fn kill_all(&mut self) {
+        for p in self.procs.iter_mut().flatten() {
+            if matches!(p.child.try_wait(), Ok(None)) {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
+        }
+    }
+}
+
+impl Drop for Kids {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// What a child is told through its environment.
+struct Spawn<'a> {
+    role: &'a str,
+    path: &'a Path,
+    id: usize,
+    instance: u64,
+    seed: u64,
+    mode: &'a str,
+    read_only: bool,
+    limit: Duration,
+}
+
+impl Spawn<'_> {
+    fn envs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("MAPKV_MP_ROLE", self.role.to_string()),
+            ("MAPKV_MP_PATH", self.path.display().to_string()),
+            ("MAPKV_MP_ID", self.id.to_string()),
+            ("MAPKV_MP_INSTANCE", self.instance.to_string()),
+            ("MAPKV_MP_SEED", self.seed.to_string()),
+            ("MAPKV_MP_MODE", self.mode.to_string()),
+            ("MAPKV_MP_READ_ONLY", (self.read_only as u8).to_string()),
+            ("MAPKV_MP_LIMIT_SECS", self.limit.as_secs().to_string()),
+        ]
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The parent of the stress test: the model.
+
+/// What the store must hold for one key.
+#[derive(Clone, Copy, Debug, Default)]
+struct KeyModel {
+    /// The last acknowledged value (its sequence; `None`: absent).
+    acked: Option<u64>,
+    /// The write that was in flight for this key when its writer was
+    /// killed, until a restarted writer (or the final check) settles it.
+    in_flight: Option<Option<u64>>,
+}
+
+/// A commit that was in flight when its writer was killed: per key written,
+/// (key index, value before, value after), as sequences (`None`: absent).
+type Unsettled = Vec<(usize, Option<u64>, Option<u64>)>;
+
+#[derive(Default)]
+struct WriterModel {
+    keys: Vec<KeyModel>,
+    /// The announced, not yet acknowledged commit of the running instance.
+    pending: Option<Vec<(usize, Option<u64>)>>,
+    /// The commit in flight at the last kill, until a restarted writer (or
+    /// the final check) shows how it turned out.
+    unresolved: Option<Unsettled>,
+    /// The running instance has reported where it resumed.
+    resumed: bool,
+}
+
+fn in_flight_note(k: KeyModel) -> String {
+    match k.in_flight {
+        None => String::new(),
+        Some(v) => format!(
+            " (or {}, the write in flight when its writer was killed)",
+            fmt_seq(v)
+        ),
+    }
+}
+
+/// How a commit that was in flight when its writer was killed turned out,
+/// judged from what the store holds: applied (`Some(true)`), not applied
+/// (`Some(false)`), or nothing tells (`None`: it changed no key). An error
+/// if some of its keys show it and others do not.
+fn outcome(
+    w: usize,
+    write: &[(usize, Option<u64>, Option<u64>)],
+    found: impl Fn(usize) -> Option<u64>,
+) -> Result<Option<bool>, String> {
+    let (mut new, mut old) = (Vec::new(), Vec::new());
+    for &(i, before, after) in write {
+        if before == after {
+            continue;
+        }
+        let f = found(i);
+        if f == after {
+            new.push(show(&key_name(w, i)));
+        } else if f == before {
+            old.push(show(&key_name(w, i)));
+        }
+    }
+    match (new.is_empty(), old.is_empty()) {
+        (true, true) => Ok(None),
+        (false, true) => Ok(Some(true)),
+        (true, false) => Ok(Some(false)),
+        (false, false) => Err(format!(
+            "the commit in flight when writer {w} was killed is partly applied: {} show it, \
+             {} do not ({})",
+            new.join(" "),
+            old.join(" "),
+            fmt_writes(write.iter().map(|&(i, _, v)| (i, v))),
+        )),
+    }
+}
+
+#[derive(Default)]
+struct Figures {
+    writer_starts: u64,
+    modes: BTreeMap<&'static str, u64>,
+    opens: BTreeMap<String, u64>,
+    kills: u64,
+    kills_blind: u64,
+    kills_aimed: u64,
+    kills_early: u64,
+    killed_in_flight: u64,
+    /// Kills with a commit in flight, by aim: blind, commit, open.
+    in_flight_by_aim: [u64; 3],
+    killed_before_resume: u64,
+    in_flight_applied: u64,
+    in_flight_dropped: u64,
+    in_flight_moot: u64,
+    resumes_checked: u64,
+    acked_commits: u64,
+    acked_writes: u64,
+    acked_pairs: u64,
+    acked_batches: u64,
+    acked_removes: u64,
+    readers: BTreeMap<String, u64>,
+    writer_readbacks: u64,
+}
+
+/// How the stress run ends.
+#[derive(Clone, Copy, Debug)]
+enum Ending {
+    /// Every writer stops and closes.
+    Graceful,
+    /// One writer is killed mid-commit; the others close (and repair).
+    OneKilled,
+    /// Every writer is killed; the parent's open recovers.
+    AllKilled,
+}
+
+/// Where a kill lands.
+#[derive(Clone, Copy)]
+enum Aim {
+    /// Whenever it happens to be.
+    Blind,
+    /// Just after an intent line: usually inside the commit.
+    Commit,
+    /// While a just-started writer opens (and perhaps repairs) the store or
+    /// reads where to resume.
+    Open,
+}
+
+struct Run {
+    seed: u64,
+    path: PathBuf,
+    rng: Rng,
+    began: Instant,
+    child_limit: Duration,
+    kids: Kids,
+    instances: Vec<u64>,
+    models: Vec<WriterModel>,
+    fig: Figures,
+}
+
+impl Run {
+    /// Fail the test: stop every child, keep the store file, panic.
+    fn fail(&mut self, msg: impl Display) -> ! {
+        self.kids.kill_all();
+        let keep = std::env::temp_dir().join(format!("mapkv-mp-failure-{}.mapkv", self.seed));
+        let kept = match std::fs::copy(&self.path, &keep) {
+            Ok(_) => format!("store kept at {}", keep.display()),
+            Err(e) => format!("could not keep the store: {e}"),
+        };
+        panic!(
+            "multiprocess stress failed after {:.1?}: MAPKV_SEED={}; {kept}\n{msg}",
+            self.began.elapsed(),
+            self.seed,
+        );
+    }
+
+    fn spawn_writer(&mut self, w: usize) {
+        self.instances[w] += 1;
+        let instance = self.instances[w];
+        let seed = self.rng.next();
+        let mode = match self.rng.below(10) {
+            0..=4 => "none",
+            5..=6 => "async",
+            _ => "sync",
+        };
+        let label = format!("writer {w} (instance {instance}, MAPKV_MP_SEED={seed}, {mode})");
+        let envs = Spawn {
+            role: "writer",
+            path: &self.path,
+            id: w,
+            instance,
+            seed,
+            mode,
+            read_only: false,
+            limit: self.child_limit,
+        }
+        .envs();
+        self.kids.spawn(w, instance, label, &envs);
+        self.fig.writer_starts += 1;
+        *self.fig.modes.entry(mode).or_default() += 1;
+    }
+
+    fn spawn_reader(&mut self, r: usize) {
+        let seed = self.rng.next();
+        let read_only = r == 1;
+        let label = format!(
+            "reader {r} ({} handle, MAPKV_MP_SEED={seed})",
+            if read_only { "read-only" } else { "read-write" }
+        );
+        let envs = Spawn {
+            role: "reader",
+            path: &self.path,
+            id: r,
+            instance: 1,
+            seed,
+            mode: "none",
+            read_only,
+            limit: self.child_limit,
+        }
+        .envs();
+        self.kids.spawn(WRITERS + r, 1, label, &envs);
+    }
+
+    /// Handle the next event, waiting up to `timeout`; returns the line it
+    /// carried and from which slot.
+    fn pump(&mut self, timeout: Duration) -> Option<(usize, String)> {
+        let ev = self.kids.rx.recv_timeout(timeout).ok()?;
+        let seen = ev.line.clone().map(|l| (ev.slot, l));
+        self.handle(ev);
+        seen
+    }
+
+    /// Handle events until `slot` prints a line that `pred` accepts, or the
+    /// deadline passes (false).
+    fn pump_until(&mut self, slot: usize, pred: impl Fn(&str) -> bool, deadline: Instant) -> bool {
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if let Some((s, l)) = self.pump(left) {
+                if s == slot && pred(&l) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Handle events until writer `w`'s latest line (with nothing of it
+    /// queued behind) announces a commit: that commit is in flight now,
+    /// unless it finished since. False if the deadline passed first.
+    fn catch_intent(&mut self, w: usize, deadline: Instant) -> bool {
+        while self.pump_until(w, |l| l.starts_with("@I "), deadline) {
+            // Catch up with everything already queued: the intent is stale
+            // if the writer printed anything after it.
+            let mut latest_is_intent = true;
+            while let Ok(ev) = self.kids.rx.try_recv() {
+                if ev.slot == w {
+                    latest_is_intent = ev.line.as_deref().is_some_and(|l| l.starts_with("@I "));
+                }
+                self.handle(ev);
+            }
+            if latest_is_intent {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Handle events until the child in `slot` has closed its stdout.
+    fn drain(&mut self, slot: usize) {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        while !self.kids.get(slot).eof {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let label = self.kids.get(slot).label.clone();
+                self.fail(format!(
+                    "{label}: its output did not end within {EVENT_TIMEOUT:?} of its exit or stop"
+                ));
+            }
+            self.pump(left);
+        }
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        let Some(p) = self.kids.procs[ev.slot].as_mut() else {
+            return;
+        };
+        if p.instance != ev.instance {
+            return;
+        }
+        let Some(line) = ev.line else {
+            p.eof = true;
+            if !p.exiting {
+                let label = p.label.clone();
+                let (status, stderr) = self.kids.reap(ev.slot);
+                self.fail(format!(
+                    "{label} exited by itself ({status})\n--- its stderr ---\n{stderr}"
+                ));
+            }
+            return;
+        };
+        let (tag, rest) = line.split_once(' ').unwrap_or((&line, ""));
+        let res = match (ev.slot < WRITERS, tag) {
+            (_, "@S") => Ok(()),
+            (_, "@O") => {
+                p.opened = Some(rest.to_string());
+                let who = if ev.slot < WRITERS {
+                    "writers".to_string()
+                } else {
+                    format!("reader {}", ev.slot - WRITERS)
+                };
+                *self.fig.opens.entry(format!("{who} {rest}")).or_default() += 1;
+                Ok(())
+            }
+            (_, "@F") => {
+                p.finals = Some(rest.to_string());
+                Ok(())
+            }
+            (true, "@R") => parse_writes(rest).and_then(|f| self.resume(ev.slot, &f)),
+            (true, "@I") => parse_writes(rest).and_then(|i| self.intent(ev.slot, i)),
+            (true, "@A") => self.ack(ev.slot),
+            _ => Err(format!("unexpected line {line:?}")),
+        };
+        if let Err(e) = res {
+            let label = self.kids.get(ev.slot).label.clone();
+            self.fail(format!("{label}: {e}"));
+        }
+    }
+
+    /// A restarted writer reports what it found: every key as acknowledged,
+    /// or as the commit in flight at the last kill left it (all or nothing).
+    fn resume(&mut self, w: usize, found: &[(usize, Option<u64>)]) -> Result<(), String> {
+        let m = &mut self.models[w];
+        if found.len() != PER_WRITER || found.iter().enumerate().any(|(n, &(i, _))| n != i) {
+            return Err("a malformed resume line".into());
+        }
+        if m.resumed {
+            return Err("resumed twice".into());
+        }
+        let bad: Vec<String> = found
+            .iter()
+            .filter(|&&(i, f)| f != m.keys[i].acked && Some(f) != m.keys[i].in_flight)
+            .map(|&(i, f)| {
+                format!(
+                    "key {}: the store holds {}, but {} was acknowledged{}",
+                    show(&key_name(w, i)),
+                    fmt_seq(f),
+                    fmt_seq(m.keys[i].acked),
+                    in_flight_note(m.keys[i]),
+                )
+            })
+            .collect();
+        if !bad.is_empty() {
+            return Err(format!(
+                "restarted after a kill, it found {} keys not as acknowledged:\n{}",
+                bad.len(),
+                bad.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+            ));
+        }
+        let settled = match m.unresolved.take() {
+            Some(u) => Some(outcome(w, &u, |i| found[i].1)?),
+            None => None,
+        };
+        for &(i, f) in found {
+            m.keys[i] = KeyModel {
+                acked: f,
+                in_flight: None,
+            };
+        }
+        m.resumed = true;
+        self.fig.resumes_checked += 1;
+        match settled {
+            Some(Some(true)) => self.fig.in_flight_applied += 1,
+            Some(Some(false)) => self.fig.in_flight_dropped += 1,
+            Some(None) => self.fig.in_flight_moot += 1,
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// A writer announces a commit: sequences go up by one per key, the
+    /// pair moves together.
+    fn intent(&mut self, w: usize, writes: Vec<(usize, Option<u64>)>) -> Result<(), String> {
+        let m = &mut self.models[w];
+        if !m.resumed {
+            return Err("a commit announced before the resume line".into());
+        }
+        if let Some(p) = &m.pending {
+            return Err(format!(
+                "a commit announced while {} is not acknowledged",
+                fmt_writes(p.iter().copied())
+            ));
+        }
+        for &(i, v) in &writes {
+            let want = Some(m.keys[i].acked.unwrap_or(0) + 1);
+            if i < KEYS + 2 && v != want {
+                return Err(format!(
+                    "key {}: announced {} after {} (sequences go up by one)",
+                    show(&key_name(w, i)),
+                    fmt_seq(v),
+                    fmt_seq(m.keys[i].acked)
+                ));
+            }
+        }
+        let seq_of = |k: usize| writes.iter().find(|&&(i, _)| i == k).map(|&(_, v)| v);
+        if seq_of(PAIR_A) != seq_of(PAIR_B) {
+            return Err(format!(
+                "a commit that does not move the pair together: {}",
+                fmt_writes(writes.iter().copied())
+            ));
+        }
+        m.pending = Some(writes);
+        Ok(())
+    }
+
+    fn ack(&mut self, w: usize) -> Result<(), String> {
+        let m = &mut self.models[w];
+        let p = m
+            .pending
+            .take()
+            .ok_or("an ack without an announced commit")?;
+        for &(i, v) in &p {
+            m.keys[i].acked = v;
+        }
+        let f = &mut self.fig;
+        f.acked_commits += 1;
+        f.acked_writes += p.len() as u64;
+        f.acked_removes += p.iter().filter(|w| w.1.is_none()).count() as u64;
+        if p.len() == 2 && p[0].0 == PAIR_A {
+            f.acked_pairs += 1;
+        } else if p.len() > 1 {
+            f.acked_batches += 1;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL writer `w` where `aim` says; everything it printed is
+    /// handled, and the commit it had in flight (if any) becomes uncertain.
+    fn kill_writer(&mut self, w: usize, mut aim: Aim) {
+        match aim {
+            Aim::Blind => {}
+            Aim::Commit => {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                if self.catch_intent(w, deadline) {
+                    // Spin, not sleep: a sleep oversleeps by tens of µs,
+                    // longer than many commits take.
+                    let spin = Duration::from_micros(self.rng.below(150));
+                    let t = Instant::now();
+                    while t.elapsed() < spin {
+                        std::hint::spin_loop();
+                    }
+                } else {
+                    aim = Aim::Blind;
+                }
+            }
+            Aim::Open => {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                self.pump_until(w, |l| l == "@S", deadline);
+                std::thread::sleep(Duration::from_micros(self.rng.below(1500)));
+            }
+        }
+        let aim_index = match aim {
+            Aim::Blind => 0,
+            Aim::Commit => 1,
+            Aim::Open => 2,
+        };
+        match aim {
+            Aim::Blind => self.fig.kills_blind += 1,
+            Aim::Commit => self.fig.kills_aimed += 1,
+            Aim::Open => self.fig.kills_early += 1,
+        }
+        let p = self.kids.get(w);
+        p.exiting = true;
+        let _ = p.child.kill();
+        self.drain(w);
+        let label = self.kids.get(w).label.clone();
+        let (status, stderr) = self.kids.reap(w);
+        if status.signal() != Some(libc::SIGKILL) {
+            self.fail(format!(
+                "{label} ended by itself ({status}) instead of being killed\n--- its stderr \
+                 ---\n{stderr}"
+            ));
+        }
+        self.fig.kills += 1;
+        let m = &mut self.models[w];
+        if !m.resumed {
+            self.fig.killed_before_resume += 1;
+        }
+        m.resumed = false;
+        if let Some(p) = m.pending.take() {
+            self.fig.killed_in_flight += 1;
+            self.fig.in_flight_by_aim[aim_index] += 1;
+            assert!(m.unresolved.is_none(), "two unsettled commits");
+            let write: Vec<_> = p.iter().map(|&(i, v)| (i, m.keys[i].acked, v)).collect();
+            for &(i, v) in &p {
+                m.keys[i].in_flight = Some(v);
+            }
+            m.unresolved = Some(write);
+        }
+    }
+
+    /// Kill and restart writers at random moments until `end`.
+    fn kill_loop(&mut self, end: Instant) {
+        let gap = |rng: &mut Rng| Duration::from_millis(80 + rng.below(320));
+        let mut next_kill = Instant::now() + gap(&mut self.rng);
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                return;
+            }
+            if now < next_kill {
+                self.pump(next_kill.min(end) - now);
+                continue;
+            }
+            let w = self.rng.below(WRITERS as u64) as usize;
+            match self.rng.below(100) {
+                0..=49 => self.kill_writer(w, Aim::Commit),
+                50..=79 => self.kill_writer(w, Aim::Blind),
+                _ => {
+                    // Twice: the second lands in the new writer's open.
+                    self.kill_writer(w, Aim::Blind);
+                    self.spawn_writer(w);
+                    self.kill_writer(w, Aim::Open);
+                }
+            }
+            self.spawn_writer(w);
+            next_kill = Instant::now() + gap(&mut self.rng);
+        }
+    }
+
+    /// Ask the children in `slots` to stop (close their stdin) and wait for
+    /// each to exit 0 after a final `@F` line.
+    fn stop(&mut self, slots: &[usize]) {
+        for &s in slots {
+            let p = self.kids.get(s);
+            p.exiting = true;
+            drop(p.stdin.take());
+        }
+        for &s in slots {
+            self.drain(s);
+            let (status, stderr) = self.kids.reap(s);
+            let p = self.kids.get(s);
+            let label = p.label.clone();
+            if !status.success() {
+                self.fail(format!(
+                    "{label} failed ({status})\n--- its stderr ---\n{stderr}"
+                ));
+            }
+            let Some(finals) = p.finals.clone() else {
+                self.fail(format!("{label} exited 0 without its final line"));
+            };
+            if s < WRITERS {
+                if self.models[s].pending.is_some() {
+                    self.fail(format!("{label} stopped with a commit unacknowledged"));
+                }
+                self.fig.writer_readbacks +=
+                    parse_counts(&finals).get("readbacks").copied().unwrap_or(0);
+            } else {
+                let r = s - WRITERS;
+                for (k, v) in parse_counts(&finals) {
+                    *self.fig.readers.entry(format!("r{r}.{k}")).or_default() += v;
+                }
+            }
+        }
+    }
+
+    /// Stop everyone: readers first (a reader waiting for a change needs
+    /// writers), then the writers as `ending` says.
+    fn finish(&mut self, ending: Ending) {
+        let readers: Vec<usize> = (WRITERS..WRITERS + READERS).collect();
+        self.stop(&readers);
+        let killed: Vec<usize> = match ending {
+            Ending::Graceful => vec![],
+            Ending::OneKilled => vec![self.rng.below(WRITERS as u64) as usize],
+            Ending::AllKilled => (0..WRITERS).collect(),
+        };
+        for &w in &killed {
+            self.kill_writer(w, Aim::Commit);
+        }
+        let rest: Vec<usize> = (0..WRITERS).filter(|w| !killed.contains(w)).collect();
+        self.stop(&rest);
+    }
+
+    /// Open the store after the run and compare it with the model.
+    fn verify(&mut self) -> (OpenKind, u64, mapkv::CheckReport, u64) {
+        let db = Db::open(&self.path)
+            .unwrap_or_else(|e| self.fail(format!("open after the run failed: {e}")));
+        let opened = db.stats().opened;
+        let report = db
+            .check()
+            .unwrap_or_else(|e| self.fail(format!("check after the run ({opened:?}) failed: {e}")));
+        let mut bad: Vec<String> = Vec::new();
+        let mut found = vec![vec![None; PER_WRITER]; WRITERS];
+        let mut present = 0u64;
+        for (w, fw) in found.iter_mut().enumerate() {
+            for (i, slot) in fw.iter_mut().enumerate() {
+                let name = key_name(w, i);
+                let v = db
+                    .get(&name)
+                    .unwrap_or_else(|e| self.fail(format!("get {}: {e}", show(&name))));
+                let f = match v {
+                    None => None,
+                    Some(v) => match check_value(&name, w, &v) {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            bad.push(format!("key {}: {e}", show(&name)));
+                            continue;
+                        }
+                    },
+                };
+                present += f.is_some() as u64;
+                *slot = f;
+                let k = self.models[w].keys[i];
+                if f != k.acked && Some(f) != k.in_flight {
+                    let why = match (i < KEYS + 2, f, k.acked) {
+                        (true, Some(f), Some(a)) if f < a => " (an acknowledged write was lost)",
+                        (true, None, Some(_)) => " (an acknowledged write was lost)",
+                        (true, _, _) => " (more than the acknowledged writes)",
+                        _ => "",
+                    };
+                    bad.push(format!(
+                        "key {}: found {}, expected {}{}{why}",
+                        show(&name),
+                        fmt_seq(f),
+                        fmt_seq(k.acked),
+                        in_flight_note(k),
+                    ));
+                }
+            }
+            if fw[PAIR_A] != fw[PAIR_B] {
+                bad.push(format!(
+                    "w{w}'s pair is torn: a {}, b {}",
+                    fmt_seq(fw[PAIR_A]),
+                    fmt_seq(fw[PAIR_B])
+                ));
+            }
+            if let Some(u) = &self.models[w].unresolved {
+                if let Err(e) = outcome(w, u, |i| fw[i]) {
+                    bad.push(e);
+                }
+            }
+        }
+        let len = db.len();
+        let mut iterated = 0u64;
+        for item in db.iter() {
+            let (k, v) = item.unwrap_or_else(|e| self.fail(format!("iter failed: {e}")));
+            let ours = (0..WRITERS).find_map(|w| {
+                (0..PER_WRITER)
+                    .find(|&i| key_name(w, i) == *k)
+                    .map(|i| (w, i))
+            });
+            match ours {
+                Some((w, i)) => {
+                    if check_value(&k, w, &v).ok() != found[w][i] {
+                        bad.push(format!("iter and get disagree on key {}", show(&k)));
+                    }
+                }
+                None => bad.push(format!("iter yields a foreign key {}", show(&k))),
+            }
+            iterated += 1;
+        }
+        if len != present || iterated != present || report.live_keys != present {
+            bad.push(format!(
+                "{present} keys are present, but len() says {len}, iter yields {iterated}, \
+                 check counts {}",
+                report.live_keys
+            ));
+        }
+        if !bad.is_empty() {
+            self.fail(format!(
+                "the store after the run ({opened:?}) does not match the acknowledgements, \
+                 {} problems:\n{}",
+                bad.len(),
+                bad.iter().take(30).cloned().collect::<Vec<_>>().join("\n")
+            ));
+        }
+        let stats = db.stats();
+        db.close()
+            .unwrap_or_else(|e| self.fail(format!("close after the check: {e}")));
+        // Once more after a clean close.
+        let db = Db::open(&self.path)
+            .unwrap_or_else(|e| self.fail(format!("reopen after a clean close: {e}")));
+        if db.stats().opened != OpenKind::Clean || db.len() != present {
+            self.fail(format!(
+                "after a clean close the store opened {:?} with {} keys ({present} expected)",
+                db.stats().opened,
+                db.len()
+            ));
+        }
+        drop(db);
+        (opened, stats.generation, report, stats.file_len)
+    }
+}
+
+#[test]
+fn multiprocess_stress() {
+    let seed = common::seed("multiprocess_stress");
+    let budget = Duration::from_secs(env_u64("MAPKV_MP_SECS").unwrap_or(DEFAULT_SECS));
+    let (_dir, path) = common::store();
+    let gen0 = {
+        let db = Db::open(&path).expect("create the store");
+        let g = db.stats().generation;
+        db.close().expect("close the new store");
+        g
+    };
+    let mut run = Run {
+        seed,
+        path,
+        rng: Rng::new(seed),
+        began: Instant::now(),
+        child_limit: budget + Duration::from_secs(300),
+        kids: Kids::new(WRITERS + READERS),
+        instances: vec![0; WRITERS],
+        models: (0..WRITERS)
+            .map(|_| WriterModel {
+                keys: vec![KeyModel::default(); PER_WRITER],
+                ..WriterModel::default()
+            })
+            .collect(),
+        fig: Figures::default(),
+    };
+    let ending = match run.rng.below(3) {
+        0 => Ending::Graceful,
+        1 => Ending::OneKilled,
+        _ => Ending::AllKilled,
+    };
+    // Start everyone, in a random order.
+    let mut order: Vec<usize> = (0..WRITERS + READERS).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, run.rng.below(i as u64 + 1) as usize);
+    }
+    for slot in order {
+        if slot < WRITERS {
+            run.spawn_writer(slot);
+        } else {
+            run.spawn_reader(slot - WRITERS);
+        }
+    }
+    let end = run.began + budget;
+    run.kill_loop(end);
+    let kill_phase = run.began.elapsed();
+    run.finish(ending);
+    let (opened, gen_end, report, file_len) = run.verify();
+
+    let f = &run.fig;
+    let readers: Vec<String> = f.readers.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!(
+        "multiprocess stress: {kills} kills ({aimed} aimed at a commit, {blind} blind, {early} \
+         in a new writer's open; {flight} with a commit in flight (blind/aimed/open {fb}/{fa}/{fo}): at restart applied \
+         {app} / not applied {drop} / no change {moot}; {before} before the writer resumed), \
+         {starts} writer processes (durability {modes:?}), opens {opens:?}, {resumes} \
+         resumes checked, {acked} acked commits ({writes} key writes, {pairs} pairs, {batches} \
+         batches, {removes} removes), {readbacks} read-backs by writers that stopped gracefully; readers: {readers}; \
+         ending {ending:?}, final open {opened:?}, generation {gen0} -> {gen_end} (each repair \
+         of a store whose writer died holding the lock bumps it), check: \
+         {commits} commits, {records} records, {live} live keys, file {mib:.1} MiB; \
+         {secs:.1?} of kills, {total:.1?} in all, MAPKV_SEED={seed}",
+        kills = f.kills,
+        aimed = f.kills_aimed,
+        blind = f.kills_blind,
+        early = f.kills_early,
+        flight = f.killed_in_flight,
+        fb = f.in_flight_by_aim[0],
+        fa = f.in_flight_by_aim[1],
+        fo = f.in_flight_by_aim[2],
+        app = f.in_flight_applied,
+        drop = f.in_flight_dropped,
+        moot = f.in_flight_moot,
+        before = f.killed_before_resume,
+        starts = f.writer_starts,
+        modes = f.modes,
+        opens = f.opens,
+        resumes = f.resumes_checked,
+        acked = f.acked_commits,
+        writes = f.acked_writes,
+        pairs = f.acked_pairs,
+        batches = f.acked_batches,
+        removes = f.acked_removes,
+        readbacks = f.writer_readbacks,
+        readers = readers.join(" "),
+        commits = report.commits,
+        records = report.records,
+        live = report.live_keys,
+        mib = file_len as f64 / (1 << 20) as f64,
+        secs = kill_phase,
+        total = run.began.elapsed(),
+    );
+    // The run must have exercised what it claims to test (a kill comes
+    // every 0.08 to 0.4 s; very short runs are only held to the basics).
+    if budget >= Duration::from_secs(5) {
+        assert!(
+            f.kills >= 5,
+            "only {} kills: the run proved little (MAPKV_SEED={seed})",
+            f.kills
+        );
+        assert!(
+            f.killed_in_flight >= 1,
+            "no kill landed with a commit in flight (MAPKV_SEED={seed})"
+        );
+        assert!(
+            f.acked_commits >= 1000,
+            "only {} acked commits (MAPKV_SEED={seed})",
+            f.acked_commits
+        );
+    }
+    for r in 0..READERS {
+        for what in ["gets", "pair_reads", "waits"] {
+            let n = f.readers.get(&format!("r{r}.{what}")).copied().unwrap_or(0);
+            assert!(n >= 1, "reader {r} did no {what}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A read-only handle follows another process's writes.
+
+/// A test on a child's output line.
+type LinePred<'a> = &'a dyn Fn(&str) -> bool;
+
+/// Fail the read-only test: stop the children, panic.
+fn ro_fail(kids: &mut Kids, seed: u64, msg: String) -> ! {
+    kids.kill_all();
+    panic!("read-only follow test failed: MAPKV_SEED={seed}: {msg}");
+}
+
+/// Collect the children's lines until `slot` prints one that `pred`
+/// accepts (`want`), or, without `want`, until every child's output ended.
+/// False if `limit` passed first.
+fn collect_lines(
+    kids: &mut Kids,
+    lines: &mut [Vec<String>],
+    want: Option<(usize, LinePred<'_>)>,
+    limit: Duration,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if want.is_none() && kids.procs.iter().flatten().all(|p| p.eof) {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(ev) = kids.rx.recv_timeout(left) else {
+            return false;
+        };
+        match ev.line {
+            None => kids.get(ev.slot).eof = true,
+            Some(l) => {
+                let hit = want.is_some_and(|(s, pred)| s == ev.slot && pred(&l));
+                lines[ev.slot].push(l);
+                if hit {
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn read_only_handle_follows_writer_process() {
+    let seed = common::seed("read_only_handle_follows_writer_process");
+    let mut rng = Rng::new(seed);
+    let (_dir, path) = common::store();
+    {
+        let db = Db::open(&path).expect("create the store");
+        db.insert(RO_COUNTER, make_value(RO_COUNTER, RO_WRITER, 0))
+            .expect("insert the counter");
+        db.close().expect("close the new store");
+    }
+    let limit = Duration::from_secs(120);
+    let mut kids = Kids::new(3);
+    let mut lines: Vec<Vec<String>> = vec![Vec::new(); 3];
+    let mut spawn = |kids: &mut Kids, slot: usize, role: &str, label: &str| {
+        let child_seed = rng.next();
+        let envs = Spawn {
+            role,
+            path: &path,
+            id: slot,
+            instance: 1,
+            seed: child_seed,
+            mode: "none",
+            read_only: role == "ro_reader",
+            limit,
+        }
+        .envs();
+        kids.spawn(
+            slot,
+            1,
+            format!("{label} (MAPKV_MP_SEED={child_seed})"),
+            &envs,
+        );
+    };
+
+    // Reader A opens (and reads the counter) before any other process writes.
+    spawn(&mut kids, 0, "ro_reader", "read-only reader A");
+    let opened = |l: &str| l.starts_with("@O ");
+    if !collect_lines(&mut kids, &mut lines, Some((0, &opened)), limit) {
+        ro_fail(&mut kids, seed, "reader A did not open".into());
+    }
+    spawn(&mut kids, 1, "ro_writer", "writer");
+    // Reader B joins midway.
+    let a_third = |l: &str| {
+        l.strip_prefix("@P ")
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n >= RO_COMMITS / 3)
+    };
+    if !collect_lines(&mut kids, &mut lines, Some((1, &a_third)), limit) {
+        ro_fail(&mut kids, seed, "the writer made no progress".into());
+    }
+    spawn(&mut kids, 2, "ro_reader", "read-only reader B");
+    if !collect_lines(&mut kids, &mut lines, None, limit) {
+        ro_fail(
+            &mut kids,
+            seed,
+            format!("the children did not finish within {limit:?}"),
+        );
+    }
+    let mut summary = Vec::new();
+    for (slot, said) in lines.iter().enumerate() {
+        let (status, stderr) = kids.reap(slot);
+        let label = kids.get(slot).label.clone();
+        if !status.success() {
+            ro_fail(
+                &mut kids,
+                seed,
+                format!("{label} failed ({status})\n--- its stderr ---\n{stderr}"),
+            );
+        }
+        let line = |tag: &str| {
+            said.iter()
+                .find_map(|l| l.strip_prefix(tag))
+                .unwrap_or("")
+                .to_string()
+        };
+        summary.push(format!("{label}: opened {}, {}", line("@O "), line("@F ")));
+        if slot != 1 && parse_counts(&line("@F ")).get("last") != Some(&RO_COMMITS) {
+            ro_fail(
+                &mut kids,
+                seed,
+                format!(
+                    "{label} ended without seeing the last commit: {}",
+                    line("@F ")
+                ),
+            );
+        }
+    }
+    // Reader A read the counter before the writer started, and its last
+    // commit later, through the same handle.
+    let a_first = lines[0]
+        .iter()
+        .find_map(|l| l.strip_prefix("@O "))
+        .and_then(|o| o.split(' ').nth(1))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert_eq!(
+        a_first,
+        Some(0),
+        "reader A's first read should be the counter before any write (MAPKV_SEED={seed})"
+    );
+
+    let db = Db::open(&path).expect("open after the run");
+    db.check().expect("check after the run");
+    let n = db
+        .get(RO_COUNTER)
+        .expect("get the counter")
+        .map(|v| check_value(RO_COUNTER, RO_WRITER, &v));
+    assert_eq!(n, Some(Ok(RO_COMMITS)), "the counter after the run");
+    println!(
+        "read-only follow: {}; file {} KiB, MAPKV_SEED={seed}",
+        summary.join("; "),
+        db.stats().file_len >> 10
+    );
+}
