@@ -178,6 +178,6 @@ impl Batch {
                 }
             })
             .collect();
-        self.db.inner.commit(&ops)
+        self.db.write(|i| i.commit(&ops))
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use crate::db::Inner;
 use crate::index::{self, Desc};
 use crate::log::record::{record_len, KIND_PUT};
 use crate::log::{Item, Scanner};
@@ -63,120 +64,118 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn check(&self) -> Result<CheckReport> {
-        let inner = &*self.inner;
-        if inner.cross {
-            let w = inner.lock_writer()?;
-            return self.check_state(&w.st);
-        }
-        // A read-only handle cannot stop writers in other processes: check
-        // a snapshot, and start again if a commit landed meanwhile.
-        let c = inner.control()?;
-        for _ in 0..20 {
-            let (st, consistent) = c.snapshot(1000);
-            let v = c.version();
-            if !consistent || v % 2 == 1 {
-                std::thread::yield_now();
-                continue;
+        self.write(|inner| {
+            if inner.cross {
+                let w = inner.lock_writer()?;
+                return check_state(inner, &w.st);
             }
-            let res = self.check_state(&st);
-            if c.version() == v {
-                return res;
+            // A read-only handle cannot stop writers in other processes:
+            // check a snapshot, and start again if a commit landed meanwhile.
+            let c = inner.control()?;
+            for _ in 0..20 {
+                let (st, consistent) = c.snapshot(1000);
+                let v = c.version();
+                if !consistent || v % 2 == 1 {
+                    std::thread::yield_now();
+                    continue;
+                }
+                let res = check_state(inner, &st);
+                if c.version() == v {
+                    return res;
+                }
             }
-        }
-        Err(crate::Error::Locked {
-            path: inner.path.clone(),
-            detail: "the store kept changing while a read-only handle checked it; \
-                     check it from a read-write handle, which holds writers off",
+            Err(crate::Error::Locked {
+                path: inner.path.clone(),
+                detail: "the store kept changing while a read-only handle checked it; \
+                         check it from a read-write handle, which holds writers off",
+            })
         })
     }
+}
 
-    fn check_state(&self, st: &crate::storage::control::State) -> Result<CheckReport> {
-        let inner = &*self.inner;
-        // Another process may have grown the file.
-        let _ = inner.arena.refresh();
-        let st = *st;
-        let mut report = CheckReport {
-            records: 0,
-            commits: 0,
-            index_chunks: 0,
-            live_keys: 0,
-            live_bytes: 0,
-            tail: st.tail,
-        };
-        // Replay the log: the latest record of every live key.
-        let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
-        let mut sc = Scanner::new(&inner.arena, inner.salt, ARENA_START, st.tail, None);
-        while sc.pos() < st.tail {
-            match sc.next_item() {
-                Ok(Item::Commit { records, .. }) => {
-                    report.commits += 1;
-                    for r in records {
-                        report.records += 1;
-                        let key = inner.read_key(r.off, &r.header)?;
-                        if r.header.kind == KIND_PUT {
-                            latest.insert(key, r.off);
-                        } else {
-                            latest.remove(&key);
-                        }
+fn check_state(inner: &Inner, st: &crate::storage::control::State) -> Result<CheckReport> {
+    // Another process may have grown the file.
+    let _ = inner.arena.refresh();
+    let st = *st;
+    let mut report = CheckReport {
+        records: 0,
+        commits: 0,
+        index_chunks: 0,
+        live_keys: 0,
+        live_bytes: 0,
+        tail: st.tail,
+    };
+    // Replay the log: the latest record of every live key.
+    let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut sc = Scanner::new(&inner.arena, inner.salt, ARENA_START, st.tail, None);
+    while sc.pos() < st.tail {
+        match sc.next_item() {
+            Ok(Item::Commit { records, .. }) => {
+                report.commits += 1;
+                for r in records {
+                    report.records += 1;
+                    let key = inner.read_key(r.off, &r.header)?;
+                    if r.header.kind == KIND_PUT {
+                        latest.insert(key, r.off);
+                    } else {
+                        latest.remove(&key);
                     }
                 }
-                Ok(Item::Index { .. }) => report.index_chunks += 1,
-                Err(stop) => {
-                    return Err(inner.corrupt(stop.bad, format!("log check: {}", stop.why)));
-                }
+            }
+            Ok(Item::Index { .. }) => report.index_chunks += 1,
+            Err(stop) => {
+                return Err(inner.corrupt(stop.bad, format!("log check: {}", stop.why)));
             }
         }
-        if sc.pos() != st.tail {
-            return Err(inner.corrupt(sc.pos(), "the last log item runs past the tail"));
+    }
+    if sc.pos() != st.tail {
+        return Err(inner.corrupt(sc.pos(), "the last log item runs past the tail"));
+    }
+    // The index must hold exactly those records.
+    let (t, d) = inner.table_at(st.index_desc)?;
+    let d: Desc = d;
+    let mut seen = 0u64;
+    for word in t.live_words() {
+        let off = index::word_offset(word);
+        let h = inner.header_at(off)?;
+        let key = inner.read_key(off, &h)?;
+        if latest.get(&key) != Some(&off) {
+            return Err(inner.corrupt(
+                off,
+                "index slot points at a record that is not the latest of a live key",
+            ));
         }
-        // The index must hold exactly those records.
-        let (t, d) = inner.table_at(st.index_desc)?;
-        let d: Desc = d;
-        let mut seen = 0u64;
-        for word in t.live_words() {
-            let off = index::word_offset(word);
-            let h = inner.header_at(off)?;
-            let key = inner.read_key(off, &h)?;
-            if latest.get(&key) != Some(&off) {
-                return Err(inner.corrupt(
-                    off,
-                    "index slot points at a record that is not the latest of a live key",
-                ));
-            }
-            let hash = index::hash(inner.hash_seed, &key);
-            if !index::same_tag(word, hash) {
-                return Err(
-                    inner.corrupt(d.start, format!("slot tag does not match the key at {off}"))
-                );
-            }
-            let found = t.find(hash, |o| inner.key_eq(o, &key))?;
-            if found.map(|(_, w)| w) != Some(word) {
-                return Err(inner.corrupt(
-                    d.start,
-                    format!("key at {off} is not reachable from its home slot"),
-                ));
-            }
-            report.live_bytes = report
-                .live_bytes
-                .saturating_add(record_len(h.key_len as usize, h.val_len as usize));
-            seen += 1;
+        let hash = index::hash(inner.hash_seed, &key);
+        if !index::same_tag(word, hash) {
+            return Err(inner.corrupt(d.start, format!("slot tag does not match the key at {off}")));
         }
-        report.live_keys = latest.len() as u64;
-        if seen != report.live_keys {
+        let found = t.find(hash, |o| inner.key_eq(o, &key))?;
+        if found.map(|(_, w)| w) != Some(word) {
             return Err(inner.corrupt(
                 d.start,
-                format!("index holds {seen} live keys, the log {}", report.live_keys),
+                format!("key at {off} is not reachable from its home slot"),
             ));
         }
-        if st.live_keys != report.live_keys || st.live_bytes != report.live_bytes {
-            return Err(inner.corrupt(
-                crate::storage::CONTROL_OFFSET,
-                format!(
-                    "counters say {} keys / {} bytes, the log {} / {}",
-                    st.live_keys, st.live_bytes, report.live_keys, report.live_bytes
-                ),
-            ));
-        }
-        Ok(report)
+        report.live_bytes = report
+            .live_bytes
+            .saturating_add(record_len(h.key_len as usize, h.val_len as usize));
+        seen += 1;
     }
+    report.live_keys = latest.len() as u64;
+    if seen != report.live_keys {
+        return Err(inner.corrupt(
+            d.start,
+            format!("index holds {seen} live keys, the log {}", report.live_keys),
+        ));
+    }
+    if st.live_keys != report.live_keys || st.live_bytes != report.live_bytes {
+        return Err(inner.corrupt(
+            crate::storage::CONTROL_OFFSET,
+            format!(
+                "counters say {} keys / {} bytes, the log {} / {}",
+                st.live_keys, st.live_bytes, report.live_keys, report.live_bytes
+            ),
+        ));
+    }
+    Ok(report)
 }

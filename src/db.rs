@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use crate::index::{self, Desc, Table, TableFull};
@@ -48,7 +49,137 @@ use crate::{Error, Result, Value};
 /// ```
 #[derive(Clone)]
 pub struct Db {
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// What the clones of one `Db` share: the store they currently use, which
+/// changes when a compaction (in any process) moves the store to a new
+/// file, and what it takes to follow it there.
+pub(crate) struct Shared {
+    /// The current store. Readers `load` it without touching a reference
+    /// count; an old store lives until its last reader lets go of it.
+    pub(crate) current: ArcSwap<Inner>,
+    pub(crate) path: PathBuf,
+    pub(crate) opts: Options,
+    /// Serialises following a move.
+    follow: Mutex<()>,
+    /// An automatic compaction is running in this process.
+    auto_compacting: Arc<AtomicBool>,
+}
+
+/// How many times an operation follows the store to a new file before it
+/// gives up (each follow means another compaction finished meanwhile).
+const MAX_FOLLOWS: u32 = 8;
+
+impl Db {
+    /// The current store, after following it if a compaction moved it.
+    #[inline]
+    pub(crate) fn inner(&self) -> arc_swap::Guard<Arc<Inner>> {
+        let g = self.shared.current.load();
+        if g.is_current() {
+            g
+        } else {
+            self.shared.follow(&g);
+            self.shared.current.load()
+        }
+    }
+
+    /// Run a write against the current store; if the store moved to a new
+    /// file meanwhile (the writer lock says so), follow it and run again.
+    pub(crate) fn write<R>(&self, mut f: impl FnMut(&Inner) -> Result<R>) -> Result<R> {
+        let mut follows = 0;
+        loop {
+            let i = self.inner();
+            match f(&i) {
+                Err(Error::Moved) if follows < MAX_FOLLOWS => {
+                    follows += 1;
+                    self.shared.follow(&i);
+                }
+                Err(Error::Moved) => {
+                    return Err(i.corrupt(
+                        CONTROL_OFFSET,
+                        "the store says it moved to a new file, but the path still names this one",
+                    ))
+                }
+                r => {
+                    if r.is_ok() && self.shared.opts.auto_compact.is_some() {
+                        self.maybe_auto_compact(&i);
+                    }
+                    return r;
+                }
+            }
+        }
+    }
+
+    /// Start a compaction in a background thread if the log is mostly
+    /// dead (`Options::auto_compact`).
+    fn maybe_auto_compact(&self, i: &Inner) {
+        let Some(fraction) = self.shared.opts.auto_compact else {
+            return;
+        };
+        if i.read_only {
+            return;
+        }
+        let Ok(c) = i.control() else {
+            return;
+        };
+        let (st, _) = c.snapshot(4);
+        let used = st.tail.saturating_sub(ARENA_START);
+        let index = Desc::decode(st.index_desc).map_or(0, |d| d.bytes());
+        let dead = used.saturating_sub(st.live_bytes).saturating_sub(index);
+        if used < (1 << 20) || (dead as f64) < fraction * used as f64 {
+            return;
+        }
+        if self.shared.auto_compacting.swap(true, Ordering::AcqRel) {
+            return; // one at a time
+        }
+        let db = self.clone();
+        let flag = self.shared.auto_compacting.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mapkv-compact".into())
+            .spawn(move || {
+                // Errors (another process compacting, no space) just mean
+                // not now; the next commit past the threshold tries again.
+                let _ = db.compact();
+                flag.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.shared.auto_compacting.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl Shared {
+    /// `old` is not current any more: a compaction is finishing or has
+    /// finished. If the path now names another file, open it (joining the
+    /// store there) and make it current; otherwise keep `old`.
+    pub(crate) fn follow(&self, old: &Arc<Inner>) {
+        let _g = self.follow.lock();
+        if !Arc::ptr_eq(&self.current.load(), old) {
+            return; // another thread followed already
+        }
+        let Ok(md) = std::fs::metadata(&self.path) else {
+            return;
+        };
+        use std::os::unix::fs::MetadataExt;
+        if (md.dev(), md.ino()) == old.file_id {
+            return; // not renamed yet: the old file is still the store
+        }
+        match Inner::open(&self.path, self.opts.clone()) {
+            Ok(new) if new.hash_seed == old.hash_seed && new.salt == old.salt => {
+                // The old store must not be closed as if it were ours: the
+                // compactor finished it.
+                old.closed.store(true, Ordering::Release);
+                self.current.store(Arc::new(new));
+            }
+            // Something else now has the name, or it cannot be opened:
+            // keep reading the old file; the next operation tries again.
+            Ok(other) => {
+                other.closed.store(true, Ordering::Release);
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -57,7 +188,7 @@ pub(crate) struct Inner {
     pub(crate) hash_seed: u64,
     pub(crate) salt: u32,
     durability: Durability,
-    read_only: bool,
+    pub(crate) read_only: bool,
     growth_step: u64,
     max_size: u64,
     writer: Mutex<Writer>,
@@ -72,8 +203,10 @@ pub(crate) struct Inner {
     exclusive: AtomicBool,
     poisoned: AtomicBool,
     poison_cause: Mutex<String>,
-    closed: AtomicBool,
+    pub(crate) closed: AtomicBool,
     opened: OpenKind,
+    /// Device and inode of the file: tells whether the path still names it.
+    pub(crate) file_id: (u64, u64),
 }
 
 /// The writer's view of the store, valid while the writer lock is held:
@@ -268,6 +401,26 @@ impl Inner {
             cross: true,
         };
         let c = self.control()?;
+        match c.magic() {
+            crate::storage::control::CONTROL_MAGIC => {}
+            crate::storage::control::MOVED_MAGIC => return Err(Error::Moved),
+            crate::storage::control::MOVING_MAGIC => {
+                // A compactor set this and then died (or failed) holding the
+                // lock. Did its rename happen?
+                if self.path_names_other_file() {
+                    c.set_magic(crate::storage::control::MOVED_MAGIC);
+                    self.notify();
+                    return Err(Error::Moved);
+                }
+                c.set_magic(crate::storage::control::CONTROL_MAGIC);
+            }
+            m => {
+                return Err(self.corrupt(
+                    CONTROL_OFFSET,
+                    format!("control block magic {m:#x} is not mapkv's"),
+                ))
+            }
+        }
         if c.file_len() > self.arena.len() {
             self.arena.refresh().map_err(|source| Error::Io {
                 op: "follow file growth",
@@ -287,6 +440,12 @@ impl Inner {
         Ok(g)
     }
 
+    /// Whether the store's path now names a different file than ours.
+    pub(crate) fn path_names_other_file(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.path).is_ok_and(|md| (md.dev(), md.ino()) != self.file_id)
+    }
+
     /// Tell waiters in every process that a commit landed.
     pub(crate) fn notify(&self) {
         if let Ok(word) = self.arena.atomic_u32(CONTROL_OFFSET + NOTIFY) {
@@ -299,6 +458,17 @@ impl Inner {
                 futex_wake_all(word);
             }
         }
+    }
+
+    /// Whether this is still the store's file: no compaction has moved it
+    /// (or is moving it) to a new file. One load of a word on the control
+    /// block's first cache line, which every read touches anyway.
+    #[inline]
+    pub(crate) fn is_current(&self) -> bool {
+        self.arena.mode() == MapMode::Private
+            || self
+                .control()
+                .is_ok_and(|c| c.magic() == crate::storage::control::CONTROL_MAGIC)
     }
 
     pub(crate) fn control(&self) -> Result<Control<'_>> {
@@ -464,7 +634,7 @@ impl Inner {
 
     /// Read a key's record: `Some((record offset, header))`.
     #[inline]
-    fn lookup(&self, key: &[u8]) -> Result<Option<(u64, Header)>> {
+    pub(crate) fn lookup(&self, key: &[u8]) -> Result<Option<(u64, Header)>> {
         let (t, d) = self.table()?;
         let h = index::hash(self.hash_seed, key);
         let found = t
@@ -479,7 +649,7 @@ impl Inner {
         }
     }
 
-    fn check_writable(&self) -> Result<()> {
+    pub(crate) fn check_writable(&self) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly {
                 path: self.path.clone(),
@@ -919,17 +1089,22 @@ impl Inner {
             // The count included writers that crashed; alone, we know better.
             self.commit_meta(&mut w, true)?;
         }
-        // Give back the space preallocated past the tail. The meta that
-        // names the shorter length is durable before the file is cut, so a
-        // crash in between leaves a file longer than its meta says (fine),
-        // never shorter. This handle holds the exclusive lock, so no other
-        // handle maps the file.
+        self.trim_to_tail(&mut w, FLAG_CLEAN)
+    }
+
+    /// Give back the space preallocated past the tail. Only when no other
+    /// handle maps the file (a clean close that is alone, or a compaction's
+    /// new file before anyone knows it), with everything durable. The meta
+    /// that names the shorter length is durable before the file is cut, so
+    /// a crash in between leaves a file longer than its meta says (fine),
+    /// never shorter.
+    pub(crate) fn trim_to_tail(&self, w: &mut Writer, flags: u32) -> Result<()> {
         let keep = storage::align_up(w.st.tail, GRANULE).unwrap_or(u64::MAX);
         if keep < self.arena.len() {
             w.dur.len = keep;
-            self.write_meta(&mut w, FLAG_CLEAN, true)?;
+            self.write_meta(w, flags, true)?;
             self.arena.trim(keep).map_err(|source| Error::Io {
-                op: "trim file on close",
+                op: "trim file",
                 path: self.path.clone(),
                 source,
             })?;
@@ -938,7 +1113,7 @@ impl Inner {
             }
             // Bring the other copy up to date too, so that both name the
             // shorter length (either can then be lost to a torn write).
-            self.write_meta(&mut w, FLAG_CLEAN, true)?;
+            self.write_meta(w, flags, true)?;
         }
         Ok(())
     }
@@ -1008,6 +1183,22 @@ impl Db {
     }
 
     pub(crate) fn open_with(path: &Path, opts: Options) -> Result<Db> {
+        let inner = Inner::open(path, opts.clone())?;
+        Ok(Db {
+            shared: Arc::new(Shared {
+                current: ArcSwap::from_pointee(inner),
+                path: path.to_path_buf(),
+                opts,
+                follow: Mutex::new(()),
+                auto_compacting: Arc::new(AtomicBool::new(false)),
+            }),
+        })
+    }
+}
+
+impl Inner {
+    /// Open the store at `path`: create, lock, validate, recover or join.
+    pub(crate) fn open(path: &Path, opts: Options) -> Result<Inner> {
         let recovery::Opened {
             arena,
             meta,
@@ -1016,6 +1207,15 @@ impl Db {
             sole,
         } = recovery::open_file(path, &opts)?;
         let mode = arena.mode();
+        let file_id = {
+            use std::os::unix::fs::MetadataExt;
+            let md = arena.file().metadata().map_err(|source| Error::Io {
+                op: "stat",
+                path: path.to_path_buf(),
+                source,
+            })?;
+            (md.dev(), md.ino())
+        };
         let mut inner = Inner {
             path: path.to_path_buf(),
             hash_seed: meta.hash_seed,
@@ -1045,6 +1245,7 @@ impl Db {
             // Until recovery is done, dropping must not write a clean meta.
             closed: AtomicBool::new(true),
             opened: OpenKind::Clean,
+            file_id,
             arena,
         };
         let ioe = |op: &'static str| {
@@ -1103,11 +1304,11 @@ impl Db {
         }
         inner.opened = opened;
         inner.closed = AtomicBool::new(false);
-        Ok(Db {
-            inner: Arc::new(inner),
-        })
+        Ok(inner)
     }
+}
 
+impl Db {
     /// Insert `key` with `value`, replacing any previous value.
     ///
     /// With [`Durability::Sync`] the write is on stable storage when this
@@ -1134,7 +1335,8 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
-        self.inner.commit(&[Op::Put(key.as_ref(), value.as_ref())])
+        let (k, v) = (key.as_ref(), value.as_ref());
+        self.write(|i| i.commit(&[Op::Put(k, v)]))
     }
 
     /// The value of `key`, copied out and checksum-verified.
@@ -1159,7 +1361,7 @@ impl Db {
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
         let mut buf = Vec::new();
         Ok(self
-            .inner
+            .inner()
             .fetch(key.as_ref(), &mut buf)?
             .map(|k| Value::from_parts(buf, k)))
     }
@@ -1181,7 +1383,7 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn get_into(&self, key: impl AsRef<[u8]>, buf: &mut Vec<u8>) -> Result<bool> {
-        match self.inner.fetch(key.as_ref(), buf)? {
+        match self.inner().fetch(key.as_ref(), buf)? {
             Some(k) => {
                 buf.drain(..k);
                 Ok(true)
@@ -1206,7 +1408,7 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool> {
-        Ok(self.inner.lookup(key.as_ref())?.is_some())
+        Ok(self.inner().lookup(key.as_ref())?.is_some())
     }
 
     /// Remove `key`. Returns whether it was present.
@@ -1225,16 +1427,16 @@ impl Db {
     pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<bool> {
         let key = key.as_ref();
         check_sizes(key, &[])?;
-        self.inner.check_writable()?;
-        // The check and the tombstone must be one step: hold the writer lock.
-        let i = &*self.inner;
-        // The check and the tombstone are one step under the writer lock.
-        let mut w = i.lock_writer()?;
-        if i.lookup(key)?.is_none() {
-            return Ok(false);
-        }
-        i.commit_locked(&mut w, &[Op::Del(key)])?;
-        Ok(true)
+        self.write(|i| {
+            i.check_writable()?;
+            // The check and the tombstone are one step under the writer lock.
+            let mut w = i.lock_writer()?;
+            if i.lookup(key)?.is_none() {
+                return Ok(false);
+            }
+            i.commit_locked(&mut w, &[Op::Del(key)])?;
+            Ok(true)
+        })
     }
 
     /// Number of live keys.
@@ -1251,7 +1453,7 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn len(&self) -> u64 {
-        self.inner.control().map(|c| c.live_keys()).unwrap_or(0)
+        self.inner().control().map(|c| c.live_keys()).unwrap_or(0)
     }
 
     /// Whether the store has no keys.
@@ -1306,16 +1508,17 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn flush(&self) -> Result<()> {
-        let i = &*self.inner;
-        if i.read_only {
-            return Ok(());
-        }
-        i.check_writable()?;
-        let mut w = i.lock_writer()?;
-        if w.dur.tail == w.st.tail && w.dur.len >= i.arena.len() {
-            return Ok(());
-        }
-        i.commit_meta(&mut w, false)
+        self.write(|i| {
+            if i.read_only {
+                return Ok(());
+            }
+            i.check_writable()?;
+            let mut w = i.lock_writer()?;
+            if w.dur.tail == w.st.tail && w.dur.len >= i.arena.len() {
+                return Ok(());
+            }
+            i.commit_meta(&mut w, false)
+        })
     }
 
     /// Counters and sizes.
@@ -1333,7 +1536,7 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn stats(&self) -> Stats {
-        let i = &*self.inner;
+        let i = self.inner();
         let (st, dur) = match i.control() {
             Ok(c) => (c.snapshot(1000).0, c.durable()),
             Err(_) => (State::default(), Durable::default()),
@@ -1379,7 +1582,7 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        &self.shared.path
     }
 
     /// Close this handle and report any error. Only the last clone closes;
@@ -1407,8 +1610,13 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn close(self) -> Result<()> {
-        match Arc::try_unwrap(self.inner) {
+        let Ok(shared) = Arc::try_unwrap(self.shared) else {
+            return Ok(()); // other clones remain
+        };
+        match Arc::try_unwrap(shared.current.into_inner()) {
             Ok(inner) => inner.close_clean(),
+            // A reader elsewhere in this process still holds the store (an
+            // iterator); it closes when that lets go.
             Err(_) => Ok(()),
         }
     }

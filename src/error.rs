@@ -114,18 +114,27 @@ pub enum Error {
         found: usize,
     },
 
+    /// Internal: the store moved to a new file (a compaction finished);
+    /// the operation follows it and runs again. Never returned by the API.
+    #[doc(hidden)]
+    #[error("the store moved to a new file")]
+    Moved,
+
     /// [`Db::changes_after`](crate::Db::changes_after) was given a log
     /// position that this store's log does not have.
     #[error(
-        "{path}: {position} is not a position in the log (it ends at {tail}); use Db::log_position"
+        "{path}: log position {position} cannot be used ({reason}; the log ends at {tail}); \
+         start again from Db::log_position"
     )]
     BadPosition {
         /// The file.
         path: std::path::PathBuf,
-        /// The position given.
+        /// The position given (its byte offset).
         position: u64,
         /// Where the log ends now.
         tail: u64,
+        /// Why it cannot be used.
+        reason: &'static str,
     },
 
     /// A write on a handle opened with `Options::read_only(true)`.

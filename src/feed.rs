@@ -33,6 +33,23 @@ impl Change {
     }
 }
 
+/// A position in a store's log, from [`Db::log_position`] or
+/// [`Db::changes_after`]. It names the file too: after a compaction moved
+/// the store to a new file, old positions are refused
+/// ([`Error::BadPosition`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LogPosition {
+    file: (u64, u64),
+    offset: u64,
+}
+
+impl LogPosition {
+    /// The byte offset in the store's file.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
 /// A commit read back by [`Db::changes_after`]: its sequence number (as
 /// [`Db::commit_seq`] counts) and its operations, in the order written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,14 +72,15 @@ impl Db {
     /// # let db = mapkv::Db::open(dir.path().join("lp.mapkv"))?;
     /// let before = db.log_position();
     /// db.insert(b"k", b"v")?;
-    /// assert!(db.log_position() > before);
+    /// assert!(db.log_position().offset() > before.offset());
     /// # Ok::<(), mapkv::Error>(())
     /// ```
-    pub fn log_position(&self) -> u64 {
-        self.inner
-            .control()
-            .map(|c| c.snapshot(1000).0.tail)
-            .unwrap_or(ARENA_START)
+    pub fn log_position(&self) -> LogPosition {
+        let i = self.inner();
+        LogPosition {
+            file: i.file_id,
+            offset: tail_of(&i),
+        }
     }
 
     /// The commits that landed after log position `from` (a value from
@@ -74,7 +92,9 @@ impl Db {
     ///
     /// # Errors
     /// [`Error::BadPosition`] if `from` is not a position this store's log
-    /// has (not from `log_position`, or from another store);
+    /// has (not from `log_position`, from another store, or from before a
+    /// compaction moved the store to a new file: start again from
+    /// `log_position`, or read the whole store);
     /// [`Error::Corrupted`] if the log fails its checks.
     ///
     /// # Examples
@@ -94,15 +114,27 @@ impl Db {
     /// assert!(db.changes_after(pos, 100)?.0.is_empty()); // nothing new
     /// # Ok::<(), mapkv::Error>(())
     /// ```
-    pub fn changes_after(&self, from: u64, max: usize) -> Result<(Vec<Commit>, u64)> {
-        let i = &*self.inner;
-        let tail = self.log_position();
+    pub fn changes_after(
+        &self,
+        from: LogPosition,
+        max: usize,
+    ) -> Result<(Vec<Commit>, LogPosition)> {
+        let i = self.inner();
+        let tail = tail_of(&i);
+        let bad = |reason| Error::BadPosition {
+            path: i.path.clone(),
+            position: from.offset,
+            tail,
+            reason,
+        };
+        if from.file != i.file_id {
+            return Err(bad(
+                "it is from another file: the store was compacted since",
+            ));
+        }
+        let from = from.offset;
         if from < ARENA_START || from > tail || from % 8 != 0 {
-            return Err(Error::BadPosition {
-                path: i.path.clone(),
-                position: from,
-                tail,
-            });
+            return Err(bad("outside the log"));
         }
         if !i.within_file(tail) {
             return Err(i.corrupt(tail, "log tail past the end of the file"));
@@ -137,17 +169,23 @@ impl Db {
                 Err(stop) if sc.pos() == from && out.is_empty() => {
                     // Nothing valid starts here: not a position of this log.
                     let _ = stop;
-                    return Err(Error::BadPosition {
-                        path: i.path.clone(),
-                        position: from,
-                        tail,
-                    });
+                    return Err(bad("no commit starts there"));
                 }
                 Err(stop) => {
                     return Err(i.corrupt(stop.bad, format!("change feed: {}", stop.why)));
                 }
             }
         }
-        Ok((out, sc.pos()))
+        let next = LogPosition {
+            file: i.file_id,
+            offset: sc.pos(),
+        };
+        Ok((out, next))
     }
+}
+
+fn tail_of(i: &crate::db::Inner) -> u64 {
+    i.control()
+        .map(|c| c.snapshot(1000).0.tail)
+        .unwrap_or(ARENA_START)
 }

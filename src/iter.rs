@@ -1,6 +1,6 @@
 //! Iteration over every live entry.
 
-use crate::index::{self, Table};
+use crate::index;
 use crate::{Db, Result, Value};
 
 /// Iterator over the live entries of a store, from [`Db::iter`].
@@ -28,8 +28,13 @@ use crate::{Db, Result, Value};
 /// # Ok::<(), mapkv::Error>(())
 /// ```
 pub struct Iter<'a> {
-    db: &'a Db,
-    table: Option<Table<'a>>,
+    _db: std::marker::PhantomData<&'a Db>,
+    /// The store as it was when the iterator was made: after a compaction
+    /// moves the store, the iterator finishes on the old file (which stays
+    /// mapped, and unchanged, while the iterator holds it).
+    inner: std::sync::Arc<crate::db::Inner>,
+    /// The slot table's descriptor word, if it was valid.
+    desc: Option<u64>,
     slot: usize,
     /// Records of the slots before this one have been prefetched.
     ahead: usize,
@@ -42,21 +47,18 @@ const LOOKAHEAD: usize = 64;
 
 impl<'a> Iter<'a> {
     pub(crate) fn new(db: &'a Db) -> Iter<'a> {
-        match db.inner.table() {
-            Ok((t, _)) => Iter {
-                db,
-                table: Some(t),
-                slot: 0,
-                ahead: 0,
-                failed: None,
-            },
-            Err(e) => Iter {
-                db,
-                table: None,
-                slot: 0,
-                ahead: 0,
-                failed: Some(e),
-            },
+        let inner = arc_swap::Guard::into_inner(db.inner());
+        let (desc, failed) = match inner.table() {
+            Ok((_, d)) => (Some(d.encode()), None),
+            Err(e) => (None, Some(e)),
+        };
+        Iter {
+            _db: std::marker::PhantomData,
+            inner,
+            desc,
+            slot: 0,
+            ahead: 0,
+            failed,
         }
     }
 }
@@ -69,8 +71,14 @@ impl Iterator for Iter<'_> {
         if let Some(e) = self.failed.take() {
             return Some(Err(e));
         }
-        let t = self.table?;
-        let inner = &self.db.inner;
+        let inner = &*self.inner;
+        let t = match inner.table_at(self.desc?) {
+            Ok((t, _)) => t,
+            Err(e) => {
+                self.desc = None;
+                return Some(Err(e));
+            }
+        };
         while let Some(w) = t.word_at(self.slot) {
             // Keep the record loads of the next slots in flight.
             while self.ahead < self.slot + LOOKAHEAD {

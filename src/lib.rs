@@ -47,6 +47,7 @@ compile_error!("mapkv needs a 64-bit Unix target (it maps files with MAP_SHARED)
 
 mod batch;
 mod check;
+mod compact;
 mod db;
 mod error;
 mod feed;
@@ -64,9 +65,10 @@ mod value;
 
 pub use batch::Batch;
 pub use check::CheckReport;
+pub use compact::CompactReport;
 pub use db::{Db, Stats};
 pub use error::{Error, Result};
-pub use feed::{Change, Commit};
+pub use feed::{Change, Commit, LogPosition};
 pub use iter::Iter;
 pub use log::record::{MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use multi::ReadView;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 
+use crate::db::Inner;
 use crate::index;
 use crate::log::record::{seq_of, BodyCrc, HEADER_LEN, KIND_PUT};
 use crate::storage::control::NOTIFY;
@@ -30,24 +31,38 @@ use crate::{Db, Error, Result, Value};
 /// # Ok::<(), mapkv::Error>(())
 /// ```
 pub struct ReadView<'a> {
-    db: &'a Db,
+    inner: &'a Inner,
 }
 
 impl ReadView<'_> {
     /// Like [`Db::get`].
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
-        self.db.get(key)
+        let mut buf = Vec::new();
+        Ok(self
+            .inner
+            .fetch(key.as_ref(), &mut buf)?
+            .map(|k| Value::from_parts(buf, k)))
     }
 
     /// Like [`Db::contains_key`].
     pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool> {
-        self.db.contains_key(key)
+        Ok(self.inner.lookup(key.as_ref())?.is_some())
     }
 
     /// Like [`Db::get_pod`].
     pub fn get_pod<T: Pod>(&self, key: impl AsRef<[u8]>) -> Result<Option<T>> {
-        self.db.get_pod(key)
+        get_pod_from(self.inner, key.as_ref())
     }
+}
+
+fn seq_now(i: &Inner) -> u64 {
+    i.control().map(|c| seq_of(c.seq_gen())).unwrap_or(0)
+}
+
+fn get_pod_from<T: Pod>(i: &Inner, key: &[u8]) -> Result<Option<T>> {
+    let mut out = T::zeroed();
+    let found = i.fetch_exact(key, bytemuck::bytes_of_mut(&mut out))?;
+    Ok(found.then_some(out))
 }
 
 /// Attempts of [`Db::read_consistent`] before a read-write handle stops
@@ -70,10 +85,7 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn commit_seq(&self) -> u64 {
-        self.inner
-            .control()
-            .map(|c| seq_of(c.seq_gen()))
-            .unwrap_or(0)
+        seq_now(&self.inner())
     }
 
     /// Block until a commit newer than `since` (a value from
@@ -110,38 +122,41 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn wait_for_change(&self, since: u64, timeout: Duration) -> u64 {
-        let i = &*self.inner;
         let deadline = Instant::now().checked_add(timeout);
-        let (Ok(c), Ok(word)) = (i.control(), i.arena.atomic_u32(CONTROL_OFFSET + NOTIFY)) else {
-            return since;
-        };
-        let can_register = i.arena.mode() == MapMode::Shared;
         loop {
+            // Resolve the store each time round: a compaction that moves it
+            // wakes us through the old file's futex.
+            let i = self.inner();
+            let (Ok(c), Ok(word)) = (i.control(), i.arena.atomic_u32(CONTROL_OFFSET + NOTIFY))
+            else {
+                return since;
+            };
+            let can_register = i.arena.mode() == MapMode::Shared;
             if can_register {
                 c.waiters().fetch_add(1, Ordering::SeqCst);
             }
             // Read the futex word before the state: a commit after this
             // load changes the word, so the wait below returns at once.
             let n = word.load(Ordering::SeqCst);
-            let now_seq = self.commit_seq();
+            let now_seq = seq_now(&i);
             let left = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()),
                 None => Duration::from_secs(3600),
             };
-            if now_seq != since || left.is_zero() {
-                if can_register {
-                    c.waiters().fetch_sub(1, Ordering::SeqCst);
-                }
-                return now_seq;
+            let done = now_seq != since || left.is_zero();
+            if !done {
+                let nap = if can_register {
+                    left
+                } else {
+                    left.min(Duration::from_millis(2))
+                };
+                futex_wait(word, n, nap);
             }
-            let nap = if can_register {
-                left
-            } else {
-                left.min(Duration::from_millis(2))
-            };
-            futex_wait(word, n, nap);
             if can_register {
                 c.waiters().fetch_sub(1, Ordering::SeqCst);
+            }
+            if done {
+                return now_seq;
             }
         }
     }
@@ -179,9 +194,10 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn read_consistent<R>(&self, mut f: impl FnMut(&ReadView<'_>) -> Result<R>) -> Result<R> {
-        let i = &*self.inner;
+        let guard = self.inner();
+        let i: &Inner = &guard;
         let c = i.control()?;
-        let view = ReadView { db: self };
+        let view = ReadView { inner: i };
         let started = Instant::now();
         let mut tries = 0u32;
         loop {
@@ -196,8 +212,12 @@ impl Db {
             tries += 1;
             if tries >= OPTIMISTIC_TRIES && i.cross {
                 // Stop writers for one run: nothing can change under it.
-                let _w = i.lock_writer()?;
-                return f(&view);
+                match i.lock_writer() {
+                    Ok(_w) => return f(&view),
+                    // The store moved to a new file: start over there.
+                    Err(Error::Moved) => return self.read_consistent(f),
+                    Err(e) => return Err(e),
+                }
             }
             if !i.cross && started.elapsed() > Duration::from_secs(1) {
                 return Err(Error::Locked {
@@ -287,15 +307,11 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn get_pod<T: Pod>(&self, key: impl AsRef<[u8]>) -> Result<Option<T>> {
-        let mut out = T::zeroed();
-        let found = self
-            .inner
-            .fetch_exact(key.as_ref(), bytemuck::bytes_of_mut(&mut out))?;
-        Ok(found.then_some(out))
+        get_pod_from(&self.inner(), key.as_ref())
     }
 }
 
-impl crate::db::Inner {
+impl Inner {
     /// Find `key` and copy its value into `out`, which must be exactly the
     /// value's length; verify the record's CRC over the key and `out`.
     pub(crate) fn fetch_exact(&self, key: &[u8], out: &mut [u8]) -> Result<bool> {

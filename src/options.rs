@@ -83,6 +83,19 @@ pub struct Options {
     pub(crate) expected_keys: u64,
     pub(crate) map_reserve: u64,
     pub(crate) lock_timeout: std::time::Duration,
+    pub(crate) auto_compact: Option<f64>,
+    /// For a compaction's new file: continue this store (not public).
+    pub(crate) lineage: Option<Lineage>,
+}
+
+/// What a compaction's new file inherits from the store it replaces.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Lineage {
+    pub hash_seed: u64,
+    pub crc_salt: u32,
+    /// The meta's last commit: the new file's first commit follows it.
+    pub seq_gen: u64,
+    pub generation: u32,
 }
 
 impl Default for Options {
@@ -98,6 +111,8 @@ impl Default for Options {
             expected_keys: 0,
             map_reserve: 16 << 30,
             lock_timeout: std::time::Duration::from_secs(30),
+            auto_compact: None,
+            lineage: None,
         }
     }
 }
@@ -331,6 +346,30 @@ impl Options {
     /// ```
     pub fn lock_timeout(mut self, timeout: std::time::Duration) -> Options {
         self.lock_timeout = timeout;
+        self
+    }
+
+    /// Compact automatically: when a commit leaves more than `fraction` of
+    /// the log dead (overwritten or removed data, old index tables) and the
+    /// log is over 1 MiB, a background thread runs [`Db::compact`]. `None`
+    /// (the default) never compacts by itself. Values are clamped to
+    /// 0.1..=0.95.
+    ///
+    /// The thread compacts online: readers never wait, writers wait only
+    /// for the final catch-up. Compaction rewrites the live data into a new
+    /// file, so it needs free disk space for it while it runs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("auto.mapkv");
+    /// let db = mapkv::Options::new().auto_compact(Some(0.5)).open(&path)?;
+    /// db.insert(b"k", b"v")?;
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn auto_compact(mut self, fraction: Option<f64>) -> Options {
+        self.auto_compact = fraction.map(|f| f.clamp(0.1, 0.95));
         self
     }
 

@@ -330,8 +330,17 @@ fn init_file(f: &std::fs::File, opts: &Options) -> std::io::Result<()> {
         .min(align_up(opts.max_size, GRANULE).unwrap_or(len))
         .max(align_up(tail, GRANULE).unwrap_or(tail));
     file::allocate(f, 0, len)?;
-    let seed = file::random_u64();
-    let salt = (file::random_u64() >> 17) as u32 | 1;
+    // A compaction's new file continues its store: same hash seed and CRC
+    // salt, and its sequence numbers go on from where the old file's are.
+    let (seed, salt, seq_gen0, generation) = match opts.lineage {
+        Some(l) => (l.hash_seed, l.crc_salt, l.seq_gen, l.generation),
+        None => (
+            file::random_u64(),
+            (file::random_u64() >> 17) as u32 | 1,
+            0,
+            0,
+        ),
+    };
     f.write_all_at(&record::encode_index(salt, chunk, log2).to_bytes(), chunk)?;
     f.sync_all()?;
     let m = Meta {
@@ -345,8 +354,8 @@ fn init_file(f: &std::fs::File, opts: &Options) -> std::io::Result<()> {
         boot_id: [0; 16],
         file_len: len,
         tail,
-        seq_gen: 0,
-        generation: 0,
+        seq_gen: seq_gen0,
+        generation,
         reserved0: 0,
         index_desc: Desc {
             start: table,

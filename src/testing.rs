@@ -40,6 +40,11 @@ pub enum IoOp {
         /// New length.
         to: u64,
     },
+    /// A compaction renames its new file over the store's name (the hook's
+    /// path is the store's name). `Before`: the new file is complete and
+    /// durable, the old one still is the store; `After`: the name is
+    /// switched and the directory synced.
+    Rename,
     /// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: start write-back only.
     StartWriteback {
         /// First byte.

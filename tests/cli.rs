@@ -658,3 +658,39 @@ fn watch_prints_changes_from_another_process_as_they_happen() {
         .collect();
     assert_eq!(got, ["v2", "v3"], "{text}");
 }
+
+#[test]
+fn compact_shrinks_the_file_and_keeps_every_entry() {
+    let (_d, path) = store();
+    {
+        let db = mapkv::Db::open(&path).unwrap();
+        for i in 0..5_000u32 {
+            db.insert(i.to_le_bytes(), [3u8; 200]).unwrap();
+        }
+        for i in 0..4_000u32 {
+            db.remove(i.to_le_bytes()).unwrap();
+        }
+    }
+    let before = std::fs::metadata(&path).unwrap().len();
+    let r = ok(["compact", "--json", p(&path)], None);
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["keys"], 1000, "{v}");
+    assert_eq!(v["len_before"], before, "{v}");
+    let after = std::fs::metadata(&path).unwrap().len();
+    assert_eq!(v["len_after"], after, "{v}");
+    assert!(after < before / 2, "{before} -> {after}");
+    let text = ok(["compact", p(&path)], None);
+    assert!(String::from_utf8_lossy(&text.stdout).starts_with("compacted "));
+    ok(["check", p(&path)], None);
+    let db = mapkv::Db::open(&path).unwrap();
+    assert_eq!(db.len(), 1000);
+    assert_eq!(
+        db.get(4_999u32.to_le_bytes()).unwrap().as_deref(),
+        Some(&[3u8; 200][..])
+    );
+    drop(db);
+    // A missing store is an error, not a new empty one.
+    let missing = path.with_file_name("missing.mapkv");
+    fails(2, ["compact", p(&missing)]);
+    assert!(!missing.exists());
+}

@@ -45,7 +45,7 @@ This round-trips any bytes; 'mapkv load' reads it back. Other fields are
 ignored; empty lines are skipped.";
 
 /// Inspect and edit mapkv stores: get, put, del, scan, stats, check,
-/// dump, load and watch.
+/// dump, load, compact and watch.
 #[derive(Parser, Debug)]
 #[command(name = "mapkv", version, after_help = AFTER_HELP)]
 struct Cli {
@@ -163,6 +163,17 @@ enum Cmd {
     /// a terminal.
     #[command(after_help = DUMP_FORMAT)]
     Dump {
+        /// The store's file.
+        file: PathBuf,
+    },
+    /// Rewrite the live entries into a new file and give the space of
+    /// overwritten and removed data back to the filesystem.
+    ///
+    /// Online: other processes may keep the store open, reading and
+    /// writing; they move to the compacted file by themselves. Crash-safe: a
+    /// crash leaves the old store or the new one. Needs free disk space for
+    /// the live data. A progress bar shows on stderr when it is a terminal.
+    Compact {
         /// The store's file.
         file: PathBuf,
     },
@@ -332,6 +343,7 @@ fn run(cli: Cli) -> Res {
         Cmd::Check { file } => check(&cx, &file),
         Cmd::Dump { file } => dump(&cx, &file),
         Cmd::Load { file, input, batch } => load(&cx, &file, input, batch),
+        Cmd::Compact { file } => compact(&cx, &file),
         Cmd::Watch {
             file,
             key,
@@ -406,6 +418,48 @@ fn get(cx: &Ctx, file: &Path, key: OsString, raw: bool) -> Res {
     }
 }
 
+fn compact(cx: &Ctx, file: &Path) -> Res {
+    let db = cx.open_write(file, false)?;
+    let pb = ui::progress(None, false, "compacting");
+    let mut total_set = false;
+    let r = db.compact_with_progress(&mut |done, total| {
+        if !total_set {
+            pb.set_length(total);
+            total_set = true;
+        }
+        pb.set_position(done);
+    });
+    pb.finish_and_clear();
+    let r = r?;
+    db.close()?;
+    if cx.json {
+        return print_json(&json!({
+            "keys": r.keys,
+            "len_before": r.len_before,
+            "len_after": r.len_after,
+            "live_bytes": r.live_bytes,
+            "caught_up": r.caught_up,
+            "writer_pause_us": r.writer_pause.as_micros() as u64,
+            "duration_us": r.duration.as_micros() as u64,
+        }));
+    }
+    let mut out = stdout();
+    writeln!(
+        out,
+        "compacted {}: {} -> {} ({} live keys, {} of live records); \
+         writers paused {:.1?}, {:.1?} in all",
+        file.display(),
+        ui::size(r.len_before),
+        ui::size(r.len_after),
+        ui::count(r.keys),
+        ui::size(r.live_bytes),
+        r.writer_pause,
+        r.duration
+    )?;
+    out.flush()?;
+    Ok(())
+}
+
 fn watch(
     cx: &Ctx,
     file: &Path,
@@ -426,7 +480,16 @@ fn watch(
     let mut printed = 0u64;
     let nap = idle.unwrap_or(std::time::Duration::from_secs(3600));
     loop {
-        let (commits, next) = db.changes_after(pos, 1024)?;
+        let (commits, next) = match db.changes_after(pos, 1024) {
+            Err(mapkv::Error::BadPosition { .. }) => {
+                // A compaction moved the store to a new file: positions in
+                // the old one mean nothing there.
+                eprintln!("mapkv: the store was compacted; watching from its new end");
+                pos = db.log_position();
+                continue;
+            }
+            r => r?,
+        };
         pos = next;
         let mut out = stdout();
         for c in &commits {

@@ -49,6 +49,12 @@ use super::mapping::{Arena, OutOfBounds};
 use super::CONTROL_OFFSET;
 
 pub(crate) const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"MKVCTRL2");
+/// Magic while a compaction that holds the writer lock renames its new
+/// file over this one: readers check whether the path names another file.
+pub(crate) const MOVING_MAGIC: u64 = u64::from_le_bytes(*b"MKVMOVNG");
+/// Magic once the store has moved to a new file under the same path:
+/// every handle follows it there.
+pub(crate) const MOVED_MAGIC: u64 = u64::from_le_bytes(*b"MKVMOVED");
 
 const MAGIC: u64 = 0;
 const VERSION: u64 = 8;
@@ -113,6 +119,11 @@ impl<'a> Control<'a> {
 
     pub(crate) fn magic(&self) -> u64 {
         self.w(MAGIC).load(Ordering::Acquire)
+    }
+
+    /// Set the magic word (compaction: moving, moved; or back to normal).
+    pub(crate) fn set_magic(&self, m: u64) {
+        self.w(MAGIC).store(m, Ordering::SeqCst);
     }
 
     /// The current slot table descriptor, for readers.

@@ -108,6 +108,43 @@ pub(crate) fn lock_shared(file: &File) -> io::Result<()> {
     fs2::FileExt::lock_shared(file)
 }
 
+/// Byte of the store file whose OFD lock means "a compaction is running".
+/// Far past any real length (locks past end-of-file are allowed); an
+/// `fcntl` lock, so independent of the `flock` open lock.
+const COMPACT_LOCK_BYTE: i64 = 1 << 62;
+
+/// Take or release the compaction lock on `file` (an open-file-description
+/// lock: released by the kernel when the holder dies or closes the file).
+/// `Ok(false)` if another handle holds it.
+pub(crate) fn compact_lock(file: &File, take: bool) -> io::Result<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: an all-zero `flock` struct is a valid value; we then set
+        // the fields F_OFD_SETLK reads.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = if take { libc::F_WRLCK } else { libc::F_UNLCK } as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fl.l_start = COMPACT_LOCK_BYTE;
+        fl.l_len = 1;
+        // SAFETY: fcntl on our own descriptor with a pointer to a local
+        // `flock` that outlives the call.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+            _ => Err(e),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, take);
+        Ok(true)
+    }
+}
+
 /// Reserve disk blocks for `[old_len, new_len)` and extend the file to
 /// `new_len`, so that a later store into the mapping never needs to allocate
 /// (a full disk is an `Err` here, not a SIGBUS later).

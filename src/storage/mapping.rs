@@ -7,7 +7,7 @@
 //!   touched; everything past end-of-file would raise SIGBUS.
 //! * The verified length only grows, and only after the file really is that
 //!   long (we grew it ourselves, or `fstat` said so). mapkv never shrinks a
-//!   file that is mapped.
+//!   file that another handle maps (`trim` lowers the verified length first).
 //! * When the file outgrows the reservation, a new, larger view is made and
 //!   published; old views stay mapped until the arena is dropped (DESIGN.md
 //!   invariant 6), so a reader that loaded an old view pointer never dangles.
@@ -172,10 +172,14 @@ impl Arena {
         self.io(IoOp::Fsync, || self.file.sync_all())
     }
 
-    /// Shrink the file to `to` bytes and fsync it. Only on a clean close,
-    /// when no other process maps the file and nothing reads past `to`
-    /// again.
+    /// Shrink the file to `to` bytes and fsync it. Only when no other
+    /// handle maps the file (a clean close by the only handle, or a
+    /// compaction's new file before anyone else knows it), and nothing
+    /// reads past `to` again.
     pub(crate) fn trim(&self, to: u64) -> io::Result<()> {
+        // Lower the verified length first: nothing may touch the bytes that
+        // are about to go (the caller guarantees no other handle maps them).
+        self.len.fetch_min(to, Ordering::AcqRel);
         self.io(IoOp::Trim { to }, || {
             self.file.set_len(to).and_then(|()| self.file.sync_all())
         })
@@ -277,6 +281,12 @@ impl Arena {
         // SAFETY: the range is inside the first view (checked above), so the
         // offset pointer stays inside that mapping.
         Ok(unsafe { first.ptr.add(off as usize) })
+    }
+
+    /// The file has a new name (a compaction renamed it into place): the
+    /// test hooks see it under that name from now on.
+    pub(crate) fn set_path(&mut self, path: &std::path::Path) {
+        self.path = path.to_path_buf();
     }
 
     /// The file (for the open-handle `flock`).

@@ -1,0 +1,442 @@
+//! Online compaction: rewrite the live entries into a new file, rename it
+//! over the store's name, and move every handle, in every process, to it.
+//!
+//! 1. Take the compaction lock (an OFD `fcntl` lock on the store file: one
+//!    compaction at a time, released if the compactor dies).
+//! 2. Snapshot the control block (tail `T0`, last commit `S0`) and collect
+//!    the record offsets of the live slots of the current table. Records
+//!    are immutable, so they can be read at leisure while writers go on.
+//! 3. Create the new file next to the store (a hidden name), continuing the
+//!    store's lineage: same hash seed and CRC salt, and commit sequence
+//!    numbers that end at `S0` for the copied entries. Copy the entries in
+//!    batches (each record checksum-verified on the way).
+//! 4. Catch up without any lock: replay the commits past `T0` from the old
+//!    log into the new file, commit for commit (same sequence numbers), in
+//!    rounds, until little is left.
+//! 5. Take the old store's writer lock (writers everywhere now wait; readers
+//!    do not), replay the last commits, make the new file durable (msync,
+//!    fsync, synced meta), mark the old control block MOVING, rename the new
+//!    file over the store's name, sync the directory, mark it MOVED, wake
+//!    every waiter, release the lock. This is the writers' pause.
+//! 6. Handles follow on their next operation: the old control block says
+//!    MOVED (or MOVING, and the name already points elsewhere), so they open
+//!    the new file, joining the store there. The old file's pages stay
+//!    mapped while a reader in this process uses them, and its disk space
+//!    is freed when the last process lets go of it.
+//!
+//! A crash before the rename leaves the old file as the store (the new one
+//! is a hidden leftover, removed by the next compaction or open); after it,
+//! the new file is the store, complete and durable. A compactor that dies
+//! holding the writer lock between MOVING and MOVED is finished by the next
+//! writer, which sees MOVING, checks where the name points, and sets MOVED
+//! or clears MOVING.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::db::{Inner, Op};
+use crate::index;
+use crate::log::record::{seq_gen, seq_of, KIND_PUT};
+use crate::log::{Item, Scanner};
+use crate::options::Lineage;
+use crate::storage::control::{MOVED_MAGIC, MOVING_MAGIC};
+use crate::storage::{self, GRANULE};
+use crate::testing::{self, IoOp, Phase};
+use crate::{Db, Durability, Error, Options, Result};
+
+/// What [`Db::compact`] did.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct CompactReport {
+    /// Live keys in the compacted store.
+    pub keys: u64,
+    /// File length before.
+    pub len_before: u64,
+    /// File length after.
+    pub len_after: u64,
+    /// Bytes of live records after.
+    pub live_bytes: u64,
+    /// Commits replayed from the old log because they landed while the
+    /// compaction ran.
+    pub caught_up: u64,
+    /// How long writers (in every process) waited: the final catch-up, the
+    /// syncs and the rename, with the writer lock held.
+    pub writer_pause: Duration,
+    /// The whole compaction.
+    pub duration: Duration,
+}
+
+/// Entries copied per commit of the new file, at most.
+const COPY_BATCH: u64 = 1024;
+/// Stop catching up without the lock once less than this is left.
+const CATCH_UP_SLACK: u64 = 256 << 10;
+/// At most this many lock-free catch-up rounds.
+const CATCH_UP_ROUNDS: u32 = 16;
+
+impl Db {
+    /// Rewrite the live entries into a new, compact file and give the old
+    /// file's space back to the filesystem. Online: readers in every
+    /// process keep reading throughout; writers in every process wait only
+    /// for the final catch-up (see [`CompactReport::writer_pause`]); other
+    /// handles, in this and other processes, move to the new file by
+    /// themselves on their next operation.
+    ///
+    /// Crash-safe at every step: a crash leaves either the old store or the
+    /// new one, complete, with nothing acknowledged lost. It needs free disk
+    /// space for the live data while it runs.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`] on a read-only handle; [`Error::Locked`] if
+    /// another compaction of this store is running; [`Error::OutOfSpace`]
+    /// if the new file does not fit (the store is left as it was);
+    /// [`Error::Corrupted`] if a record fails its checks (nothing changes).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("compact.mapkv");
+    /// let db = mapkv::Db::open(&path)?;
+    /// for i in 0..10_000u32 {
+    ///     db.insert(i.to_le_bytes(), [7u8; 100])?;
+    /// }
+    /// for i in 0..9_000u32 {
+    ///     db.remove(i.to_le_bytes())?;
+    /// }
+    /// let report = db.compact()?;
+    /// assert_eq!(report.keys, 1_000);
+    /// assert!(report.len_after < report.len_before);
+    /// assert_eq!(db.get(9_999u32.to_le_bytes())?.as_deref(), Some(&[7u8; 100][..]));
+    /// assert!(db.stats().dead_bytes < 8192); // only alignment padding is left
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn compact(&self) -> Result<CompactReport> {
+        self.compact_with_progress(&mut |_, _| {})
+    }
+
+    /// [`compact`](Db::compact), calling `progress(copied, total)` as
+    /// entries are copied (for a progress bar).
+    pub fn compact_with_progress(
+        &self,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<CompactReport> {
+        let started = Instant::now();
+        let old = arc_swap::Guard::into_inner(self.inner());
+        if old.read_only {
+            return Err(Error::ReadOnly {
+                path: old.path.clone(),
+            });
+        }
+        old.check_writable()?;
+        let lock = CompactLock::take(&old)?;
+        remove_leftovers(&self.shared.path);
+        let c = old.control()?;
+        let (st0, _) = c.snapshot(1_000_000);
+        let len_before = old.arena.len();
+
+        // Live record offsets of the current table, as of now.
+        let (t, _) = old.table_at(st0.index_desc)?;
+        let offsets: Vec<u64> = t.live_words().map(index::word_offset).collect();
+        let n = offsets.len() as u64;
+        let s0 = seq_of(st0.seq_gen);
+        // The copied entries are commits S0-K+1 ..= S0 of the new file.
+        let k = if n == 0 {
+            0
+        } else {
+            n.div_ceil(COPY_BATCH).min(s0)
+        };
+        let per = if k == 0 { 1 } else { n.div_ceil(k) };
+        let generation = st0.generation as u16;
+        let opts = self.new_file_options(&old, &st0, s0 - k, generation)?;
+        let tmp = temp_name(&self.shared.path);
+        let mut new = match Inner::open(&tmp, opts) {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let result = (|| {
+            let mut copied = 0u64;
+            for chunk in offsets.chunks(per as usize) {
+                let mut bufs = Vec::with_capacity(chunk.len());
+                for &off in chunk {
+                    let h = old.header_at(off)?;
+                    if h.kind != KIND_PUT {
+                        return Err(old.corrupt(off, "live slot points at a non-put record"));
+                    }
+                    bufs.push((h.key_len as usize, old.read_record(off, &h)?));
+                }
+                let ops: Vec<Op<'_>> = bufs
+                    .iter()
+                    .map(|(kl, b)| Op::Put(&b[..*kl], &b[*kl..]))
+                    .collect();
+                new.commit(&ops)?;
+                copied += chunk.len() as u64;
+                progress(copied, n);
+            }
+            // Catch up without the lock while much is left.
+            let mut pos = st0.tail;
+            let mut caught_up = 0;
+            for _ in 0..CATCH_UP_ROUNDS {
+                let t = c.snapshot(1_000_000).0.tail;
+                if t.saturating_sub(pos) <= CATCH_UP_SLACK {
+                    break;
+                }
+                caught_up += replay(&old, &new, pos, t)?;
+                pos = t;
+            }
+            Ok((pos, caught_up))
+        })();
+        let (pos, mut caught_up) = match result {
+            Ok(x) => x,
+            Err(e) => {
+                discard(new, &tmp);
+                return Err(e);
+            }
+        };
+
+        // The pause: writers everywhere wait from here to the release.
+        let paused = Instant::now();
+        let wg = match old.lock_writer() {
+            Ok(g) => g,
+            Err(e) => {
+                discard(new, &tmp);
+                return Err(e);
+            }
+        };
+        let finish = (|| {
+            caught_up += replay(&old, &new, pos, wg.st.tail)?;
+            {
+                // Durable, and no longer than it needs to be (nobody else
+                // knows the new file yet, so it may be cut).
+                let mut nw = new.lock_writer()?;
+                new.commit_meta(&mut nw, false)?;
+                new.trim_to_tail(&mut nw, 0)?;
+            }
+            let fire = |phase| testing::fire(&self.shared.path, IoOp::Rename, phase);
+            fire(Phase::Before).map_err(|source| io_err(&old.path, "rename", source))?;
+            c.set_magic(MOVING_MAGIC);
+            if let Err(source) = std::fs::rename(&tmp, &self.shared.path) {
+                c.set_magic(crate::storage::control::CONTROL_MAGIC);
+                return Err(io_err(&old.path, "rename the compacted file", source));
+            }
+            // From here the new file is the store; a failure to sync the
+            // directory only means the rename may not survive a power cut
+            // (the old file, intact, is then the store).
+            let synced = storage::file::sync_parent(&self.shared.path);
+            c.set_magic(MOVED_MAGIC);
+            old.notify();
+            synced.map_err(|source| io_err(&old.path, "sync directory after rename", source))?;
+            fire(Phase::After).map_err(|source| io_err(&old.path, "rename", source))
+        })();
+        let moved = c.magic() == MOVED_MAGIC;
+        // Releasing the old writer lock lets waiting writers see MOVED.
+        drop(wg);
+        let writer_pause = paused.elapsed();
+        drop(lock);
+        if !moved {
+            discard(new, &tmp);
+            return Err(finish.err().unwrap_or_else(|| {
+                old.corrupt(0, "compaction: the store did not move (internal error)")
+            }));
+        }
+        // Ours now. The old store is finished: never close it as ours.
+        new.path = self.shared.path.clone();
+        new.arena.set_path(&self.shared.path);
+        old.closed.store(true, Ordering::Release);
+        let nc = new.control()?;
+        let (st1, _) = nc.snapshot(1_000_000);
+        let len_after = new.arena.len();
+        self.shared.current.store(Arc::new(new));
+        finish?;
+        Ok(CompactReport {
+            keys: st1.live_keys,
+            len_before,
+            len_after,
+            live_bytes: st1.live_bytes,
+            caught_up,
+            writer_pause,
+            duration: started.elapsed(),
+        })
+    }
+
+    /// Options for a compaction's new file: sized for the live data,
+    /// continuing the store's lineage, same limits and mode as the old file.
+    fn new_file_options(
+        &self,
+        old: &Inner,
+        st0: &crate::storage::control::State,
+        start_seq: u64,
+        generation: u16,
+    ) -> Result<Options> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = old
+            .arena
+            .file()
+            .metadata()
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0o600);
+        let base = &self.shared.opts;
+        let table = 8u64 << index::log2cap_for(st0.live_keys.saturating_mul(3) / 2);
+        let estimate = storage::ARENA_START + 2 * crate::log::record::HEADER_LEN + table;
+        let estimate =
+            storage::align_up(estimate.saturating_add(st0.live_bytes), GRANULE).unwrap_or(u64::MAX);
+        let mut o = base
+            .clone()
+            .read_only(false)
+            .create(true)
+            .durability(Durability::None)
+            .mode(mode)
+            .expected_keys(st0.live_keys)
+            .initial_size(estimate);
+        o.lineage = Some(Lineage {
+            hash_seed: old.hash_seed,
+            crc_salt: old.salt,
+            seq_gen: seq_gen(start_seq, generation),
+            generation: generation as u32,
+        });
+        Ok(o)
+    }
+}
+
+/// Replay the old log's commits in `[from, to)` into `new`, one commit for
+/// one commit. Returns how many.
+fn replay(old: &Inner, new: &Inner, from: u64, to: u64) -> Result<u64> {
+    if to <= from {
+        return Ok(0);
+    }
+    if !old.within_file(to) {
+        return Err(old.corrupt(to, "log tail past the end of the file"));
+    }
+    let mut sc = Scanner::new(&old.arena, old.salt, from, to, None);
+    let mut n = 0;
+    // One hold of the new file's writer lock for the whole round (nobody
+    // else writes the new file; this only saves the lock traffic).
+    let mut nw = new.lock_writer()?;
+    while sc.pos() < to {
+        match sc.next_item() {
+            Ok(Item::Commit {
+                records, seq_gen, ..
+            }) => {
+                let mut bufs = Vec::with_capacity(records.len());
+                for r in &records {
+                    if r.header.kind == KIND_PUT {
+                        let b = old.read_record(r.off, &r.header)?;
+                        bufs.push((true, r.header.key_len as usize, b));
+                    } else {
+                        bufs.push((false, 0, old.read_key(r.off, &r.header)?));
+                    }
+                }
+                let ops: Vec<Op<'_>> = bufs
+                    .iter()
+                    .map(|(put, kl, b)| {
+                        if *put {
+                            Op::Put(&b[..*kl], &b[*kl..])
+                        } else {
+                            Op::Del(b)
+                        }
+                    })
+                    .collect();
+                let expect = seq_of(seq_gen);
+                let next = seq_of(nw.st.seq_gen) + 1;
+                if next != expect {
+                    return Err(old.corrupt(
+                        sc.pos(),
+                        format!("compaction: commit {expect} would become {next} in the new file"),
+                    ));
+                }
+                new.commit_locked(&mut nw, &ops)?;
+                n += 1;
+            }
+            Ok(Item::Index { .. }) => {}
+            Err(stop) => {
+                return Err(old.corrupt(stop.bad, format!("compaction catch-up: {}", stop.why)))
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Close and delete an unfinished new file.
+fn discard(new: Inner, tmp: &Path) {
+    new.closed.store(true, Ordering::Release);
+    drop(new);
+    let _ = std::fs::remove_file(tmp);
+}
+
+fn io_err(path: &Path, op: &'static str, source: std::io::Error) -> Error {
+    Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The hidden name of a compaction's new file: `.NAME.mapkv-compact-PID-R`
+/// next to the store.
+fn temp_name(path: &Path) -> PathBuf {
+    let (dir, name) = dir_and_name(path);
+    dir.join(format!(
+        ".{name}.mapkv-compact-{}-{:x}",
+        std::process::id(),
+        storage::file::random_u64()
+    ))
+}
+
+fn dir_and_name(path: &Path) -> (PathBuf, String) {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (dir, name)
+}
+
+/// Remove new files of compactions that did not finish. Only called with
+/// the compaction lock held (so no compaction of this store is running);
+/// a leftover is only removed if nobody has it locked.
+pub(crate) fn remove_leftovers(path: &Path) {
+    let (dir, name) = dir_and_name(path);
+    let prefix = format!(".{name}.mapkv-compact-");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// The compaction lock, held.
+struct CompactLock {
+    inner: Arc<Inner>,
+}
+
+impl CompactLock {
+    fn take(inner: &Arc<Inner>) -> Result<CompactLock> {
+        match storage::file::compact_lock(inner.arena.file(), true) {
+            Ok(true) => Ok(CompactLock {
+                inner: inner.clone(),
+            }),
+            Ok(false) => Err(Error::Locked {
+                path: inner.path.clone(),
+                detail: "another compaction of this store is running",
+            }),
+            Err(source) => Err(io_err(&inner.path, "take the compaction lock", source)),
+        }
+    }
+}
+
+impl Drop for CompactLock {
+    fn drop(&mut self) {
+        let _ = storage::file::compact_lock(self.inner.arena.file(), false);
+    }
+}
