@@ -36,6 +36,15 @@ fn assert_model(db: &Db, model: &HashMap<Vec<u8>, Vec<u8>>, what: &str) {
     assert_eq!(n, model.len(), "{what}: iter count");
 }
 
+/// No hidden leftovers (unfinished compaction files) next to the store.
+fn assert_only_the_store(path: &std::path::Path) {
+    let names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["test.mapkv"], "{names:?}");
+}
+
 #[test]
 fn compaction_at_random_points_never_loses_a_live_entry() {
     let s = seed("compact_model");
@@ -92,12 +101,7 @@ fn compaction_at_random_points_never_loses_a_live_entry() {
     assert_eq!(db.stats().opened, OpenKind::Clean);
     assert_model(&db, &model, "reopened");
     db.check().unwrap();
-    // No hidden leftovers next to the store.
-    let names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(names, ["test.mapkv"], "{names:?}");
+    assert_only_the_store(&path);
 }
 
 #[test]
@@ -289,12 +293,7 @@ fn failure_before_the_rename_leaves_the_old_store_intact_and_usable() {
     assert_eq!(std::fs::metadata(&path).unwrap().len(), r.len_after);
     assert_eq!(db.get(b"after").unwrap().as_deref(), Some(&b"failure"[..]));
     db.check().unwrap();
-    // Only the store is left in the directory.
-    let names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(names, ["test.mapkv"], "{names:?}");
+    assert_only_the_store(&path);
 }
 
 #[test]
