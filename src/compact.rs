@@ -13,12 +13,14 @@
 //! 4. Catch up without any lock: replay the commits past `T0` from the old
 //!    log into the new file, commit for commit (same sequence numbers), in
 //!    rounds, until little is left.
-//! 5. Take the old store's writer lock (writers everywhere now wait; readers
-//!    do not), replay the last commits, make the new file durable (msync,
-//!    fsync, synced meta), mark the old control block MOVING, rename the new
-//!    file over the store's name, sync the directory, mark it MOVED, wake
-//!    every waiter, release the lock. This is the writers' pause.
-//! 6. Handles follow on their next operation: the old control block says
+//! 5. Make the new file durable (msync, fsync, synced meta) and cut its
+//!    preallocated tail, still without any lock.
+//! 6. Take the old store's writer lock (writers everywhere now wait; readers
+//!    do not), replay the last commits and sync them, mark the old control
+//!    block MOVING, rename the new file over the store's name, sync the
+//!    directory, mark it MOVED, wake every waiter, release the lock. This is
+//!    the writers' pause.
+//! 7. Handles follow on their next operation: the old control block says
 //!    MOVED (or MOVING, and the name already points elsewhere), so they open
 //!    the new file, joining the store there. The old file's pages stay
 //!    mapped while a reader in this process uses them, and its disk space
@@ -188,6 +190,12 @@ impl Db {
                 caught_up += replay(&old, &new, pos, t)?;
                 pos = t;
             }
+            // Make everything so far durable (and cut the preallocated
+            // tail) before taking the lock, so that the pause only syncs
+            // the last few commits.
+            let mut nw = new.lock_writer()?;
+            new.commit_meta(&mut nw, false)?;
+            new.trim_to_tail(&mut nw, 0)?;
             Ok((pos, caught_up))
         })();
         let (pos, mut caught_up) = match result {
@@ -198,6 +206,10 @@ impl Db {
             }
         };
 
+        // The file was cut to its tail: let the last commits grow it by
+        // granules rather than by doubling.
+        let growth_step = new.growth_step;
+        new.growth_step = GRANULE;
         // The pause: writers everywhere wait from here to the release.
         let paused = Instant::now();
         let wg = match old.lock_writer() {
@@ -210,11 +222,10 @@ impl Db {
         let finish = (|| {
             caught_up += replay(&old, &new, pos, wg.st.tail)?;
             {
-                // Durable, and no longer than it needs to be (nobody else
-                // knows the new file yet, so it may be cut).
+                // The last commits durable too (one msync, an fsync only if
+                // they made the file grow, and the meta).
                 let mut nw = new.lock_writer()?;
                 new.commit_meta(&mut nw, false)?;
-                new.trim_to_tail(&mut nw, 0)?;
             }
             let fire = |phase| testing::fire(&self.shared.path, IoOp::Rename, phase);
             fire(Phase::Before).map_err(|source| io_err(&old.path, "rename", source))?;
@@ -244,6 +255,7 @@ impl Db {
             }));
         }
         // Ours now. The old store is finished: never close it as ours.
+        new.growth_step = growth_step;
         new.path = self.shared.path.clone();
         new.arena.set_path(&self.shared.path);
         old.closed.store(true, Ordering::Release);

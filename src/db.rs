@@ -189,7 +189,7 @@ pub(crate) struct Inner {
     pub(crate) salt: u32,
     durability: Durability,
     pub(crate) read_only: bool,
-    growth_step: u64,
+    pub(crate) growth_step: u64,
     max_size: u64,
     writer: Mutex<Writer>,
     /// Whether writes take the cross-process writer mutex (read-write
