@@ -120,7 +120,7 @@ fn main() {
                 let v = other.get(key(i)).unwrap();
                 worst = worst.max(t.elapsed());
                 assert!(v.is_some());
-                i = (i + 2 * 7919) % n | 1;
+                i = ((i + 2 * 7919) % n) | 1;
                 reads += 1;
             }
             (worst, reads)
