@@ -412,16 +412,19 @@ fn dir_and_name(path: &Path) -> (PathBuf, String) {
 }
 
 /// Remove new files of compactions that did not finish. Only called with
-/// the compaction lock held (so no compaction of this store is running);
-/// a leftover is only removed if nobody has it locked.
+/// the compaction lock held, or by an opener that is alone on the store
+/// (a running compaction keeps the store open), so none is in use.
 pub(crate) fn remove_leftovers(path: &Path) {
     let (dir, name) = dir_and_name(path);
+    // The new file, and the temporary file it is created under first.
     let prefix = format!(".{name}.mapkv-compact-");
+    let creating = format!("..{name}.mapkv-compact-");
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return;
     };
     for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with(&prefix) {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&prefix) || n.starts_with(&creating) {
             let _ = std::fs::remove_file(e.path());
         }
     }

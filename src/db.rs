@@ -1283,6 +1283,9 @@ impl Inner {
             // block matches its meta: share the live mapping.
             OpenKind::Clean
         } else {
+            // Alone, so no compaction of this store is running anywhere: a
+            // new file left by one that crashed is garbage.
+            crate::compact::remove_leftovers(path);
             let mut w = inner.writer.lock();
             let opened = recovery::recover(&inner, &mut w, &meta, boot_id)?;
             // Clear the clean flag, and record this boot and the new

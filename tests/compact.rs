@@ -425,6 +425,9 @@ fn compactor_killed_at_any_moment_leaves_a_complete_store() {
         drop(db);
     }
     eprintln!("{kills} kills of a compacting process, MAPKV_SEED={s}");
+    // The new files of killed compactions were removed by the opens above
+    // (each was alone on the store).
+    assert_only_the_store(&path);
 }
 
 /// Child for the multi-process test: read and write until stdin closes;
