@@ -49,6 +49,22 @@ use crate::testing::{self, IoOp, Phase};
 use crate::{Db, Durability, Error, Options, Result};
 
 /// What [`Db::compact`] did.
+///
+/// # Examples
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let db = mapkv::Db::open(dir.path().join("cr.mapkv"))?;
+/// db.insert(b"k", b"old")?;
+/// db.insert(b"k", b"new")?; // "old" is now dead space
+/// let r = db.compact()?;
+/// assert_eq!(r.keys, 1);
+/// println!(
+///     "{} -> {} bytes in {:?}, writers paused {:?}",
+///     r.len_before, r.len_after, r.duration, r.writer_pause
+/// );
+/// # Ok::<(), mapkv::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct CompactReport {
@@ -120,6 +136,20 @@ impl Db {
 
     /// [`compact`](Db::compact), calling `progress(copied, total)` as
     /// entries are copied (for a progress bar).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("cp.mapkv"))?;
+    /// for i in 0..5_000u32 {
+    ///     db.insert(i.to_le_bytes(), b"v")?;
+    /// }
+    /// let mut last = (0, 0);
+    /// db.compact_with_progress(&mut |done, total| last = (done, total))?;
+    /// assert_eq!(last, (5_000, 5_000));
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn compact_with_progress(
         &self,
         progress: &mut dyn FnMut(u64, u64),

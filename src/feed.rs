@@ -7,6 +7,23 @@ use crate::storage::ARENA_START;
 use crate::{Db, Error, Result, Value};
 
 /// One operation of a [`Commit`], read back from the log.
+///
+/// # Examples
+///
+/// ```
+/// use mapkv::Change;
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let db = mapkv::Db::open(dir.path().join("ch.mapkv"))?;
+/// let pos = db.log_position();
+/// db.insert(b"k", b"v")?;
+/// let (commits, _) = db.changes_after(pos, 10)?;
+/// match &commits[0].changes[0] {
+///     Change::Put { key, value } => assert_eq!((&key[..], &value[..]), (&b"k"[..], &b"v"[..])),
+///     Change::Remove { key } => panic!("unexpected removal of {key:?}"),
+///     _ => unreachable!("a change kind added after this example"),
+/// }
+/// # Ok::<(), mapkv::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Change {
@@ -26,6 +43,17 @@ pub enum Change {
 
 impl Change {
     /// The key this change is about.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("chk.mapkv"))?;
+    /// let pos = db.log_position();
+    /// db.insert(b"k", b"v")?;
+    /// db.remove(b"k")?;
+    /// let (commits, _) = db.changes_after(pos, 10)?;
+    /// assert!(commits.iter().all(|c| c.changes[0].key() == b"k"));
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn key(&self) -> &[u8] {
         match self {
             Change::Put { key, .. } | Change::Remove { key } => key,
@@ -37,6 +65,19 @@ impl Change {
 /// [`Db::changes_after`]. It names the file too: after a compaction moved
 /// the store to a new file, old positions are refused
 /// ([`Error::BadPosition`]).
+///
+/// # Examples
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let db = mapkv::Db::open(dir.path().join("lpo.mapkv"))?;
+/// let a = db.log_position();
+/// db.insert(b"k", b"v")?;
+/// let b = db.log_position();
+/// assert!(b.offset() > a.offset());
+/// assert_ne!(a, b);
+/// # Ok::<(), mapkv::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LogPosition {
     file: (u64, u64),
@@ -45,6 +86,13 @@ pub struct LogPosition {
 
 impl LogPosition {
     /// The byte offset in the store's file.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("lpf.mapkv"))?;
+    /// assert!(db.log_position().offset() <= db.stats().file_len);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn offset(&self) -> u64 {
         self.offset
     }
@@ -52,6 +100,22 @@ impl LogPosition {
 
 /// A commit read back by [`Db::changes_after`]: its sequence number (as
 /// [`Db::commit_seq`] counts) and its operations, in the order written.
+///
+/// # Examples
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let db = mapkv::Db::open(dir.path().join("cm.mapkv"))?;
+/// let pos = db.log_position();
+/// let mut b = db.batch();
+/// b.insert(b"a", b"1").insert(b"b", b"2");
+/// b.commit()?;
+/// let (commits, _) = db.changes_after(pos, 10)?;
+/// assert_eq!(commits.len(), 1); // one batch, one commit
+/// assert_eq!(commits[0].seq, db.commit_seq());
+/// assert_eq!(commits[0].changes.len(), 2);
+/// # Ok::<(), mapkv::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Commit {

@@ -36,6 +36,15 @@ pub struct ReadView<'a> {
 
 impl ReadView<'_> {
     /// Like [`Db::get`].
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("rvg.mapkv"))?;
+    /// db.insert(b"a", b"1")?;
+    /// let v = db.read_consistent(|view| view.get(b"a"))?;
+    /// assert_eq!(v.as_deref(), Some(&b"1"[..]));
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
         let mut buf = Vec::new();
         Ok(self
@@ -45,11 +54,33 @@ impl ReadView<'_> {
     }
 
     /// Like [`Db::contains_key`].
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("rvc.mapkv"))?;
+    /// db.insert(b"a", b"1")?;
+    /// let both = db.read_consistent(|v| Ok(v.contains_key(b"a")? && v.contains_key(b"b")?))?;
+    /// assert!(!both);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool> {
         Ok(self.inner.lookup(key.as_ref())?.is_some())
     }
 
     /// Like [`Db::get_pod`].
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("rvp.mapkv"))?;
+    /// let mut b = db.batch();
+    /// b.insert(b"x", 3u64.to_ne_bytes()).insert(b"y", 4u64.to_ne_bytes());
+    /// b.commit()?;
+    /// let sum = db.read_consistent(|v| {
+    ///     Ok(v.get_pod::<u64>(b"x")?.unwrap_or(0) + v.get_pod::<u64>(b"y")?.unwrap_or(0))
+    /// })?;
+    /// assert_eq!(sum, 7);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn get_pod<T: Pod>(&self, key: impl AsRef<[u8]>) -> Result<Option<T>> {
         get_pod_from(self.inner, key.as_ref())
     }

@@ -5,7 +5,7 @@
 //! reopen the store, continue on a copy of the open file (what a killed
 //! process leaves: `CrashReopen`), do the same as if the machine had
 //! rebooted (`Reboot`: another `MAPKV_BOOT_ID`, so the index is rebuilt from
-//! the log), or open such a copy read-only. Nothing acknowledged may be
+//! the log), open such a copy read-only, or compact the store. Nothing acknowledged may be
 //! lost by any of these (the copy holds the whole page cache), so the model
 //! stays exact. Every reopen is followed by a full comparison and
 //! `Db::check`. Any mismatch or unexpected error panics.
@@ -95,6 +95,8 @@ enum Op {
         key: u8,
         byte: u8,
     },
+    /// Compact the store into a new file (the handle follows it).
+    Compact,
 }
 
 /// The u8 key space, mapped to keys of different lengths (0 to 300 bytes;
@@ -262,6 +264,12 @@ impl Harness {
             }
             Op::Flush => {
                 self.db().flush().expect("flush");
+            }
+            Op::Compact => {
+                let r = self.db().compact().expect("compact");
+                assert_eq!(r.keys, self.model.len() as u64, "compact: keys");
+                self.verify_all("after compact");
+                self.db().check().expect("check after compact");
             }
             Op::Reopen => {
                 self.db.take().unwrap().close().expect("close");
