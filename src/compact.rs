@@ -285,7 +285,9 @@ impl Db {
             }));
         }
         // Ours now. The old store is finished: never close it as ours.
+        // It was built unsynced; from now on it has the handle's durability.
         new.growth_step = growth_step;
+        new.durability = self.shared.opts.durability;
         new.path = self.shared.path.clone();
         new.arena.set_path(&self.shared.path);
         old.closed.store(true, Ordering::Release);

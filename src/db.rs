@@ -187,7 +187,7 @@ pub(crate) struct Inner {
     pub(crate) arena: Arena,
     pub(crate) hash_seed: u64,
     pub(crate) salt: u32,
-    durability: Durability,
+    pub(crate) durability: Durability,
     pub(crate) read_only: bool,
     pub(crate) growth_step: u64,
     max_size: u64,

@@ -2012,3 +2012,71 @@ fn read_only_handle_follows_writer_process() {
         db.stats().file_len >> 10
     );
 }
+
+#[test]
+fn zz_scratch_durability_after_compact() {
+    use std::sync::atomic::AtomicU64;
+    let (_dir, path) = common::store();
+    let db = Options::new().durability(Durability::Sync).open(&path).unwrap();
+    let syncs = Arc::new(AtomicU64::new(0));
+    let s2 = syncs.clone();
+    let _g = mapkv::testing::add_io_hook(Arc::new(move |_p, op, ph| {
+        if ph == mapkv::testing::Phase::After
+            && matches!(op, mapkv::testing::IoOp::Msync { .. } | mapkv::testing::IoOp::Fsync)
+        {
+            s2.fetch_add(1, Ordering::SeqCst);
+        }
+        None
+    }));
+    for i in 0..100u32 { db.insert(i.to_le_bytes(), b"v").unwrap(); }
+    let before = syncs.swap(0, Ordering::SeqCst);
+    let st = db.stats();
+    eprintln!("before compact: 100 inserts -> {before} syncs; tail {} durable_tail {}", st.tail, st.durable_tail);
+    db.compact().unwrap();
+    syncs.store(0, Ordering::SeqCst);
+    for i in 0..100u32 { db.insert(i.to_le_bytes(), b"w").unwrap(); }
+    let after = syncs.swap(0, Ordering::SeqCst);
+    let st = db.stats();
+    eprintln!("after compact: 100 inserts -> {after} syncs; tail {} durable_tail {}", st.tail, st.durable_tail);
+    // A second handle opened Sync afresh
+    let db2 = Options::new().durability(Durability::Sync).open(&path).unwrap();
+    for i in 0..100u32 { db2.insert(i.to_le_bytes(), b"x").unwrap(); }
+    let other = syncs.swap(0, Ordering::SeqCst);
+    eprintln!("fresh Sync handle: 100 inserts -> {other} syncs");
+}
+
+#[test]
+fn zz_scratch_clones_compact_concurrently() {
+    let (_dir, path) = common::store();
+    let db = Db::open(&path).unwrap();
+    for i in 0..20_000u32 { db.insert(i.to_le_bytes(), [1u8; 100]).unwrap(); }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut hs = Vec::new();
+    for t in 0..2 {
+        let db = db.clone();
+        let stop = stop.clone();
+        hs.push(std::thread::spawn(move || {
+            let (mut ok, mut locked, mut other) = (0, 0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match db.compact() {
+                    Ok(_) => ok += 1,
+                    Err(Error::Locked { .. }) => locked += 1,
+                    Err(e) => other.push(format!("{e:?}")),
+                }
+            }
+            eprintln!("thread {t}: ok {ok} locked {locked} other {}: {:?}", other.len(), other.iter().take(3).collect::<Vec<_>>());
+        }));
+    }
+    let w = db.clone();
+    let t = Instant::now();
+    let mut n = 0u32;
+    while t.elapsed() < Duration::from_secs(3) {
+        w.insert((n % 20_000).to_le_bytes(), [2u8; 100]).unwrap();
+        n += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in hs { h.join().unwrap(); }
+    db.check().unwrap();
+    let names: Vec<String> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    eprintln!("{n} inserts; dir {names:?}");
+}
