@@ -154,6 +154,21 @@ impl Db {
         &self,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<CompactReport> {
+        // If another compaction moved the store meanwhile, start over on
+        // the new file.
+        for _ in 0..5 {
+            match self.compact_once(progress) {
+                Err(Error::Moved) => continue,
+                r => return r,
+            }
+        }
+        Err(Error::Locked {
+            path: self.shared.path.clone(),
+            detail: "other compactions kept moving the store to new files",
+        })
+    }
+
+    fn compact_once(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<CompactReport> {
         let started = Instant::now();
         let old = arc_swap::Guard::into_inner(self.inner());
         if old.read_only {
@@ -163,6 +178,12 @@ impl Db {
         }
         old.check_writable()?;
         let lock = CompactLock::take(&old)?;
+        if !old.is_current() {
+            // Another compaction finished just before we took the lock.
+            drop(lock);
+            self.shared.follow(&old);
+            return Err(Error::Moved);
+        }
         remove_leftovers(&self.shared.path);
         let c = old.control()?;
         let (st0, _) = c.snapshot(1_000_000);

@@ -1057,7 +1057,12 @@ impl Inner {
         }
         self.check_writable()?;
         let left = {
-            let mut w = self.lock_writer()?;
+            let mut w = match self.lock_writer() {
+                // A compaction moved the store to a new file, which this
+                // handle never joined: nothing of ours to close.
+                Err(Error::Moved) => return Ok(()),
+                r => r?,
+            };
             let c = self.control()?;
             let left = c.writers().load(Ordering::Acquire).saturating_sub(1);
             c.writers().store(left, Ordering::Release);
@@ -1183,7 +1188,22 @@ impl Db {
     }
 
     pub(crate) fn open_with(path: &Path, opts: Options) -> Result<Db> {
-        let inner = Inner::open(path, opts.clone())?;
+        // A compaction may finish (rename the store) while we join the old
+        // file: then open the name again.
+        let mut tries = 0;
+        let inner = loop {
+            match Inner::open(path, opts.clone()) {
+                Err(Error::Moved) if tries < MAX_FOLLOWS => tries += 1,
+                Err(Error::Moved) => {
+                    return Err(Error::Corrupted {
+                        path: path.to_path_buf(),
+                        offset: CONTROL_OFFSET,
+                        what: "the store keeps saying it moved to a new file".into(),
+                    })
+                }
+                r => break r?,
+            }
+        };
         Ok(Db {
             shared: Arc::new(Shared {
                 current: ArcSwap::from_pointee(inner),

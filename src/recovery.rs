@@ -497,11 +497,20 @@ pub(crate) fn live_meta_is_clean(inner: &Inner) -> bool {
 pub(crate) fn join(inner: &Inner) -> Result<()> {
     let _ = inner.arena.refresh();
     let c = inner.control()?;
-    if c.magic() != CONTROL_MAGIC {
-        return Err(inner.corrupt(
-            crate::storage::CONTROL_OFFSET,
-            "the store is open in another process, but its control block is not initialised",
-        ));
+    match c.magic() {
+        CONTROL_MAGIC => {}
+        // A compaction has moved the store to a new file under the same
+        // name since we opened it: the caller opens the name again.
+        crate::storage::control::MOVED_MAGIC => return Err(Error::Moved),
+        // One is moving it right now: this file is still valid to read, and
+        // the first operation follows once the rename is done.
+        crate::storage::control::MOVING_MAGIC => {}
+        _ => {
+            return Err(inner.corrupt(
+                crate::storage::CONTROL_OFFSET,
+                "the store is open in another process, but its control block is not initialised",
+            ))
+        }
     }
     inner.table()?;
     Ok(())

@@ -537,3 +537,51 @@ fn processes_keep_reading_and_writing_through_compactions() {
         }
     }
 }
+
+#[test]
+fn opening_and_closing_while_compactions_move_the_store() {
+    let (_d, path) = store();
+    let a = Db::open(&path).unwrap();
+    for i in 0..2_000u64 {
+        a.insert(i.to_le_bytes(), self_checking(i, 0, 64)).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let compactor = {
+        let (a, stop, done) = (a.clone(), stop.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                a.compact().unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            done.load(Ordering::Relaxed)
+        })
+    };
+    let mut opens = 0;
+    // Until 30 compactions happened while we kept opening (bounded).
+    for round in 0..50_000u64 {
+        if done.load(Ordering::Relaxed) >= 30 {
+            break;
+        }
+        let h = if round % 3 == 0 {
+            Options::new().read_only(true).open(&path).unwrap()
+        } else {
+            Db::open(&path).unwrap()
+        };
+        let i = round % 2_000;
+        let v = h.get(i.to_le_bytes()).unwrap().expect("present");
+        assert_eq!(check_self(&v).unwrap().0, i);
+        if round % 3 != 0 {
+            h.insert(i.to_le_bytes(), self_checking(i, round, 64))
+                .unwrap();
+        }
+        h.close().unwrap();
+        opens += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let n = compactor.join().unwrap();
+    eprintln!("{opens} opens and closes during {n} compactions");
+    assert!(n >= 30, "{n} compactions in {opens} opens");
+    a.check().unwrap();
+    assert_eq!(a.len(), 2_000);
+}
