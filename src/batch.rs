@@ -1,6 +1,7 @@
 //! Atomic batches of writes.
 
 use crate::db::Op;
+use crate::log::record::TTL_LEN;
 use crate::{Db, Error, Result};
 
 /// Writes that become visible, and durable, together.
@@ -24,7 +25,8 @@ use crate::{Db, Error, Result};
 pub struct Batch {
     db: Db,
     bytes: Vec<u8>,
-    ops: Vec<(bool, usize, usize, usize)>,
+    /// (put, start, key length, value length, expiry or 0)
+    ops: Vec<(bool, usize, usize, usize, u64)>,
     error: Option<Error>,
 }
 
@@ -38,7 +40,7 @@ impl Batch {
         }
     }
 
-    fn push(&mut self, put: bool, key: &[u8], value: &[u8]) {
+    fn push(&mut self, put: bool, key: &[u8], value: &[u8], expires: u64) {
         if self.error.is_some() {
             return;
         }
@@ -49,17 +51,18 @@ impl Batch {
             });
             return;
         }
-        if value.len() > crate::MAX_VALUE_LEN {
+        let max = crate::MAX_VALUE_LEN - if expires > 0 { TTL_LEN } else { 0 };
+        if value.len() > max {
             self.error = Some(Error::ValueTooLarge {
                 len: value.len(),
-                max: crate::MAX_VALUE_LEN,
+                max,
             });
             return;
         }
         let start = self.bytes.len();
         self.bytes.extend_from_slice(key);
         self.bytes.extend_from_slice(value);
-        self.ops.push((put, start, key.len(), value.len()));
+        self.ops.push((put, start, key.len(), value.len(), expires));
     }
 
     /// Insert or overwrite `key` when the batch commits. A key or value over
@@ -83,7 +86,34 @@ impl Batch {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut Batch {
-        self.push(true, key.as_ref(), value.as_ref());
+        self.push(true, key.as_ref(), value.as_ref(), 0);
+        self
+    }
+
+    /// Insert or overwrite `key` with an expiry, like
+    /// [`Db::insert_with_ttl`]; the `ttl` counts from this call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("bt.mapkv"))?;
+    /// let mut b = db.batch();
+    /// b.insert(b"user", b"ada")
+    ///     .insert_with_ttl(b"user:lock", b"held", Duration::from_secs(30));
+    /// b.commit()?;
+    /// assert!(db.contains_key(b"user:lock")?);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn insert_with_ttl(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        ttl: std::time::Duration,
+    ) -> &mut Batch {
+        let at = crate::db::expiry_after(ttl);
+        self.push(true, key.as_ref(), value.as_ref(), at);
         self
     }
 
@@ -102,7 +132,7 @@ impl Batch {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn remove(&mut self, key: impl AsRef<[u8]>) -> &mut Batch {
-        self.push(false, key.as_ref(), &[]);
+        self.push(false, key.as_ref(), &[], 0);
         self
     }
 
@@ -169,12 +199,13 @@ impl Batch {
         let ops: Vec<Op<'_>> = self
             .ops
             .iter()
-            .map(|&(put, s, k, v)| {
+            .map(|&(put, s, k, v, expires)| {
                 let key = &self.bytes[s..s + k];
-                if put {
-                    Op::Put(key, &self.bytes[s + k..s + k + v])
-                } else {
-                    Op::Del(key)
+                let value = &self.bytes[s + k..s + k + v];
+                match (put, expires) {
+                    (true, 0) => Op::Put(key, value),
+                    (true, at) => Op::PutTtl(key, value, at),
+                    (false, _) => Op::Del(key),
                 }
             })
             .collect();

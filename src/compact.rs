@@ -38,9 +38,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::db::{Inner, Op};
+use crate::db::{expiry_of, now_ms, Inner, Op};
 use crate::index;
-use crate::log::record::{seq_gen, seq_of, KIND_PUT};
+use crate::log::record::{seq_gen, seq_of, Header, HEADER_LEN, KIND_PUT, TTL_LEN};
 use crate::log::{Item, Scanner};
 use crate::options::Lineage;
 use crate::storage::control::{MOVED_MAGIC, MOVING_MAGIC};
@@ -76,6 +76,9 @@ pub struct CompactReport {
     pub len_after: u64,
     /// Bytes of live records after.
     pub live_bytes: u64,
+    /// Entries left behind because they had expired
+    /// ([`Db::insert_with_ttl`]).
+    pub expired: u64,
     /// Commits replayed from the old log because they landed while the
     /// compaction ran.
     pub caught_up: u64,
@@ -154,6 +157,12 @@ impl Db {
         &self,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<CompactReport> {
+        let Some(_one) = self.shared.compacting.try_lock() else {
+            return Err(Error::Locked {
+                path: self.shared.path.clone(),
+                detail: "another compaction of this store is running",
+            });
+        };
         // If another compaction moved the store meanwhile, start over on
         // the new file.
         for _ in 0..5 {
@@ -189,9 +198,26 @@ impl Db {
         let (st0, _) = c.snapshot(1_000_000);
         let len_before = old.arena.len();
 
-        // Live record offsets of the current table, as of now.
+        // Live record offsets of the current table, as of now; entries that
+        // have expired are left behind (that is their space coming back).
         let (t, _) = old.table_at(st0.index_desc)?;
-        let offsets: Vec<u64> = t.live_words().map(index::word_offset).collect();
+        let now = now_ms();
+        let mut offsets = Vec::with_capacity(st0.live_keys as usize);
+        let mut expired = 0u64;
+        for off in t.live_words().map(index::word_offset) {
+            let h = old.header_at(off)?;
+            if h.has_ttl() {
+                let mut at = [0u8; TTL_LEN];
+                old.arena
+                    .read(off + HEADER_LEN + h.key_len as u64, &mut at)
+                    .map_err(|_| old.corrupt(off, "record runs past the end of the file"))?;
+                if expiry_of(&at) <= now {
+                    expired += 1;
+                    continue;
+                }
+            }
+            offsets.push(off);
+        }
         let n = offsets.len() as u64;
         let s0 = seq_of(st0.seq_gen);
         // The copied entries are commits S0-K+1 ..= S0 of the new file.
@@ -220,12 +246,9 @@ impl Db {
                     if h.kind != KIND_PUT {
                         return Err(old.corrupt(off, "live slot points at a non-put record"));
                     }
-                    bufs.push((h.key_len as usize, old.read_record(off, &h)?));
+                    bufs.push((h, old.read_record(off, &h)?));
                 }
-                let ops: Vec<Op<'_>> = bufs
-                    .iter()
-                    .map(|(kl, b)| Op::Put(&b[..*kl], &b[*kl..]))
-                    .collect();
+                let ops: Vec<Op<'_>> = bufs.iter().map(|(h, b)| put_op(h, b)).collect();
                 new.commit(&ops)?;
                 copied += chunk.len() as u64;
                 progress(copied, n);
@@ -322,6 +345,7 @@ impl Db {
             len_before,
             len_after,
             live_bytes: st1.live_bytes,
+            expired,
             caught_up,
             writer_pause,
             duration: started.elapsed(),
@@ -389,17 +413,16 @@ fn replay(old: &Inner, new: &Inner, from: u64, to: u64) -> Result<u64> {
                 let mut bufs = Vec::with_capacity(records.len());
                 for r in &records {
                     if r.header.kind == KIND_PUT {
-                        let b = old.read_record(r.off, &r.header)?;
-                        bufs.push((true, r.header.key_len as usize, b));
+                        bufs.push((r.header, old.read_record(r.off, &r.header)?));
                     } else {
-                        bufs.push((false, 0, old.read_key(r.off, &r.header)?));
+                        bufs.push((r.header, old.read_key(r.off, &r.header)?));
                     }
                 }
                 let ops: Vec<Op<'_>> = bufs
                     .iter()
-                    .map(|(put, kl, b)| {
-                        if *put {
-                            Op::Put(&b[..*kl], &b[*kl..])
+                    .map(|(h, b)| {
+                        if h.kind == KIND_PUT {
+                            put_op(h, b)
                         } else {
                             Op::Del(b)
                         }
@@ -423,6 +446,17 @@ fn replay(old: &Inner, new: &Inner, from: u64, to: u64) -> Result<u64> {
         }
     }
     Ok(n)
+}
+
+/// The put that re-creates the record `h` (key and value area in `b`),
+/// expiry included.
+fn put_op<'a>(h: &Header, b: &'a [u8]) -> Op<'a> {
+    let kl = h.key_len as usize;
+    if h.has_ttl() && b.len() >= kl + TTL_LEN {
+        Op::PutTtl(&b[..kl], &b[kl + TTL_LEN..], expiry_of(&b[kl..]))
+    } else {
+        Op::Put(&b[..kl], &b[kl..])
+    }
 }
 
 /// Close and delete an unfinished new file.

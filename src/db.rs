@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use crate::index::{self, Desc, Table, TableFull};
 use crate::log::record::{
     self, record_len, seq_gen, seq_of, BodyCrc, Header, HEADER_LEN, KIND_DEL, KIND_PUT,
-    MAX_KEY_LEN, MAX_VALUE_LEN,
+    MAX_KEY_LEN, MAX_VALUE_LEN, TTL_LEN,
 };
 use crate::options::{Durability, Options};
 use crate::recovery;
@@ -65,6 +65,10 @@ pub(crate) struct Shared {
     follow: Mutex<()>,
     /// An automatic compaction is running in this process.
     auto_compacting: Arc<AtomicBool>,
+    /// Held while a compaction through this handle (or a clone) runs: the
+    /// cross-process compaction lock is per open file description, which
+    /// clones share, so it cannot tell them apart.
+    pub(crate) compacting: Mutex<()>,
 }
 
 /// How many times an operation follows the store to a new file before it
@@ -207,6 +211,9 @@ pub(crate) struct Inner {
     opened: OpenKind,
     /// Device and inode of the file: tells whether the path still names it.
     pub(crate) file_id: (u64, u64),
+    /// The meta's random file nonce: with `file_id`, names this file even
+    /// after its inode number is reused by a later file.
+    pub(crate) file_nonce: u32,
 }
 
 /// The writer's view of the store, valid while the writer lock is held:
@@ -272,21 +279,70 @@ impl Drop for WriteGuard<'_> {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Op<'a> {
     Put(&'a [u8], &'a [u8]),
+    /// A put that expires at the given time (ms since the Unix epoch).
+    PutTtl(&'a [u8], &'a [u8], u64),
     Del(&'a [u8]),
 }
 
 impl Op<'_> {
     fn key(&self) -> &[u8] {
         match self {
-            Op::Put(k, _) | Op::Del(k) => k,
+            Op::Put(k, _) | Op::PutTtl(k, _, _) | Op::Del(k) => k,
         }
     }
+    /// The caller's value (without an expiry prefix).
     fn value(&self) -> &[u8] {
         match self {
-            Op::Put(_, v) => v,
+            Op::Put(_, v) | Op::PutTtl(_, v, _) => v,
             Op::Del(_) => &[],
         }
     }
+    fn is_put(&self) -> bool {
+        !matches!(self, Op::Del(_))
+    }
+    /// The expiry prefix stored in front of the value, if any.
+    fn prefix(&self) -> Option<[u8; TTL_LEN]> {
+        match self {
+            Op::PutTtl(_, _, at) => Some(at.to_le_bytes()),
+            _ => None,
+        }
+    }
+    /// Bytes of the record's value area (prefix and value).
+    fn stored_len(&self) -> usize {
+        self.value().len() + if self.prefix().is_some() { TTL_LEN } else { 0 }
+    }
+}
+
+/// `buf` holds a key of `klen` bytes and a TTL put's value area: remove the
+/// expiry prefix, leaving key and value. Returns false (and leaves `buf`
+/// alone) if the entry has expired.
+pub(crate) fn strip_ttl(buf: &mut Vec<u8>, klen: usize) -> bool {
+    let at = expiry_of(&buf[klen.min(buf.len())..]);
+    if at <= now_ms() {
+        return false;
+    }
+    buf.drain(klen..(klen + TTL_LEN).min(buf.len()));
+    true
+}
+
+/// The expiry time `ttl` from now.
+pub(crate) fn expiry_after(ttl: std::time::Duration) -> u64 {
+    now_ms().saturating_add(ttl.as_millis().min(u64::MAX as u128) as u64)
+}
+
+/// Milliseconds since the Unix epoch, now (the clock expiry times use).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().min(u64::MAX as u128) as u64)
+}
+
+/// The expiry time of a TTL put, from the first bytes of its value area.
+pub(crate) fn expiry_of(value_area: &[u8]) -> u64 {
+    let mut b = [0u8; TTL_LEN];
+    let n = value_area.len().min(TTL_LEN);
+    b[..n].copy_from_slice(&value_area[..n]);
+    u64::from_le_bytes(b)
 }
 
 /// What [`Db::stats`] reports.
@@ -612,6 +668,7 @@ impl Inner {
     pub(crate) fn fetch(&self, key: &[u8], buf: &mut Vec<u8>) -> Result<Option<usize>> {
         let (t, d) = self.table()?;
         let h = index::hash(self.hash_seed, key);
+        let mut ttl = false;
         let found = t
             .find(h, |off| {
                 // Start all of the record's cache lines loading at once.
@@ -626,13 +683,18 @@ impl Inner {
                     return Ok(false);
                 }
                 self.verify_record(off, &hd, buf)?;
+                ttl = hd.has_ttl();
                 Ok(true)
             })
             .map_err(|e| self.locate(e, d.start))?;
+        if found.is_some() && ttl && !strip_ttl(buf, key.len()) {
+            return Ok(None); // expired: invisible
+        }
         Ok(found.map(|_| key.len()))
     }
 
-    /// Read a key's record: `Some((record offset, header))`.
+    /// Read a key's record: `Some((record offset, header))`; `None` if the
+    /// key is absent or its entry has expired.
     #[inline]
     pub(crate) fn lookup(&self, key: &[u8]) -> Result<Option<(u64, Header)>> {
         let (t, d) = self.table()?;
@@ -644,7 +706,17 @@ impl Inner {
             None => Ok(None),
             Some((_, w)) => {
                 let off = index::word_offset(w);
-                Ok(Some((off, self.header_at(off)?)))
+                let hd = self.header_at(off)?;
+                if hd.has_ttl() {
+                    let mut at = [0u8; TTL_LEN];
+                    self.arena
+                        .read(off + HEADER_LEN + hd.key_len as u64, &mut at)
+                        .map_err(|_| self.corrupt(off, "record runs past the end of the file"))?;
+                    if expiry_of(&at) <= now_ms() {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some((off, hd)))
             }
         }
     }
@@ -833,7 +905,13 @@ impl Inner {
     /// Write, publish and (per durability) sync one commit.
     pub(crate) fn commit(&self, ops: &[Op<'_>]) -> Result<()> {
         for op in ops {
-            check_sizes(op.key(), op.value())?;
+            check_key(op.key())?;
+            if op.stored_len() > MAX_VALUE_LEN {
+                return Err(Error::ValueTooLarge {
+                    len: op.value().len(),
+                    max: MAX_VALUE_LEN - (op.stored_len() - op.value().len()),
+                });
+            }
         }
         self.check_writable()?;
         if ops.is_empty() {
@@ -846,10 +924,10 @@ impl Inner {
     /// `commit` with the writer lock held.
     pub(crate) fn commit_locked(&self, w: &mut Writer, ops: &[Op<'_>]) -> Result<()> {
         self.check_writable()?;
-        let puts = ops.iter().filter(|o| matches!(o, Op::Put(..))).count() as u64;
+        let puts = ops.iter().filter(|o| o.is_put()).count() as u64;
         let total: u64 = ops
             .iter()
-            .map(|o| record_len(o.key().len(), o.value().len()))
+            .map(|o| record_len(o.key().len(), o.stored_len()))
             .sum();
         self.ensure_index_room(w, puts, total)?;
         let start = w.st.tail;
@@ -862,18 +940,17 @@ impl Inner {
         let mut off = start;
         let last = ops.len() - 1;
         for (i, op) in ops.iter().enumerate() {
-            let kind = if matches!(op, Op::Put(..)) {
-                KIND_PUT
-            } else {
-                KIND_DEL
-            };
+            let kind = if op.is_put() { KIND_PUT } else { KIND_DEL };
             let (k, v) = (op.key(), op.value());
-            let h = record::encode(self.salt, off, kind, i == last, k, v, sg);
+            let prefix = op.prefix();
+            let p: &[u8] = prefix.as_ref().map_or(&[], |p| &p[..]);
+            let h = record::encode(self.salt, off, kind, i == last, k, p, v, sg);
             self.write_bytes(off, &h.to_bytes())?;
             self.write_bytes(off + HEADER_LEN, k)?;
-            self.write_bytes(off + HEADER_LEN + k.len() as u64, v)?;
-            let body_end = off + HEADER_LEN + k.len() as u64 + v.len() as u64;
-            let rec_end = off + record_len(k.len(), v.len());
+            self.write_bytes(off + HEADER_LEN + k.len() as u64, p)?;
+            self.write_bytes(off + HEADER_LEN + (k.len() + p.len()) as u64, v)?;
+            let body_end = off + HEADER_LEN + (k.len() + p.len() + v.len()) as u64;
+            let rec_end = off + record_len(k.len(), op.stored_len());
             if rec_end > body_end {
                 self.write_bytes(body_end, &[0u8; 8][..(rec_end - body_end) as usize])?;
             }
@@ -906,20 +983,16 @@ impl Inner {
         for op in ops {
             let k = op.key();
             let h = Header {
-                kind: if matches!(op, Op::Put(..)) {
-                    KIND_PUT
-                } else {
-                    KIND_DEL
-                },
+                kind: if op.is_put() { KIND_PUT } else { KIND_DEL },
                 key_len: k.len() as u16,
-                val_len: op.value().len() as u32,
+                val_len: op.stored_len() as u32,
                 ..Header::from_bytes(&[0; 24])
             };
             if let Err(e) = self.apply(&t, &mut st, off, &h, k) {
                 res = Err(self.locate(e, d.start));
                 break;
             }
-            off += record_len(k.len(), op.value().len());
+            off += record_len(k.len(), op.stored_len());
         }
         // On an error the index may hold part of this commit: leave the
         // control block odd, so that the next open rebuilds the index from
@@ -1020,7 +1093,7 @@ impl Inner {
             tail: w.dur.tail,
             seq_gen: w.dur.seq_gen,
             generation: w.st.generation as u32,
-            reserved0: 0,
+            file_nonce: self.file_nonce,
             index_desc: w.st.index_desc,
             index_used: w.st.index_used,
             live_keys: w.st.live_keys,
@@ -1211,6 +1284,7 @@ impl Db {
                 opts,
                 follow: Mutex::new(()),
                 auto_compacting: Arc::new(AtomicBool::new(false)),
+                compacting: Mutex::new(()),
             }),
         })
     }
@@ -1266,6 +1340,7 @@ impl Inner {
             closed: AtomicBool::new(true),
             opened: OpenKind::Clean,
             file_id,
+            file_nonce: meta.file_nonce,
             arena,
         };
         let ioe = |op: &'static str| {
@@ -1360,6 +1435,41 @@ impl Db {
     pub fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
         let (k, v) = (key.as_ref(), value.as_ref());
         self.write(|i| i.commit(&[Op::Put(k, v)]))
+    }
+
+    /// Insert `key` with `value` for `ttl`: once it has passed, the entry
+    /// is invisible to every read, in every process (`get`, `contains_key`,
+    /// `iter`, ...), and the next compaction drops it. Expiry uses the wall
+    /// clock (`SystemTime`, millisecond precision); a `ttl` of zero expires
+    /// at once. [`len`](Db::len) counts expired entries until a compaction
+    /// or an overwrite removes them. Overwriting the key with `insert`
+    /// makes it permanent again.
+    ///
+    /// # Errors
+    /// As [`insert`](Db::insert).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("ttl.mapkv"))?;
+    /// db.insert_with_ttl(b"session", b"token", Duration::from_secs(3600))?;
+    /// assert_eq!(db.get(b"session")?.as_deref(), Some(&b"token"[..]));
+    /// db.insert_with_ttl(b"flash", b"gone", Duration::ZERO)?; // expires at once
+    /// assert!(db.get(b"flash")?.is_none());
+    /// assert!(!db.contains_key(b"flash")?);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn insert_with_ttl(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        ttl: std::time::Duration,
+    ) -> Result<()> {
+        let (k, v) = (key.as_ref(), value.as_ref());
+        let at = expiry_after(ttl);
+        self.write(|i| i.commit(&[Op::PutTtl(k, v, at)]))
     }
 
     /// The value of `key`, copied out and checksum-verified.

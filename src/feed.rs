@@ -1,7 +1,7 @@
 //! Reading the log back as a feed of commits: what changed, in order, in
 //! any process. `mapkv watch` is built on it.
 
-use crate::log::record::{seq_of, KIND_PUT};
+use crate::log::record::{seq_of, KIND_PUT, TTL_LEN};
 use crate::log::{Item, Scanner};
 use crate::storage::ARENA_START;
 use crate::{Db, Error, Result, Value};
@@ -80,7 +80,8 @@ impl Change {
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LogPosition {
-    file: (u64, u64),
+    /// Device, inode and the meta's file nonce (inode numbers are reused).
+    file: (u64, u64, u32),
     offset: u64,
 }
 
@@ -142,7 +143,7 @@ impl Db {
     pub fn log_position(&self) -> LogPosition {
         let i = self.inner();
         LogPosition {
-            file: i.file_id,
+            file: file_of(&i),
             offset: tail_of(&i),
         }
     }
@@ -191,7 +192,7 @@ impl Db {
             tail,
             reason,
         };
-        if from.file != i.file_id {
+        if from.file != file_of(&i) {
             return Err(bad(
                 "it is from another file: the store was compacted since",
             ));
@@ -214,8 +215,13 @@ impl Db {
                     for r in records {
                         let key = i.read_key(r.off, &r.header)?;
                         changes.push(if r.header.kind == KIND_PUT {
-                            let buf = i.read_record(r.off, &r.header)?;
+                            let mut buf = i.read_record(r.off, &r.header)?;
                             let k = key.len();
+                            if r.header.has_ttl() {
+                                // The feed reports the value; an entry that
+                                // has expired since still shows as put.
+                                buf.drain(k..(k + TTL_LEN).min(buf.len()));
+                            }
                             Change::Put {
                                 key,
                                 value: Value::from_parts(buf, k),
@@ -241,11 +247,15 @@ impl Db {
             }
         }
         let next = LogPosition {
-            file: i.file_id,
+            file: file_of(&i),
             offset: sc.pos(),
         };
         Ok((out, next))
     }
+}
+
+fn file_of(i: &crate::db::Inner) -> (u64, u64, u32) {
+    (i.file_id.0, i.file_id.1, i.file_nonce)
 }
 
 fn tail_of(i: &crate::db::Inner) -> u64 {

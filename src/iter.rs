@@ -97,12 +97,19 @@ impl Iterator for Iter<'_> {
             }
             let off = index::word_offset(w);
             let item = inner.header_at(off).and_then(|h| {
-                let buf = inner.read_record(off, &h)?;
+                let mut buf = inner.read_record(off, &h)?;
                 let k = h.key_len as usize;
+                if h.has_ttl() && !crate::db::strip_ttl(&mut buf, k) {
+                    return Ok(None); // expired: skipped
+                }
                 let key = Value::from_parts(buf[..k].to_vec(), 0);
-                Ok((key, Value::from_parts(buf, k)))
+                Ok(Some((key, Value::from_parts(buf, k))))
             });
-            return Some(item);
+            match item {
+                Ok(None) => continue,
+                Ok(Some(kv)) => return Some(Ok(kv)),
+                Err(e) => return Some(Err(e)),
+            }
         }
         None
     }

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use bytemuck::Pod;
 
 use crate::db::Inner;
+use crate::db::{expiry_of, now_ms};
 use crate::index;
-use crate::log::record::{seq_of, BodyCrc, HEADER_LEN, KIND_PUT};
+use crate::log::record::{seq_of, BodyCrc, HEADER_LEN, KIND_PUT, TTL_LEN};
 use crate::storage::control::NOTIFY;
 use crate::storage::lock::futex_wait;
 use crate::storage::mapping::MapMode;
@@ -350,6 +351,7 @@ impl Inner {
         let (t, d) = self.table()?;
         let h = index::hash(self.hash_seed, key);
         let mut kbuf = vec![0u8; key.len()];
+        let mut expired = false;
         let found = t
             .find(h, |off| {
                 self.arena
@@ -374,17 +376,29 @@ impl Inner {
                 if kbuf != key {
                     return Ok(false);
                 }
-                if hd.val_len as usize != out.len() {
+                // A TTL put has its expiry in front of the value.
+                let plen = if hd.has_ttl() { TTL_LEN } else { 0 };
+                let vlen = (hd.val_len as usize).saturating_sub(plen);
+                let mut prefix = [0u8; TTL_LEN];
+                self.arena
+                    .read(off + HEADER_LEN + klen, &mut prefix[..plen])
+                    .map_err(|_| self.corrupt(off, "record runs past the end of the file"))?;
+                if plen > 0 && expiry_of(&prefix) <= now_ms() {
+                    expired = true;
+                    return Ok(true);
+                }
+                if vlen != out.len() {
                     return Err(Error::ValueSize {
                         expected: out.len(),
-                        found: hd.val_len as usize,
+                        found: vlen,
                     });
                 }
                 self.arena
-                    .read(off + HEADER_LEN + klen, out)
+                    .read(off + HEADER_LEN + klen + plen as u64, out)
                     .map_err(|_| self.corrupt(off, "record runs past the end of the file"))?;
                 let mut crc = BodyCrc::new(self.salt, off, &hd.tail_bytes());
                 crc.update(&kbuf);
+                crc.update(&prefix[..plen]);
                 crc.update(out);
                 if crc.finish() != hd.crc {
                     return Err(self.corrupt(off, "record fails its checksum"));
@@ -392,6 +406,6 @@ impl Inner {
                 Ok(true)
             })
             .map_err(|e| self.locate(e, d.start))?;
-        Ok(found.is_some())
+        Ok(found.is_some() && !expired)
     }
 }

@@ -356,7 +356,7 @@ fn init_file(f: &std::fs::File, opts: &Options) -> std::io::Result<()> {
         tail,
         seq_gen: seq_gen0,
         generation,
-        reserved0: 0,
+        file_nonce: (file::random_u64() >> 32) as u32 | 1,
         index_desc: Desc {
             start: table,
             log2cap: log2,

@@ -585,3 +585,65 @@ fn opening_and_closing_while_compactions_move_the_store() {
     a.check().unwrap();
     assert_eq!(a.len(), 2_000);
 }
+
+/// Found by the multi-process stress test: inode numbers are reused, so a
+/// log position named by device and inode alone passed for a position in a
+/// later file. Positions carry the file's random nonce too.
+#[test]
+fn a_log_position_never_passes_for_one_in_a_later_file() {
+    let (_d, path) = store();
+    let db = Db::open(&path).unwrap();
+    for i in 0..1_000u32 {
+        db.insert(i.to_le_bytes(), [1u8; 32]).unwrap();
+    }
+    for round in 0..20 {
+        db.compact().unwrap();
+        let pos = db.log_position();
+        db.insert(5u32.to_le_bytes(), [round as u8; 32]).unwrap();
+        // Usually the third file reuses the first one's inode number.
+        db.compact().unwrap();
+        db.compact().unwrap();
+        match db.changes_after(pos, 10) {
+            Err(Error::BadPosition { reason, .. }) => {
+                assert!(reason.contains("another file"), "round {round}: {reason}")
+            }
+            other => panic!("round {round}: a stale position was accepted: {other:?}"),
+        }
+    }
+}
+
+/// Found by the multi-process stress test: clones share one descriptor, so
+/// the cross-process compaction lock let two clones compact at once (each
+/// then deleted the other's new file). Now one of them is refused.
+#[test]
+fn clones_never_compact_at_the_same_time() {
+    let (_d, path) = store();
+    let db = Db::open(&path).unwrap();
+    for i in 0..3_000u32 {
+        db.insert(i.to_le_bytes(), [2u8; 64]).unwrap();
+    }
+    let results: Vec<(u32, u32)> = (0..2)
+        .map(|_| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut locked) = (0, 0);
+                for _ in 0..30 {
+                    match db.compact() {
+                        Ok(_) => ok += 1,
+                        Err(Error::Locked { .. }) => locked += 1,
+                        Err(e) => panic!("compaction failed: {e}"),
+                    }
+                }
+                (ok, locked)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    eprintln!("clones compacting: (done, refused) per thread {results:?}");
+    assert!(results.iter().map(|r| r.0).sum::<u32>() > 0);
+    assert_eq!(db.len(), 3_000);
+    db.check().unwrap();
+    assert_only_the_store(&path);
+}

@@ -26,12 +26,40 @@
 //!   one); the read-write reader also runs `check` on the live store.
 //!   A reader fails (exits non-zero) with a message naming the key, what it
 //!   saw and what it had seen before.
-//! * At the end (readers stopped, then the writers: gracefully, or some or
-//!   all of them killed, chosen per run) the parent opens the store, runs
-//!   `check`, and compares every key with the acknowledgements: a key holds
-//!   its last acknowledged sequence, or one more if that write was in flight
-//!   when its writer was killed; pairs are equal; `len`, `iter` and `check`
-//!   agree. Then it closes and reopens once more.
+//!   Readers also follow the change feed (`changes_after`): commit numbers
+//!   go up by one, every value in it is exact, a pair only moves whole, and
+//!   per key the sequence only goes up; a position from before a compaction
+//!   must be refused as from another file (counted as a move seen).
+//! * A compactor process runs `compact()` in a loop with short random
+//!   pauses and reports each compaction (`CompactReport`, and the inode the
+//!   store's name pointed at before and after). While one copies, a second
+//!   handle of the same process tries `compact()` too and must get
+//!   `Error::Locked`. After each one it reads every key through its own,
+//!   moved handle (values exact, sequences never behind what it read
+//!   before, pairs equal). The parent SIGKILLs it at random moments, mostly
+//!   just after it announced a compaction or its copy's end (so the kill
+//!   lands inside it: in the copy, the catch-up, or the writers' pause),
+//!   and restarts it; some instances kill themselves right at the rename of
+//!   one compaction (a tripwire), mostly with the old file still marked
+//!   MOVING and its writer lock held, which the next writer must settle.
+//!   The parent tracks which file the store's name points at (a compaction
+//!   killed after its rename moved the store too), checks that a finished
+//!   compaction left its old file marked MOVED, and that the hidden new
+//!   file (`.NAME.mapkv-compact-*`) of a killed compactor is gone once the
+//!   next compaction finished. Writers report (`@M`) when a position they
+//!   took says the store moved.
+//! * At the end (readers stopped, then the compactor, gracefully or killed
+//!   mid-compaction, then the writers: gracefully, or some or all of them
+//!   killed, chosen per run) the parent opens the store, runs `check`, and
+//!   compares every key with the acknowledgements: a key holds its last
+//!   acknowledged sequence, or one more if that write was in flight when its
+//!   writer was killed; pairs are equal; `len`, `iter` and `check` agree;
+//!   its open, alone on the store, left no compaction leftover next to it;
+//!   the store's name is on the file the last move it knows of left it on,
+//!   and no reader saw more moves than there were. Then it closes and
+//!   reopens once more. With a run of 5 s or more it also requires at least
+//!   one compaction, one compactor kill by the parent, and a move seen by
+//!   every reader and by some writer.
 //!
 //! `read_only_handle_follows_writer_process`: read-only handles in child
 //! processes, one opened before another process writes anything and one
@@ -40,18 +68,21 @@
 //!
 //! All children are this test binary re-executed (`mp_child`, a no-op
 //! unless `MAPKV_MP_ROLE` is set). `MAPKV_MP_SECS` sets the length of the
-//! stress run (default 10 s; the log grows by about 5 MB a second, as
-//! nothing reclaims overwritten records); `MAPKV_SEED` replays the parent's
-//! choices (kill timing is not reproducible). A failure names the seed and
-//! keeps the store file for a post-mortem.
+//! stress run (default 10 s); `MAPKV_MP_COMPACT=0` runs it without the
+//! compactor (the log then grows by about 5 MB a second, as nothing
+//! reclaims overwritten records); `MAPKV_MP_PIN=1` holds the file of every
+//! kept log position open (see `Pinned`); `MAPKV_SEED` replays the
+//! parent's choices (kill timing is not reproducible). A failure names the
+//! seed and keeps the store file for a post-mortem.
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Display;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -61,13 +92,17 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::Rng;
-use mapkv::{Db, Durability, Error, OpenKind, Options};
+use mapkv::{Change, CompactReport, Db, Durability, Error, LogPosition, OpenKind, Options};
 
 /// Writer processes in the stress test.
 const WRITERS: usize = 3;
 /// Reader processes in the stress test: reader 0 has a read-write handle,
 /// reader 1 a read-only one.
 const READERS: usize = 2;
+/// The compactor's slot, after the writers' and the readers'.
+const COMPACTOR: usize = WRITERS + READERS;
+/// Child slots of the stress test.
+const SLOTS: usize = WRITERS + READERS + 1;
 /// Sequenced keys per writer: `w{id}:0` .. `w{id}:199`.
 const KEYS: usize = 200;
 /// Index of `w{id}:pair:a` and `w{id}:pair:b`, always written together.
@@ -85,12 +120,18 @@ const CHILD_TEST: &str = "mp_child";
 /// writers run before that counts as a lost wake-up.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Readers stop checking the live store once its log is this large: a
-/// check holds writers off for O(log), which in a long soak could outlast
-/// `WAIT_TIMEOUT`.
+/// check holds writers off for O(log), which in a long soak without the
+/// compactor could outlast `WAIT_TIMEOUT`.
 const LIVE_CHECK_MAX: u64 = 256 << 20;
 /// How long the parent waits for a child's output (or exit) before it
 /// declares it hung.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// At most this many commits per `changes_after` call of a reader.
+const FEED_MAX: usize = 256;
+/// Writers check whether the store moved every this many commits.
+const MOVE_CHECK_EVERY: u64 = 16;
+/// The reason `changes_after` gives for a position from before a move.
+const MOVED_REASON: &str = "another file";
 
 /// The read-only test: its writer's id in values, its keys, its commits.
 const RO_WRITER: usize = 9;
@@ -296,12 +337,78 @@ fn parse_writes(s: &str) -> Result<Vec<(usize, Option<u64>)>, String> {
         .collect()
 }
 
+/// `n a=1 b=2` into `n` and a map.
+fn parse_numbered(s: &str) -> Result<(u64, BTreeMap<String, u64>), String> {
+    let (n, rest) = s.split_once(' ').unwrap_or((s, ""));
+    let n = n.parse().map_err(|_| format!("bad number in {s:?}"))?;
+    Ok((n, parse_counts(rest)))
+}
+
+/// A field of a parsed line.
+fn field(counts: &BTreeMap<String, u64>, name: &str) -> Result<u64, String> {
+    counts
+        .get(name)
+        .copied()
+        .ok_or_else(|| format!("no {name}= in the line"))
+}
+
 /// `a=1 b=2` into a map.
 fn parse_counts(s: &str) -> BTreeMap<String, u64> {
     s.split_whitespace()
         .filter_map(|kv| kv.split_once('='))
         .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
         .collect()
+}
+
+/// The inode the store's name points at.
+fn inode_of(path: &Path) -> std::io::Result<u64> {
+    std::fs::metadata(path).map(|m| m.ino())
+}
+
+/// The hidden files next to the store that compactions which did not
+/// finish leave: `.NAME.mapkv-compact-PID-R`, and
+/// `..NAME.mapkv-compact-PID-R.mapkv-new.*` while that one is being
+/// created; with the compactor's pid, if the name gives it.
+fn leftovers(path: &Path) -> Vec<(String, Option<u32>)> {
+    let name = path.file_name().expect("store name").to_string_lossy();
+    let prefix = format!(".{name}.mapkv-compact-");
+    other_files(path)
+        .into_iter()
+        .filter_map(|n| {
+            let rest = n
+                .strip_prefix(&prefix)
+                .or_else(|| n.strip_prefix('.')?.strip_prefix(&prefix))?;
+            let pid = rest.split('-').next().and_then(|p| p.parse().ok());
+            Some((n, pid))
+        })
+        .collect()
+}
+
+/// Where the control block's magic is, and its values while a compaction
+/// renames its new file over the store and once it has (docs/FORMAT.md).
+const MAGIC_OFFSET: u64 = 8192;
+const MAGIC_MOVING: &[u8; 8] = b"MKVMOVNG";
+const MAGIC_MOVED: &[u8; 8] = b"MKVMOVED";
+
+/// The control block's magic of an open store file.
+fn magic_of(f: &File) -> std::io::Result<[u8; 8]> {
+    let mut m = [0u8; 8];
+    f.read_exact_at(&mut m, MAGIC_OFFSET)?;
+    Ok(m)
+}
+
+/// Every name in the store's directory but the store's own.
+fn other_files(path: &Path) -> Vec<String> {
+    let name = path.file_name().expect("store name");
+    let dir = path.parent().expect("store directory");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .flatten()
+        .filter(|e| e.file_name() != name)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 // ---------------------------------------------------------------------------
@@ -318,6 +425,7 @@ fn mp_child() {
     match env.role.as_str() {
         "writer" => writer_main(&env),
         "reader" => reader_main(&env),
+        "compactor" => compactor_main(&env),
         "ro_writer" => ro_writer_main(&env),
         "ro_reader" => ro_reader_main(&env),
         other => panic!("child: unknown MAPKV_MP_ROLE {other:?}"),
@@ -335,6 +443,9 @@ struct ChildEnv {
     read_only: bool,
     /// A child that is never stopped gives up after this long.
     limit: Duration,
+    /// Hold the file of every log position kept (`Pinned`), with
+    /// `MAPKV_MP_PIN=1`.
+    pin: bool,
 }
 
 impl ChildEnv {
@@ -361,13 +472,14 @@ impl ChildEnv {
             mode,
             read_only: var("MAPKV_MP_READ_ONLY") == "1",
             limit: Duration::from_secs(num("MAPKV_MP_LIMIT_SECS")),
+            pin: std::env::var("MAPKV_MP_PIN").is_ok_and(|v| v == "1"),
             role,
         }
     }
 
     fn fail(&self, msg: impl Display) -> ! {
         let what = match (self.role.as_str(), self.read_only) {
-            ("writer" | "ro_writer", _) => format!("durability {:?}", self.mode),
+            ("writer" | "ro_writer" | "compactor", _) => format!("durability {:?}", self.mode),
             (_, true) => "read-only handle".to_string(),
             (_, false) => "read-write handle".to_string(),
         };
@@ -375,6 +487,37 @@ impl ChildEnv {
             "{} {} (instance {}, MAPKV_MP_SEED={}, {what}): {msg}",
             self.role, self.id, self.instance, self.seed,
         );
+    }
+}
+
+/// A log position kept for a later `changes_after`, optionally with its
+/// file held open.
+///
+/// This test found that `LogPosition` named its file by device and inode
+/// number only, and the filesystem gives the number of a deleted file to
+/// the next new one: once a compaction moved the store on and every process
+/// let go of the old file, a later compaction's new file often got the old
+/// number, and a position from the old file then passed for one of the new
+/// file (refused for the wrong reason, or, at a commit boundary, read from
+/// the new file). Positions now also carry the file's random nonce from its
+/// meta, so the readers' checks that stale positions are refused "from
+/// another file" hold without help. `MAPKV_MP_PIN=1` holds each position's
+/// file open anyway (an iterator made before and one after taking it keep
+/// the file, and its number, alive), as the test did before the fix.
+struct Pinned<'a> {
+    pos: LogPosition,
+    _pin: Option<(mapkv::Iter<'a>, mapkv::Iter<'a>)>,
+}
+
+impl<'a> Pinned<'a> {
+    fn new(env: &ChildEnv, db: &'a Db) -> Pinned<'a> {
+        let before = env.pin.then(|| db.iter());
+        let pos = db.log_position();
+        let after = env.pin.then(|| db.iter());
+        Pinned {
+            pos,
+            _pin: before.zip(after),
+        }
     }
 }
 
@@ -422,7 +565,9 @@ fn stop_on_eof() -> Arc<AtomicBool> {
 /// A stress-test writer: resumes every key from the store, then commits
 /// until told to stop. Protocol lines: `@O kind` once open; `@R i=seq,...`
 /// what it resumed from (every key); `@I i=seq,...` before a commit; `@A`
-/// after it returned; `@F counts` at a graceful end.
+/// after it returned; `@M` when a log position it took earlier says the
+/// store moved to a new file since (checked between commits); `@F counts`
+/// at a graceful end.
 fn writer_main(env: &ChildEnv) {
     let id = env.id;
     let mut out = Out::new();
@@ -460,8 +605,9 @@ fn writer_main(env: &ChildEnv) {
     let mut rng = Rng::new(env.seed);
     // Scratch values need no order, only to be told apart.
     let mut scratch_seq = env.instance << 32;
-    let (mut commits, mut readbacks) = (0u64, 0u64);
+    let (mut commits, mut readbacks, mut moves) = (0u64, 0u64, 0u64);
     let mut writes: Vec<(usize, Option<u64>)> = Vec::new();
+    let mut pos = Pinned::new(env, &db);
     let started = Instant::now();
     let next = |s: Option<u64>| Some(s.map_or(1, |s| s + 1));
     while !stop.load(Ordering::Acquire) {
@@ -557,29 +703,193 @@ fn writer_main(env: &ChildEnv) {
             state[i] = v;
         }
         commits += 1;
+        if commits % MOVE_CHECK_EVERY == 0 {
+            // Has a compaction moved the store (and this handle) since?
+            match db.changes_after(pos.pos, 1) {
+                Ok(_) => {}
+                Err(Error::BadPosition { reason, .. }) if reason.contains(MOVED_REASON) => {
+                    moves += 1;
+                    out.line("@M");
+                }
+                Err(e) => env.fail(format!(
+                    "changes_after({:?}), a position this handle gave {MOVE_CHECK_EVERY} \
+                     commits ago: {e}",
+                    pos.pos
+                )),
+            }
+            pos = Pinned::new(env, &db);
+        }
         if rng.chance(25) {
             // Think time: fewer bytes per second, and more lock hand-overs.
             std::thread::sleep(Duration::from_micros(200));
         }
     }
-    out.line(&format!("@F commits={commits} readbacks={readbacks}"));
+    out.line(&format!(
+        "@F commits={commits} readbacks={readbacks} moves={moves}"
+    ));
+    drop(pos);
     db.close()
         .unwrap_or_else(|e| env.fail(format!("close: {e}")));
 }
 
-/// A stress-test reader, with what it has seen so far.
+/// A stress-test reader (or the compactor's reads), with what it has seen
+/// so far.
 struct Reader<'a> {
     env: &'a ChildEnv,
-    db: Db,
+    db: &'a Db,
     names: Vec<Vec<Vec<u8>>>,
+    /// Which writer and key index a key name is.
+    index: HashMap<Vec<u8>, (usize, usize)>,
     /// Per writer and sequenced key: the highest sequence seen (0: absent).
     seen: Vec<Vec<u64>>,
     counts: BTreeMap<&'static str, u64>,
+    /// Where the change feed goes on from (from its first read on).
+    pos: Option<Pinned<'a>>,
+    /// The last commit the feed gave, and whether the store moved since.
+    feed_last: Option<u64>,
+    feed_moved: bool,
+    /// Per writer and sequenced key: the highest sequence in the feed.
+    feed_seen: Vec<Vec<u64>>,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    fn new(env: &'a ChildEnv, db: &'a Db) -> Reader<'a> {
+        let names: Vec<Vec<Vec<u8>>> = (0..WRITERS)
+            .map(|w| (0..PER_WRITER).map(|i| key_name(w, i)).collect())
+            .collect();
+        let index = names
+            .iter()
+            .enumerate()
+            .flat_map(|(w, ks)| ks.iter().enumerate().map(move |(i, k)| (k.clone(), (w, i))))
+            .collect();
+        Reader {
+            env,
+            pos: None,
+            db,
+            names,
+            index,
+            seen: vec![vec![0; KEYS + 2]; WRITERS],
+            counts: BTreeMap::new(),
+            feed_last: None,
+            feed_moved: false,
+            feed_seen: vec![vec![0; KEYS + 2]; WRITERS],
+        }
+    }
+
     fn count(&mut self, what: &'static str) {
-        *self.counts.entry(what).or_default() += 1;
+        self.count_n(what, 1);
+    }
+
+    fn count_n(&mut self, what: &'static str, n: u64) {
+        *self.counts.entry(what).or_default() += n;
+    }
+
+    /// Read the change feed on from where it stopped: commit numbers go up
+    /// by one (past a move: up), every value is exact, a pair moves whole,
+    /// a sequenced key only goes up and is never removed. A position from
+    /// before a move is refused: then start again from the new file's end.
+    fn feed(&mut self) {
+        let (env, db) = (self.env, self.db);
+        let pos = self.pos.get_or_insert_with(|| Pinned::new(env, db)).pos;
+        let (commits, next) = match db.changes_after(pos, FEED_MAX) {
+            Ok(x) => x,
+            Err(Error::BadPosition { reason, .. }) if reason.contains(MOVED_REASON) => {
+                self.count("moves");
+                self.pos = Some(Pinned::new(env, db));
+                self.feed_moved = true;
+                return;
+            }
+            Err(e) => env.fail(format!(
+                "changes_after({pos:?}), the position the last call returned: {e}"
+            )),
+        };
+        for c in &commits {
+            if let Some(last) = self.feed_last {
+                let ok = if self.feed_moved {
+                    c.seq > last
+                } else {
+                    c.seq == last + 1
+                };
+                if !ok {
+                    self.env.fail(format!(
+                        "the change feed gave commit {} after commit {last}{}",
+                        c.seq,
+                        if self.feed_moved {
+                            " (the store moved between them)"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+            }
+            self.feed_last = Some(c.seq);
+            self.feed_moved = false;
+            let mut pair: Vec<(usize, usize, u64)> = Vec::new();
+            for ch in &c.changes {
+                let Some(&(w, i)) = self.index.get(ch.key()) else {
+                    self.env.fail(format!(
+                        "the change feed's commit {} has a foreign key {}",
+                        c.seq,
+                        show(ch.key())
+                    ));
+                };
+                let name = &self.names[w][i];
+                match ch {
+                    Change::Put { value, .. } => {
+                        let s = check_value(name, w, value).unwrap_or_else(|e| {
+                            self.env.fail(format!(
+                                "the change feed's commit {}: key {}: {e}",
+                                c.seq,
+                                show(name)
+                            ))
+                        });
+                        if i < KEYS + 2 {
+                            let before = self.feed_seen[w][i];
+                            if s <= before {
+                                self.env.fail(format!(
+                                    "the change feed's commit {} puts key {} at seq {s}, after \
+                                     an earlier commit put seq {before}",
+                                    c.seq,
+                                    show(name)
+                                ));
+                            }
+                            self.feed_seen[w][i] = s;
+                        }
+                        if i == PAIR_A || i == PAIR_B {
+                            pair.push((w, i, s));
+                        }
+                    }
+                    Change::Remove { .. } if i >= KEYS + 2 => {}
+                    other => self.env.fail(format!(
+                        "the change feed's commit {} has {other:?} on key {}, which writers \
+                         only overwrite",
+                        c.seq,
+                        show(name)
+                    )),
+                }
+            }
+            for &(w, i, s) in &pair {
+                let other = if i == PAIR_A { PAIR_B } else { PAIR_A };
+                if !pair
+                    .iter()
+                    .any(|&(w2, i2, s2)| w2 == w && i2 == other && s2 == s)
+                {
+                    self.env.fail(format!(
+                        "the change feed's commit {} puts {} at seq {s} without {} at the same \
+                         seq: a pair written in part",
+                        c.seq,
+                        show(&self.names[w][i]),
+                        show(&self.names[w][other])
+                    ));
+                }
+            }
+        }
+        // `next` is in the file the position was in, which `self.pos` holds.
+        if let Some(p) = &mut self.pos {
+            p.pos = next;
+        }
+        self.count("feeds");
+        self.count_n("feed_commits", commits.len() as u64);
     }
 
     /// Check a value read for key `i` of writer `w`; returns its sequence
@@ -710,19 +1020,12 @@ fn reader_main(env: &ChildEnv) {
         .open(&env.path)
         .unwrap_or_else(|e| env.fail(format!("open: {e}")));
     out.line(&format!("@O {:?}", db.stats().opened));
-    let mut r = Reader {
-        env,
-        db,
-        names: (0..WRITERS)
-            .map(|w| (0..PER_WRITER).map(|i| key_name(w, i)).collect())
-            .collect(),
-        seen: vec![vec![0; KEYS + 2]; WRITERS],
-        counts: BTreeMap::new(),
-    };
+    let mut r = Reader::new(env, &db);
     let mut rng = Rng::new(env.seed);
     let started = Instant::now();
     let mut last_commit = r.db.commit_seq();
     let mut next_wait = Instant::now() + Duration::from_millis(50 + rng.below(300));
+    let mut next_feed = Instant::now() + Duration::from_millis(5 + rng.below(20));
     let mut next_check = Instant::now() + Duration::from_millis(1000 + rng.below(2000));
     while !stop.load(Ordering::Acquire) {
         if started.elapsed() > env.limit {
@@ -749,6 +1052,10 @@ fn reader_main(env: &ChildEnv) {
             r.wait();
             next_wait = Instant::now() + Duration::from_millis(100 + rng.below(400));
         }
+        if Instant::now() >= next_feed {
+            r.feed();
+            next_feed = Instant::now() + Duration::from_millis(5 + rng.below(20));
+        }
         if !env.read_only
             && Instant::now() >= next_check
             && r.db.stats().used_bytes < LIVE_CHECK_MAX
@@ -762,6 +1069,190 @@ fn reader_main(env: &ChildEnv) {
     }
     let counts: Vec<String> = r.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
     out.line(&format!("@F {}", counts.join(" ")));
+}
+
+/// The stress test's compactor: `compact()` in a loop, with short random
+/// pauses, until told to stop; exits non-zero (a panic) on any violation.
+/// While each compaction copies, a second handle of its own (an open of its
+/// own, so another holder of the compaction lock) tries `compact()` and
+/// must be refused with `Error::Locked`. After each compaction its handle
+/// must be on the new file (a position from before is refused), and it
+/// reads every key through it. Protocol lines: `@O kind`; `@B n ino=I`
+/// before compaction `n` (`I`: the inode the store's name points at); `@P
+/// n` once it copied the last live entry (then it catches up, syncs, and
+/// pauses writers for the rename); `@C n keys=.. len_before=.. len_after=..
+/// live_bytes=.. caught_up=.. pause_us=.. dur_us=.. copy_us=.. ino=..
+/// refused=0|1` after it returned; `@F counts` at a graceful end.
+///
+/// With `MAPKV_MP_TRIP=k` it kills itself (SIGKILL) in compaction `k`, the
+/// moment the store's name is on the new file: a watcher thread started
+/// just before the rename (an I/O hook inside the writers' pause) waits for
+/// it, so the kill mostly lands while the directory is synced, with the
+/// writer lock held and the old file marked MOVING but not yet MOVED.
+/// It says `@K k` first, and `@T k MAGIC` with the old file's magic just
+/// before the kill.
+fn compactor_main(env: &ChildEnv) {
+    let mut out = Out::new();
+    let stop = stop_on_eof();
+    let open = || {
+        Options::new()
+            .durability(env.mode)
+            .open(&env.path)
+            .unwrap_or_else(|e| env.fail(format!("open: {e}")))
+    };
+    let db = open();
+    out.line(&format!("@O {:?}", db.stats().opened));
+    let rival = open();
+    let mut r = Reader::new(env, &db);
+    let mut rng = Rng::new(env.seed);
+    let started = Instant::now();
+    let inode = || {
+        inode_of(&env.path)
+            .unwrap_or_else(|e| env.fail(format!("stat {}: {e}", env.path.display())))
+    };
+    let trip: Option<u64> = std::env::var("MAPKV_MP_TRIP")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let (mut n, mut refused) = (0u64, 0u64);
+    while !stop.load(Ordering::Acquire) {
+        if started.elapsed() > env.limit {
+            env.fail(format!("not stopped within {:?}", env.limit));
+        }
+        if rng.chance(80) {
+            std::thread::sleep(Duration::from_millis(1 + rng.below(40)));
+        }
+        let before = inode();
+        let pos = r.db.log_position();
+        out.line(&format!("@B {n} ino={before}"));
+        let armed = (trip == Some(n)).then(|| {
+            out.line(&format!("@K {n}"));
+            let old = File::open(&env.path)
+                .unwrap_or_else(|e| env.fail(format!("open {}: {e}", env.path.display())));
+            let said = out.0.try_clone().expect("child: dup stdout");
+            tripwire(env.path.clone(), before, old, said, n)
+        });
+        let mut probe: Option<mapkv::Result<CompactReport>> = None;
+        let mut copied = Duration::ZERO;
+        let t0 = Instant::now();
+        let rep =
+            r.db.compact_with_progress(&mut |done, total| {
+                if probe.is_none() {
+                    probe = Some(rival.compact());
+                }
+                if done == total {
+                    copied = t0.elapsed();
+                    out.line(&format!("@P {n}"));
+                }
+            })
+            .unwrap_or_else(|e| {
+                env.fail(format!(
+                    "compaction {n} (the store's name on inode {before}): {e}"
+                ))
+            });
+        if armed.is_some() {
+            // The watcher is late (the machine is busy): it kills us soon.
+            std::thread::sleep(Duration::from_secs(30));
+            env.fail(format!("compaction {n}: the tripwire did not fire"));
+        }
+        let after = inode();
+        if after == before {
+            env.fail(format!(
+                "compaction {n} returned {rep:?}, but the store's name still points at inode \
+                 {before}"
+            ));
+        }
+        let probed = probe.is_some();
+        match probe {
+            // Nothing to copy, no progress call.
+            None => r.count("unprobed"),
+            Some(Err(Error::Locked { .. })) => refused += 1,
+            Some(Ok(other)) => env.fail(format!(
+                "while compaction {n} copied, a second handle's compact() ran and returned \
+                 {other:?}: two compactions at once"
+            )),
+            Some(Err(e)) => env.fail(format!(
+                "while compaction {n} copied, a second handle's compact() failed with {e:?}, \
+                 not Error::Locked"
+            )),
+        }
+        if rep.keys > (WRITERS * PER_WRITER) as u64
+            || rep.live_bytes > rep.len_after
+            || rep.writer_pause > rep.duration
+        {
+            env.fail(format!(
+                "compaction {n}: an implausible report {rep:?} ({} keys exist at most)",
+                WRITERS * PER_WRITER
+            ));
+        }
+        match r.db.changes_after(pos, 1) {
+            Err(Error::BadPosition { reason, .. }) if reason.contains(MOVED_REASON) => {}
+            other => env.fail(format!(
+                "after compaction {n}, changes_after of a position from before it returned \
+                 {other:?}, not BadPosition (from another file): the handle did not move"
+            )),
+        }
+        // Every key through the moved handle.
+        for w in 0..WRITERS {
+            for i in 0..PER_WRITER {
+                r.get(w, i);
+            }
+            r.pair(w);
+        }
+        r.count("sweeps");
+        out.line(&format!(
+            "@C {n} keys={} len_before={} len_after={} live_bytes={} caught_up={} pause_us={} \
+             dur_us={} copy_us={} ino={after} refused={}",
+            rep.keys,
+            rep.len_before,
+            rep.len_after,
+            rep.live_bytes,
+            rep.caught_up,
+            rep.writer_pause.as_micros(),
+            rep.duration.as_micros(),
+            copied.as_micros(),
+            probed as u8
+        ));
+        n += 1;
+    }
+    let mut counts: Vec<String> = r.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    counts.push(format!("compactions={n} refused={refused}"));
+    out.line(&format!("@F {}", counts.join(" ")));
+    drop(r);
+    db.close()
+        .unwrap_or_else(|e| env.fail(format!("close: {e}")));
+    rival
+        .close()
+        .unwrap_or_else(|e| env.fail(format!("close the second handle: {e}")));
+}
+
+/// Arm the compactor's tripwire (see `compactor_main`) for compaction
+/// `n`: right before the rename, start a thread that, as soon as the
+/// store's name no longer points at inode `from`, says (on `said`) what
+/// `old` (the file the compaction started from) has as its magic and
+/// SIGKILLs this process; and give that thread a moment to get going.
+/// Disarmed when the returned guard is dropped.
+fn tripwire(path: PathBuf, from: u64, old: File, said: File, n: u64) -> mapkv::testing::HookGuard {
+    use mapkv::testing::{IoOp, Phase};
+    let files = Arc::new((old, said));
+    mapkv::testing::add_io_hook(Arc::new(move |p, op, phase| {
+        if op == IoOp::Rename && phase == Phase::Before && p == path {
+            let (path, files) = (path.clone(), files.clone());
+            std::thread::spawn(move || loop {
+                if inode_of(&path).is_ok_and(|i| i != from) {
+                    let magic = magic_of(&files.0).map_or_else(
+                        |e| format!("unreadable:{}", e.kind()),
+                        |m| String::from_utf8_lossy(&m).into_owned(),
+                    );
+                    let _ = (&files.1).write_all(format!("@T {n} {magic}\n").as_bytes());
+                    // SAFETY: kill(2) on our own pid; no memory is involved.
+                    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+                }
+                std::hint::spin_loop();
+            });
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        None
+    }))
 }
 
 /// The read-only test's writer: `RO_COMMITS` commits of the counter, every
@@ -1167,6 +1658,106 @@ struct Figures {
     acked_removes: u64,
     readers: BTreeMap<String, u64>,
     writer_readbacks: u64,
+    /// `@M` lines: a writer found that the store had moved.
+    writer_moves: u64,
+    compactor_starts: u64,
+    compactions: u64,
+    compactor_kills: u64,
+    /// Compactor kills some time after it announced a compaction or the
+    /// end of its copy.
+    compactor_kills_aimed: u64,
+    /// How the compactor kills landed: between compactions, inside one
+    /// in its copy, after the copy but before its rename, after its rename
+    /// (the store moved).
+    compactor_killed_idle: u64,
+    compactor_killed_copying: u64,
+    compactor_killed_before_rename: u64,
+    compactor_killed_after_rename: u64,
+    /// Of those after the rename: the old file was still marked MOVING,
+    /// not yet MOVED (as the tripwire read it at the kill, or the parent
+    /// after it, when a writer may have settled it already).
+    compactor_killed_moving_renamed: u64,
+    /// Compactors that killed themselves at a rename (`MAPKV_MP_TRIP`).
+    compactor_trips: u64,
+    /// Kills that left a hidden new file next to the store.
+    compactor_kills_leaving_files: u64,
+    /// Killed compactors that left files, seen gone after the next
+    /// compaction.
+    leftovers_seen_removed: u64,
+    /// Compaction leftovers next to the store just before the final open.
+    leftovers_at_end: u64,
+    /// Moves onto a file whose inode number the store had been on before
+    /// (the filesystem reuses the numbers of deleted files).
+    inodes_reused: u64,
+    /// Compactions whose second handle was refused with `Locked`.
+    refused: u64,
+    caught_up: u64,
+    pause_max: Duration,
+    pause_total: Duration,
+    duration_max: Duration,
+    duration_total: Duration,
+    /// Smallest and largest file after a compaction, largest before one.
+    len_after_min: u64,
+    len_after_max: u64,
+    len_before_max: u64,
+    /// The compactor's final counts (graceful stops only).
+    compactor: BTreeMap<String, u64>,
+}
+
+impl Figures {
+    /// How many times the store's name moved to a new file.
+    fn store_moves(&self) -> u64 {
+        self.compactions + self.compactor_killed_after_rename
+    }
+}
+
+/// The parent's view of the compactor.
+#[derive(Default)]
+struct CompactorModel {
+    /// Whether this run has a compactor (`MAPKV_MP_COMPACT`).
+    enabled: bool,
+    instance: u64,
+    /// The running instance's process id.
+    pid: u32,
+    /// Killed instances whose leftovers the next finished compaction must
+    /// have removed, and whether they left any.
+    killed_pids: Vec<(u32, bool)>,
+    /// The compaction announced and not yet reported: its number, and the
+    /// inode the store's name pointed at when it began.
+    under_way: Option<(u64, u64)>,
+    /// The number the running instance's next compaction must have.
+    next: u64,
+    /// The inode the store's name points at, as far as the parent knows.
+    store_ino: u64,
+    /// Every inode the store's name has been on, in order.
+    history: Vec<u64>,
+    /// The compaction under way has copied the live entries (`@P`).
+    copied: bool,
+    /// The compaction in which the running instance kills itself, and
+    /// whether it said it armed the tripwire (`@K`).
+    trip: Option<u64>,
+    tripped: bool,
+    /// What the tripwire read as the old file's magic just before the kill.
+    trip_magic: Option<String>,
+    /// The file the compaction under way started from, opened when it
+    /// began (to read its magic after a kill).
+    old_file: Option<File>,
+    /// Average duration of recent compactions, and of what follows their
+    /// copy, µs (to aim kills).
+    avg_us: f64,
+    avg_rest_us: f64,
+}
+
+/// Where a compactor kill is aimed.
+#[derive(Clone, Copy, PartialEq)]
+enum CompactAim {
+    /// Wherever it is.
+    Blind,
+    /// A random part of a compaction's usual length after it began.
+    Begin,
+    /// A random part of the usual rest after its copy: the catch-up, the
+    /// syncs, the writers' pause with the rename.
+    Copied,
 }
 
 /// How the stress run ends.
@@ -1202,6 +1793,26 @@ struct Run {
     instances: Vec<u64>,
     models: Vec<WriterModel>,
     fig: Figures,
+    comp: CompactorModel,
+    /// The parent's choices about the compactor, apart from the writers'
+    /// (so `MAPKV_MP_COMPACT=0` replays the same writer kills).
+    crng: Rng,
+}
+
+/// What a child slot holds.
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Writer,
+    Reader,
+    Compactor,
+}
+
+fn role_of(slot: usize) -> Role {
+    match slot {
+        s if s < WRITERS => Role::Writer,
+        COMPACTOR => Role::Compactor,
+        _ => Role::Reader,
+    }
 }
 
 impl Run {
@@ -1213,8 +1824,20 @@ impl Run {
             Ok(_) => format!("store kept at {}", keep.display()),
             Err(e) => format!("could not keep the store: {e}"),
         };
+        let history = if self.comp.enabled {
+            let h = &self.comp.history;
+            let from = h.len().saturating_sub(12);
+            format!(
+                "\nthe store's name was on inodes (oldest first, {} moves, last {}): {:?}",
+                h.len() - 1,
+                h.len() - from,
+                &h[from..]
+            )
+        } else {
+            String::new()
+        };
         panic!(
-            "multiprocess stress failed after {:.1?}: MAPKV_SEED={}; {kept}\n{msg}",
+            "multiprocess stress failed after {:.1?}: MAPKV_SEED={}; {kept}\n{msg}{history}",
             self.began.elapsed(),
             self.seed,
         );
@@ -1277,9 +1900,13 @@ impl Run {
     }
 
     /// Handle events until `slot` prints a line that `pred` accepts, or the
-    /// deadline passes (false).
+    /// deadline passes or its output ends (false).
     fn pump_until(&mut self, slot: usize, pred: impl Fn(&str) -> bool, deadline: Instant) -> bool {
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if self.kids.get(slot).eof {
+                // It is gone (a compactor that killed itself).
+                return false;
+            }
             if let Some((s, l)) = self.pump(left) {
                 if s == slot && pred(&l) {
                     return true;
@@ -1289,21 +1916,23 @@ impl Run {
         false
     }
 
-    /// Handle events until writer `w`'s latest line (with nothing of it
-    /// queued behind) announces a commit: that commit is in flight now,
-    /// unless it finished since. False if the deadline passed first.
-    fn catch_intent(&mut self, w: usize, deadline: Instant) -> bool {
-        while self.pump_until(w, |l| l.starts_with("@I "), deadline) {
-            // Catch up with everything already queued: the intent is stale
-            // if the writer printed anything after it.
-            let mut latest_is_intent = true;
+    /// Handle events until the latest line of the child in `slot` (with
+    /// nothing of it queued behind) starts with `tag`: for a writer's `@I`,
+    /// that commit is in flight now, for the compactor's `@B` that
+    /// compaction, unless it finished since. False if the deadline passed
+    /// first.
+    fn catch_latest(&mut self, slot: usize, tag: &str, deadline: Instant) -> bool {
+        while self.pump_until(slot, |l| l.starts_with(tag), deadline) {
+            // Catch up with everything already queued: the line is stale if
+            // the child printed anything after it.
+            let mut latest = true;
             while let Ok(ev) = self.kids.rx.try_recv() {
-                if ev.slot == w {
-                    latest_is_intent = ev.line.as_deref().is_some_and(|l| l.starts_with("@I "));
+                if ev.slot == slot {
+                    latest = ev.line.as_deref().is_some_and(|l| l.starts_with(tag));
                 }
                 self.handle(ev);
             }
-            if latest_is_intent {
+            if latest {
                 return true;
             }
         }
@@ -1344,14 +1973,15 @@ impl Run {
             return;
         };
         let (tag, rest) = line.split_once(' ').unwrap_or((&line, ""));
-        let res = match (ev.slot < WRITERS, tag) {
+        let role = role_of(ev.slot);
+        let res = match (role, tag) {
             (_, "@S") => Ok(()),
             (_, "@O") => {
                 p.opened = Some(rest.to_string());
-                let who = if ev.slot < WRITERS {
-                    "writers".to_string()
-                } else {
-                    format!("reader {}", ev.slot - WRITERS)
+                let who = match role {
+                    Role::Writer => "writers".to_string(),
+                    Role::Reader => format!("reader {}", ev.slot - WRITERS),
+                    Role::Compactor => "compactor".to_string(),
                 };
                 *self.fig.opens.entry(format!("{who} {rest}")).or_default() += 1;
                 Ok(())
@@ -1360,15 +1990,184 @@ impl Run {
                 p.finals = Some(rest.to_string());
                 Ok(())
             }
-            (true, "@R") => parse_writes(rest).and_then(|f| self.resume(ev.slot, &f)),
-            (true, "@I") => parse_writes(rest).and_then(|i| self.intent(ev.slot, i)),
-            (true, "@A") => self.ack(ev.slot),
+            (Role::Writer, "@R") => parse_writes(rest).and_then(|f| self.resume(ev.slot, &f)),
+            (Role::Writer, "@I") => parse_writes(rest).and_then(|i| self.intent(ev.slot, i)),
+            (Role::Writer, "@A") => self.ack(ev.slot),
+            (Role::Writer, "@M") => {
+                self.fig.writer_moves += 1;
+                Ok(())
+            }
+            (Role::Compactor, "@B") => self.compaction_begins(rest),
+            (Role::Compactor, "@P") => self.compaction_copied(rest),
+            (Role::Compactor, "@T") => {
+                self.comp.trip_magic = rest.split_once(' ').map(|(_, m)| m.to_string());
+                Ok(())
+            }
+            (Role::Compactor, "@K") => {
+                // It is about to kill itself.
+                p.exiting = true;
+                self.compaction_trips(rest)
+            }
+            (Role::Compactor, "@C") => self.compaction_done(rest),
             _ => Err(format!("unexpected line {line:?}")),
         };
         if let Err(e) = res {
             let label = self.kids.get(ev.slot).label.clone();
             self.fail(format!("{label}: {e}"));
         }
+    }
+
+    /// The compactor announces compaction `n`: the previous one ended, the
+    /// numbers follow each other, and the store's name points where the
+    /// parent knows it does (only the compactor moves it).
+    fn compaction_begins(&mut self, rest: &str) -> Result<(), String> {
+        let (n, counts) = parse_numbered(rest)?;
+        let ino = field(&counts, "ino")?;
+        let c = &mut self.comp;
+        if let Some((m, _)) = c.under_way {
+            return Err(format!(
+                "compaction {n} announced while compaction {m} has not reported"
+            ));
+        }
+        if n != c.next {
+            return Err(format!("compaction {n} announced, {} expected", c.next));
+        }
+        if ino != c.store_ino {
+            return Err(format!(
+                "compaction {n} found the store's name on inode {ino}, but the last move the \
+                 parent knows of left it on inode {}",
+                c.store_ino
+            ));
+        }
+        c.under_way = Some((n, ino));
+        // The file it starts from, if the name still points there.
+        c.old_file = File::open(&self.path)
+            .ok()
+            .filter(|f| f.metadata().is_ok_and(|m| m.ino() == ino));
+        Ok(())
+    }
+
+    /// The compactor armed its tripwire for compaction `n`.
+    fn compaction_trips(&mut self, rest: &str) -> Result<(), String> {
+        let (n, _) = parse_numbered(rest)?;
+        let c = &mut self.comp;
+        match c.under_way {
+            Some((m, _)) if m == n && c.trip == Some(n) && !c.tripped => {
+                c.tripped = true;
+                Ok(())
+            }
+            other => Err(format!(
+                "a tripwire for compaction {n}; the one under way is {other:?}, its tripwire \
+                 was set for {:?}",
+                c.trip
+            )),
+        }
+    }
+
+    /// The compactor copied the live entries of compaction `n`.
+    fn compaction_copied(&mut self, rest: &str) -> Result<(), String> {
+        let (n, _) = parse_numbered(rest)?;
+        match self.comp.under_way {
+            Some((m, _)) if m == n && !self.comp.copied => {
+                self.comp.copied = true;
+                Ok(())
+            }
+            other => Err(format!(
+                "compaction {n} says it copied everything, but the one under way is {other:?} \
+                 (copied already: {})",
+                self.comp.copied
+            )),
+        }
+    }
+
+    /// The compactor reports compaction `n` done: the store's name moved;
+    /// whatever compactors killed before it left is gone.
+    fn compaction_done(&mut self, rest: &str) -> Result<(), String> {
+        let (n, counts) = parse_numbered(rest)?;
+        let get = |k: &str| field(&counts, k);
+        let (ino, pause, dur) = (get("ino")?, get("pause_us")?, get("dur_us")?);
+        let copy = get("copy_us")?;
+        let (len_before, len_after) = (get("len_before")?, get("len_after")?);
+        let c = &mut self.comp;
+        match c.under_way.take() {
+            Some((m, before)) if m == n => {
+                if ino == before {
+                    return Err(format!(
+                        "compaction {n} reported done with the store's name still on inode {ino}"
+                    ));
+                }
+            }
+            other => {
+                return Err(format!(
+                    "compaction {n} reported done; the one announced was {other:?}"
+                ))
+            }
+        }
+        c.store_ino = ino;
+        if let Some(f) = c.old_file.take() {
+            match magic_of(&f) {
+                Ok(m) if m == *MAGIC_MOVED => {}
+                Ok(m) => {
+                    return Err(format!(
+                        "compaction {n} reported done, but the file it moved the store from says \
+                         {:?}, not {:?}",
+                        String::from_utf8_lossy(&m),
+                        String::from_utf8_lossy(MAGIC_MOVED)
+                    ))
+                }
+                Err(e) => return Err(format!("read the magic of the old file: {e}")),
+            }
+        }
+        if c.history.contains(&ino) {
+            self.fig.inodes_reused += 1;
+        }
+        c.history.push(ino);
+        c.next = n + 1;
+        c.copied = false;
+        let ewma = |avg: f64, x: u64| {
+            if avg == 0.0 {
+                x as f64
+            } else {
+                0.8 * avg + 0.2 * x as f64
+            }
+        };
+        c.avg_us = ewma(c.avg_us, dur);
+        if copy > 0 {
+            c.avg_rest_us = ewma(c.avg_rest_us, dur.saturating_sub(copy));
+        }
+        let killed = std::mem::take(&mut c.killed_pids);
+        let f = &mut self.fig;
+        f.compactions += 1;
+        f.refused += get("refused")?;
+        f.caught_up += get("caught_up")?;
+        let (pause, dur) = (Duration::from_micros(pause), Duration::from_micros(dur));
+        f.pause_max = f.pause_max.max(pause);
+        f.pause_total += pause;
+        f.duration_max = f.duration_max.max(dur);
+        f.duration_total += dur;
+        f.len_after_min = if f.compactions == 1 {
+            len_after
+        } else {
+            f.len_after_min.min(len_after)
+        };
+        f.len_after_max = f.len_after_max.max(len_after);
+        f.len_before_max = f.len_before_max.max(len_before);
+        // Each compaction first removes what unfinished ones left.
+        let left: Vec<String> = leftovers(&self.path)
+            .into_iter()
+            .filter(|(_, pid)| {
+                pid.is_some_and(|p| killed.iter().any(|k| k.0 == p) && p != self.comp.pid)
+            })
+            .map(|(name, _)| name)
+            .collect();
+        if !left.is_empty() {
+            return Err(format!(
+                "compaction {n} finished, but files of compactors killed before it began are \
+                 still next to the store: {left:?}"
+            ));
+        }
+        self.fig.leftovers_seen_removed += killed.iter().filter(|k| k.1).count() as u64;
+        Ok(())
     }
 
     /// A restarted writer reports what it found: every key as acknowledged,
@@ -1485,7 +2284,7 @@ impl Run {
             Aim::Blind => {}
             Aim::Commit => {
                 let deadline = Instant::now() + Duration::from_secs(5);
-                if self.catch_intent(w, deadline) {
+                if self.catch_latest(w, "@I ", deadline) {
                     // Spin, not sleep: a sleep oversleeps by tens of µs,
                     // longer than many commits take.
                     let spin = Duration::from_micros(self.rng.below(150));
@@ -1513,18 +2312,7 @@ impl Run {
             Aim::Commit => self.fig.kills_aimed += 1,
             Aim::Open => self.fig.kills_early += 1,
         }
-        let p = self.kids.get(w);
-        p.exiting = true;
-        let _ = p.child.kill();
-        self.drain(w);
-        let label = self.kids.get(w).label.clone();
-        let (status, stderr) = self.kids.reap(w);
-        if status.signal() != Some(libc::SIGKILL) {
-            self.fail(format!(
-                "{label} ended by itself ({status}) instead of being killed\n--- its stderr \
-                 ---\n{stderr}"
-            ));
-        }
+        self.kill_slot(w);
         self.fig.kills += 1;
         let m = &mut self.models[w];
         if !m.resumed {
@@ -1543,17 +2331,187 @@ impl Run {
         }
     }
 
-    /// Kill and restart writers at random moments until `end`.
+    /// Reap a compactor that announced its tripwire and whose output ended:
+    /// it must have died of the SIGKILL it sent itself.
+    fn reap_tripped(&mut self) {
+        let label = self.kids.get(COMPACTOR).label.clone();
+        let (status, stderr) = self.kids.reap(COMPACTOR);
+        if status.signal() != Some(libc::SIGKILL) {
+            self.fail(format!(
+                "{label} armed its tripwire and then ended ({status}), not by its SIGKILL\n--- \
+                 its stderr ---\n{stderr}"
+            ));
+        }
+        self.compactor_killed();
+    }
+
+    /// SIGKILL the child in `slot`; everything it printed is handled, and
+    /// it must have died of the kill.
+    fn kill_slot(&mut self, slot: usize) {
+        let p = self.kids.get(slot);
+        p.exiting = true;
+        let _ = p.child.kill();
+        self.drain(slot);
+        let label = self.kids.get(slot).label.clone();
+        let (status, stderr) = self.kids.reap(slot);
+        if status.signal() != Some(libc::SIGKILL) {
+            self.fail(format!(
+                "{label} ended by itself ({status}) instead of being killed\n--- its stderr \
+                 ---\n{stderr}"
+            ));
+        }
+    }
+
+    fn spawn_compactor(&mut self) {
+        self.comp.instance += 1;
+        let instance = self.comp.instance;
+        let seed = self.crng.next();
+        let mode = ["none", "async", "sync"][self.crng.below(3) as usize];
+        // Some instances kill themselves at the rename of one compaction.
+        let trip = self.crng.chance(40).then(|| 1 + self.crng.below(15));
+        let label = format!(
+            "compactor (instance {instance}, MAPKV_MP_SEED={seed}, {mode}, MAPKV_MP_TRIP={})",
+            trip.map_or("-".to_string(), |t| t.to_string())
+        );
+        let mut envs = Spawn {
+            role: "compactor",
+            path: &self.path,
+            id: 0,
+            instance,
+            seed,
+            mode,
+            read_only: false,
+            limit: self.child_limit,
+        }
+        .envs();
+        if let Some(t) = trip {
+            envs.push(("MAPKV_MP_TRIP", t.to_string()));
+        }
+        self.kids.spawn(COMPACTOR, instance, label, &envs);
+        self.comp.pid = self.kids.get(COMPACTOR).child.id();
+        self.comp.next = 0;
+        self.comp.trip = trip;
+        self.comp.tripped = false;
+        self.fig.compactor_starts += 1;
+    }
+
+    /// SIGKILL the compactor where `aim` says (the aimed kills mostly land
+    /// inside a compaction). Then see where the kill landed: between
+    /// compactions, or inside one in its copy, before or after its rename
+    /// (the store's name tells), and what it left next to the store.
+    fn kill_compactor(&mut self, aim: CompactAim) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (tag, est) = match aim {
+            CompactAim::Blind => ("", 0.0),
+            CompactAim::Begin => ("@B ", self.comp.avg_us),
+            CompactAim::Copied => ("@P ", self.comp.avg_rest_us),
+        };
+        if aim != CompactAim::Blind && self.catch_latest(COMPACTOR, tag, deadline) {
+            let est = est.clamp(500.0, 200_000.0);
+            let us = self.crng.below((est * 1.3) as u64 + 1);
+            std::thread::sleep(Duration::from_micros(us));
+            self.fig.compactor_kills_aimed += 1;
+        }
+        self.kill_slot(COMPACTOR);
+        self.fig.compactor_kills += 1;
+        self.compactor_killed();
+    }
+
+    /// The compactor died of a SIGKILL (the parent's or its tripwire's):
+    /// see where the kill landed, between compactions, or inside one in
+    /// its copy, before or after its rename (the store's name tells), what
+    /// the file it started from says, and what it left next to the store.
+    fn compactor_killed(&mut self) {
+        let trip_magic = self.comp.trip_magic.take();
+        if std::mem::take(&mut self.comp.tripped) {
+            self.fig.compactor_trips += 1;
+        }
+        let now = inode_of(&self.path)
+            .unwrap_or_else(|e| self.fail(format!("stat the store after a compactor kill: {e}")));
+        let copied = std::mem::take(&mut self.comp.copied);
+        // What the file it started from says (a writer may have settled
+        // a MOVING left behind already).
+        let magic = match self.comp.old_file.take().map(|f| magic_of(&f)) {
+            Some(Ok(m)) => Some(m),
+            Some(Err(e)) => self.fail(format!(
+                "read the magic of the file the killed compaction started from: {e}"
+            )),
+            None => None,
+        };
+        // The tripwire read it at the kill; the parent only now.
+        let moving = match &trip_magic {
+            Some(m) => m.as_bytes() == MAGIC_MOVING,
+            None => magic == Some(*MAGIC_MOVING),
+        };
+        match self.comp.under_way.take() {
+            None => self.fig.compactor_killed_idle += 1,
+            Some((_, before)) if now == before && !copied => self.fig.compactor_killed_copying += 1,
+            Some((_, before)) if now == before => self.fig.compactor_killed_before_rename += 1,
+            Some((n, _)) => {
+                if magic.is_some_and(|m| m != *MAGIC_MOVING && m != *MAGIC_MOVED) {
+                    self.fail(format!(
+                        "compaction {n} was killed after its rename, but the file it moved the \
+                         store from says {:?}",
+                        String::from_utf8_lossy(&magic.unwrap_or_default())
+                    ));
+                }
+                self.fig.compactor_killed_moving_renamed += moving as u64;
+                // It renamed: the store moved, though it never reported.
+                self.fig.compactor_killed_after_rename += 1;
+                self.comp.store_ino = now;
+                if self.comp.history.contains(&now) {
+                    self.fig.inodes_reused += 1;
+                }
+                self.comp.history.push(now);
+            }
+        }
+        let pid = self.comp.pid;
+        let left = leftovers(&self.path).iter().any(|(_, p)| *p == Some(pid));
+        self.fig.compactor_kills_leaving_files += left as u64;
+        self.comp.killed_pids.push((pid, left));
+    }
+
+    /// Kill and restart writers (and the compactor) at random moments
+    /// until `end`.
     fn kill_loop(&mut self, end: Instant) {
         let gap = |rng: &mut Rng| Duration::from_millis(80 + rng.below(320));
+        let cgap = |rng: &mut Rng| Duration::from_millis(250 + rng.below(1000));
         let mut next_kill = Instant::now() + gap(&mut self.rng);
+        let mut next_ckill = if self.comp.enabled {
+            Instant::now() + cgap(&mut self.crng)
+        } else {
+            end
+        };
         loop {
             let now = Instant::now();
             if now >= end {
                 return;
             }
+            if self.comp.tripped && self.kids.get(COMPACTOR).eof {
+                self.reap_tripped();
+                self.spawn_compactor();
+                next_ckill = Instant::now() + cgap(&mut self.crng);
+                continue;
+            }
+            if now >= next_ckill {
+                let aim = match self.crng.below(4) {
+                    0 => CompactAim::Blind,
+                    1 => CompactAim::Begin,
+                    _ => CompactAim::Copied,
+                };
+                self.kill_compactor(aim);
+                self.spawn_compactor();
+                next_ckill = Instant::now() + cgap(&mut self.crng);
+                continue;
+            }
             if now < next_kill {
-                self.pump(next_kill.min(end) - now);
+                // Look again soon while the compactor is killing itself.
+                let soon = if self.comp.tripped {
+                    now + Duration::from_millis(5)
+                } else {
+                    end
+                };
+                self.pump(next_kill.min(next_ckill).min(end).min(soon) - now);
                 continue;
             }
             let w = self.rng.below(WRITERS as u64) as usize;
@@ -1582,6 +2540,11 @@ impl Run {
         }
         for &s in slots {
             self.drain(s);
+            if s == COMPACTOR && self.comp.tripped {
+                // It killed itself before it saw the stop.
+                self.reap_tripped();
+                continue;
+            }
             let (status, stderr) = self.kids.reap(s);
             let p = self.kids.get(s);
             let label = p.label.clone();
@@ -1593,26 +2556,49 @@ impl Run {
             let Some(finals) = p.finals.clone() else {
                 self.fail(format!("{label} exited 0 without its final line"));
             };
-            if s < WRITERS {
-                if self.models[s].pending.is_some() {
-                    self.fail(format!("{label} stopped with a commit unacknowledged"));
+            match role_of(s) {
+                Role::Writer => {
+                    if self.models[s].pending.is_some() {
+                        self.fail(format!("{label} stopped with a commit unacknowledged"));
+                    }
+                    self.fig.writer_readbacks +=
+                        parse_counts(&finals).get("readbacks").copied().unwrap_or(0);
                 }
-                self.fig.writer_readbacks +=
-                    parse_counts(&finals).get("readbacks").copied().unwrap_or(0);
-            } else {
-                let r = s - WRITERS;
-                for (k, v) in parse_counts(&finals) {
-                    *self.fig.readers.entry(format!("r{r}.{k}")).or_default() += v;
+                Role::Reader => {
+                    let r = s - WRITERS;
+                    for (k, v) in parse_counts(&finals) {
+                        *self.fig.readers.entry(format!("r{r}.{k}")).or_default() += v;
+                    }
+                }
+                Role::Compactor => {
+                    if let Some((n, _)) = self.comp.under_way {
+                        self.fail(format!("{label} stopped with compaction {n} unreported"));
+                    }
+                    for (k, v) in parse_counts(&finals) {
+                        *self.fig.compactor.entry(k).or_default() += v;
+                    }
                 }
             }
         }
     }
 
     /// Stop everyone: readers first (a reader waiting for a change needs
-    /// writers), then the writers as `ending` says.
-    fn finish(&mut self, ending: Ending) {
+    /// writers), then the compactor (stopped, or killed inside a compaction
+    /// if `kill_compactor`, so that writers closing and the final open find
+    /// what it left), then the writers as `ending` says.
+    fn finish(&mut self, ending: Ending, kill_compactor: bool) {
         let readers: Vec<usize> = (WRITERS..WRITERS + READERS).collect();
         self.stop(&readers);
+        if self.comp.enabled {
+            if self.comp.tripped {
+                self.drain(COMPACTOR);
+                self.reap_tripped();
+            } else if kill_compactor {
+                self.kill_compactor(CompactAim::Copied);
+            } else {
+                self.stop(&[COMPACTOR]);
+            }
+        }
         let killed: Vec<usize> = match ending {
             Ending::Graceful => vec![],
             Ending::OneKilled => vec![self.rng.below(WRITERS as u64) as usize],
@@ -1625,11 +2611,27 @@ impl Run {
         self.stop(&rest);
     }
 
+    /// Fail if anything but the store is in its directory (the leftovers
+    /// of compactions that did not finish, above all).
+    fn assert_alone(&mut self, when: &str) {
+        let others = other_files(&self.path);
+        if !others.is_empty() {
+            self.fail(format!(
+                "{when}, the store's directory holds more than the store: {others:?} (killed \
+                 compactors' pids: {:?}, current compactor's: {})",
+                self.comp.killed_pids, self.comp.pid
+            ));
+        }
+    }
+
     /// Open the store after the run and compare it with the model.
     fn verify(&mut self) -> (OpenKind, u64, mapkv::CheckReport, u64) {
+        self.fig.leftovers_at_end = leftovers(&self.path).len() as u64;
         let db = Db::open(&self.path)
             .unwrap_or_else(|e| self.fail(format!("open after the run failed: {e}")));
         let opened = db.stats().opened;
+        // Alone on the store, the open removed what killed compactions left.
+        self.assert_alone("after the parent's open, alone on the store");
         let report = db
             .check()
             .unwrap_or_else(|e| self.fail(format!("check after the run ({opened:?}) failed: {e}")));
@@ -1732,6 +2734,7 @@ impl Run {
             ));
         }
         drop(db);
+        self.assert_alone("after the last close");
         (opened, stats.generation, report, stats.file_len)
     }
 }
@@ -1740,6 +2743,7 @@ impl Run {
 fn multiprocess_stress() {
     let seed = common::seed("multiprocess_stress");
     let budget = Duration::from_secs(env_u64("MAPKV_MP_SECS").unwrap_or(DEFAULT_SECS));
+    let compacting = env_u64("MAPKV_MP_COMPACT").unwrap_or(1) != 0;
     let (_dir, path) = common::store();
     let gen0 = {
         let db = Db::open(&path).expect("create the store");
@@ -1747,13 +2751,14 @@ fn multiprocess_stress() {
         db.close().expect("close the new store");
         g
     };
+    let ino0 = inode_of(&path).expect("stat the new store");
     let mut run = Run {
         seed,
         path,
         rng: Rng::new(seed),
         began: Instant::now(),
         child_limit: budget + Duration::from_secs(300),
-        kids: Kids::new(WRITERS + READERS),
+        kids: Kids::new(SLOTS),
         instances: vec![0; WRITERS],
         models: (0..WRITERS)
             .map(|_| WriterModel {
@@ -1762,29 +2767,46 @@ fn multiprocess_stress() {
             })
             .collect(),
         fig: Figures::default(),
+        comp: CompactorModel {
+            enabled: compacting,
+            store_ino: ino0,
+            history: vec![ino0],
+            ..CompactorModel::default()
+        },
+        crng: Rng::new(mix64(seed ^ 0x0063_6f6d_7061_6374)),
     };
     let ending = match run.rng.below(3) {
         0 => Ending::Graceful,
         1 => Ending::OneKilled,
         _ => Ending::AllKilled,
     };
-    // Start everyone, in a random order.
+    let compactor_killed_at_end = run.crng.chance(50);
+    let compactor_first = run.crng.chance(50);
+    // Start everyone, in a random order (the compactor first or last).
     let mut order: Vec<usize> = (0..WRITERS + READERS).collect();
     for i in (1..order.len()).rev() {
         order.swap(i, run.rng.below(i as u64 + 1) as usize);
     }
-    for slot in order {
-        if slot < WRITERS {
-            run.spawn_writer(slot);
+    if compacting {
+        if compactor_first {
+            order.insert(0, COMPACTOR);
         } else {
-            run.spawn_reader(slot - WRITERS);
+            order.push(COMPACTOR);
+        }
+    }
+    for slot in order {
+        match role_of(slot) {
+            Role::Writer => run.spawn_writer(slot),
+            Role::Reader => run.spawn_reader(slot - WRITERS),
+            Role::Compactor => run.spawn_compactor(),
         }
     }
     let end = run.began + budget;
     run.kill_loop(end);
     let kill_phase = run.began.elapsed();
-    run.finish(ending);
+    run.finish(ending, compactor_killed_at_end);
     let (opened, gen_end, report, file_len) = run.verify();
+    let ino_end = inode_of(&run.path).expect("stat the store after the run");
 
     let f = &run.fig;
     let readers: Vec<String> = f.readers.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -1829,6 +2851,59 @@ fn multiprocess_stress() {
         secs = kill_phase,
         total = run.began.elapsed(),
     );
+    let per = |d: Duration, n: u64| d.checked_div(n.max(1) as u32).unwrap_or_default();
+    let compactor: Vec<String> = f
+        .compactor
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!(
+        "multiprocess stress, compaction: {comps} compactions by {cstarts} compactor processes \
+         (writer pause avg {pavg:?} max {pmax:?}; duration avg {davg:?} max {dmax:?}; \
+         {caught} commits caught up; file after {lmin}..{lmax} KiB, before up to {lbmax} KiB; \
+         {refused} times a second handle was refused with Locked), {ckills} compactor kills by \
+         the parent ({caimed} aimed at a compaction) and {trips} by the compactor's tripwire at \
+         a rename; they landed between compactions {idle}, inside one in its copy {copying}, \
+         after the copy but before the rename {pre}, after the rename {post} ({post_moving} with \
+         MOVING still set); {leaving} left files next to the store, {removed} of them seen \
+         removed by the next compaction, {at_end} leftovers before the final open; store moves \
+         {moves} (inode {ino0} -> {ino_end}; {reused} onto an inode number the store had had \
+         before), moves seen by writers {wmoves}, compactor ending {cend}, compactor's counts: \
+         {compactor}",
+        comps = f.compactions,
+        cstarts = f.compactor_starts,
+        pavg = per(f.pause_total, f.compactions),
+        pmax = f.pause_max,
+        davg = per(f.duration_total, f.compactions),
+        dmax = f.duration_max,
+        caught = f.caught_up,
+        lmin = f.len_after_min >> 10,
+        lmax = f.len_after_max >> 10,
+        lbmax = f.len_before_max >> 10,
+        refused = f.refused,
+        ckills = f.compactor_kills,
+        caimed = f.compactor_kills_aimed,
+        idle = f.compactor_killed_idle,
+        trips = f.compactor_trips,
+        post_moving = f.compactor_killed_moving_renamed,
+        copying = f.compactor_killed_copying,
+        pre = f.compactor_killed_before_rename,
+        post = f.compactor_killed_after_rename,
+        leaving = f.compactor_kills_leaving_files,
+        removed = f.leftovers_seen_removed,
+        at_end = f.leftovers_at_end,
+        moves = f.store_moves(),
+        reused = f.inodes_reused,
+        wmoves = f.writer_moves,
+        cend = if !compacting {
+            "(no compactor)"
+        } else if compactor_killed_at_end {
+            "killed"
+        } else {
+            "stopped"
+        },
+        compactor = compactor.join(" "),
+    );
     // The run must have exercised what it claims to test (a kill comes
     // every 0.08 to 0.4 s; very short runs are only held to the basics).
     if budget >= Duration::from_secs(5) {
@@ -1847,11 +2922,53 @@ fn multiprocess_stress() {
             f.acked_commits
         );
     }
+    let reader = |r: usize, what: &str| f.readers.get(&format!("r{r}.{what}")).copied();
     for r in 0..READERS {
-        for what in ["gets", "pair_reads", "waits"] {
-            let n = f.readers.get(&format!("r{r}.{what}")).copied().unwrap_or(0);
-            assert!(n >= 1, "reader {r} did no {what}");
+        for what in ["gets", "pair_reads", "waits", "feeds"] {
+            let n = reader(r, what).unwrap_or(0);
+            assert!(n >= 1, "reader {r} did no {what} (MAPKV_SEED={seed})");
         }
+        // A move seen is a move made.
+        let seen = reader(r, "moves").unwrap_or(0);
+        assert!(
+            seen <= f.store_moves(),
+            "reader {r} saw the store move {seen} times, but it moved {} times (MAPKV_SEED={seed})",
+            f.store_moves()
+        );
+    }
+    // Only the compactor moves the store, and the parent saw every move.
+    // (Comparing with the first inode proves nothing: the filesystem
+    // reuses inode numbers, see `Pinned`.)
+    assert_eq!(
+        ino_end, run.comp.store_ino,
+        "after the run the store's name is on inode {ino_end}, but the last move the parent \
+         knows of left it on inode {} (MAPKV_SEED={seed})",
+        run.comp.store_ino
+    );
+    // The compactor must have done its job and been killed at it; every
+    // process must have followed the store (compactions come every few
+    // tens of ms, compactor kills every 0.25 to 1.25 s).
+    if compacting && budget >= Duration::from_secs(5) {
+        assert!(
+            f.compactions >= 1,
+            "no compaction finished (MAPKV_SEED={seed})"
+        );
+        assert!(
+            f.compactor_kills >= 1,
+            "the compactor was never killed (MAPKV_SEED={seed})"
+        );
+        for r in 0..READERS {
+            assert!(
+                reader(r, "moves").unwrap_or(0) >= 1,
+                "reader {r} never saw the store move, in {} moves (MAPKV_SEED={seed})",
+                f.store_moves()
+            );
+        }
+        assert!(
+            f.writer_moves >= 1,
+            "no writer saw the store move, in {} moves (MAPKV_SEED={seed})",
+            f.store_moves()
+        );
     }
 }
 

@@ -296,7 +296,12 @@ fn read_only_open_recovers_in_memory_without_writing() {
         assert_eq!(ro.stats().opened, OpenKind::Rebuilt);
         assert_filled(&ro, 2000, 8);
     }
-    let ro = Options::new().read_only(true).open(&img).unwrap();
+    // Under the lock too: another test may have set MAPKV_BOOT_ID (a
+    // simulated reboot) for its own open meanwhile.
+    let ro = {
+        let _g = BOOT.lock().unwrap_or_else(|e| e.into_inner());
+        Options::new().read_only(true).open(&img).unwrap()
+    };
     assert_eq!(ro.stats().opened, OpenKind::Replayed);
     assert_filled(&ro, 2000, 8);
     drop(ro);

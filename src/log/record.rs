@@ -32,6 +32,11 @@ pub(crate) const KIND_PUT: u8 = 0xA5;
 pub(crate) const KIND_DEL: u8 = 0xA6;
 pub(crate) const KIND_INDEX: u8 = 0xA7;
 pub(crate) const FLAG_END: u8 = 1;
+/// A put whose value area starts with 8 bytes: the expiry time, in
+/// milliseconds since the Unix epoch, little-endian. The value follows.
+pub(crate) const FLAG_TTL: u8 = 2;
+/// Bytes of the expiry prefix of a FLAG_TTL put.
+pub(crate) const TTL_LEN: usize = 8;
 
 /// Longest key: 65,535 bytes.
 ///
@@ -135,6 +140,11 @@ impl Header {
         self.flags & FLAG_END != 0
     }
 
+    /// A put with an expiry prefix.
+    pub(crate) fn has_ttl(&self) -> bool {
+        self.flags & FLAG_TTL != 0
+    }
+
     /// Bytes of the record; for an index chunk, including padding and table.
     pub(crate) fn len_at(&self, off: u64) -> Option<u64> {
         match self.kind {
@@ -152,7 +162,7 @@ impl Header {
     /// at `off`. Says nothing about the key and value bytes.
     pub(crate) fn check(&self, salt: u32, off: u64) -> bool {
         let fields_ok = match self.kind {
-            KIND_PUT => true,
+            KIND_PUT => self.flags & FLAG_TTL == 0 || self.val_len as usize >= TTL_LEN,
             KIND_DEL => self.val_len == 0,
             KIND_INDEX => {
                 self.key_len == 0
@@ -164,7 +174,8 @@ impl Header {
             _ => false,
         };
         fields_ok
-            && self.flags & !FLAG_END == 0
+            && self.flags & !(FLAG_END | FLAG_TTL) == 0
+            && (self.kind == KIND_PUT || self.flags & FLAG_TTL == 0)
             && self.hdr_crc == header_crc(salt, off, &self.tail_bytes())
     }
 }
@@ -197,29 +208,37 @@ impl BodyCrc {
 }
 
 /// Build the header of a put or delete record to be written at `off`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn encode(
     salt: u32,
     off: u64,
     kind: u8,
     end: bool,
     key: &[u8],
+    prefix: &[u8],
     value: &[u8],
     seq_gen: u64,
 ) -> Header {
-    debug_assert!(key.len() <= MAX_KEY_LEN && value.len() <= MAX_VALUE_LEN);
+    debug_assert!(key.len() <= MAX_KEY_LEN && prefix.len() + value.len() <= MAX_VALUE_LEN);
+    debug_assert!(prefix.is_empty() || prefix.len() == TTL_LEN);
+    let mut flags = if end { FLAG_END } else { 0 };
+    if !prefix.is_empty() {
+        flags |= FLAG_TTL;
+    }
     let mut h = Header {
         crc: 0,
         hdr_crc: 0,
         kind,
-        flags: if end { FLAG_END } else { 0 },
+        flags,
         key_len: key.len() as u16,
-        val_len: value.len() as u32,
+        val_len: (prefix.len() + value.len()) as u32,
         seq_gen,
     };
     let tail = h.tail_bytes();
     h.hdr_crc = header_crc(salt, off, &tail);
     let mut c = BodyCrc::new(salt, off, &tail);
     c.update(key);
+    c.update(prefix);
     c.update(value);
     h.crc = c.finish();
     h
@@ -252,7 +271,16 @@ mod tests {
 
     #[test]
     fn roundtrip_and_crc_binding() {
-        let h = encode(77, 4096, KIND_PUT, true, b"key", b"value", seq_gen(5, 2));
+        let h = encode(
+            77,
+            4096,
+            KIND_PUT,
+            true,
+            b"key",
+            b"",
+            b"value",
+            seq_gen(5, 2),
+        );
         let b = h.to_bytes();
         let d = Header::from_bytes(&b);
         assert_eq!(d, h);
@@ -297,8 +325,27 @@ mod tests {
         assert!(ix.check(3, 12288));
         assert_eq!(index_table_start(12288), Some(16384));
         assert_eq!(ix.len_at(12288), Some(4096 + 4096));
-        let del = encode(3, 64, KIND_DEL, true, b"k", b"", 1);
+        let del = encode(3, 64, KIND_DEL, true, b"k", b"", b"", 1);
         assert!(del.check(3, 64));
+        // A put with an expiry: the prefix counts in the value length and
+        // the CRC; a TTL flag on anything else, or on a value shorter than
+        // the prefix, is malformed.
+        let t = encode(3, 64, KIND_PUT, true, b"k", &9u64.to_le_bytes(), b"v", 1);
+        assert!(t.check(3, 64) && t.has_ttl());
+        assert_eq!(t.val_len as usize, TTL_LEN + 1);
+        let mut c = BodyCrc::new(3, 64, &t.tail_bytes());
+        c.update(b"k");
+        c.update(&9u64.to_le_bytes());
+        c.update(b"v");
+        assert_eq!(c.finish(), t.crc);
+        let mut short = t;
+        short.val_len = 3;
+        short.hdr_crc = header_crc(3, 64, &short.tail_bytes());
+        assert!(!short.check(3, 64));
+        let mut del_ttl = del;
+        del_ttl.flags |= FLAG_TTL;
+        del_ttl.hdr_crc = header_crc(3, 64, &del_ttl.tail_bytes());
+        assert!(!del_ttl.check(3, 64));
         let mut bad = del;
         bad.val_len = 1;
         bad.hdr_crc = header_crc(3, 64, &bad.tail_bytes());

@@ -17,7 +17,9 @@
 //!                          msync'd before this meta was written
 //! 72     8    seq_gen      last commit below `tail` (48-bit seq | gen << 48)
 //! 80     4    generation   generation new commits are written with
-//! 84     4    reserved0    zero
+//! 84     4    file_nonce   random, drawn when the file is created (a compaction's
+//!                          new file draws its own): tells files apart where
+//!                          device and inode numbers are reused
 //! 88     8    index_desc   slot table (page-aligned offset | log2 capacity);
 //!                          trusted only when CLEAN
 //! 96     8    index_used   occupied slots (live + tombstones), when CLEAN
@@ -55,7 +57,7 @@ pub(crate) struct Meta {
     pub tail: u64,
     pub seq_gen: u64,
     pub generation: u32,
-    pub reserved0: u32,
+    pub file_nonce: u32,
     pub index_desc: u64,
     pub index_used: u64,
     pub live_keys: u64,
