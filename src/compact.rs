@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use crate::db::{expiry_of, now_ms, Inner, Op};
 use crate::index;
-use crate::log::record::{seq_gen, seq_of, Header, HEADER_LEN, KIND_PUT, TTL_LEN};
+use crate::log::record::{seq_gen, seq_of, Header, KIND_PUT, TTL_LEN};
 use crate::log::{Item, Scanner};
 use crate::options::Lineage;
 use crate::storage::control::{MOVED_MAGIC, MOVING_MAGIC};
@@ -206,15 +206,9 @@ impl Db {
         let mut expired = 0u64;
         for off in t.live_words().map(index::word_offset) {
             let h = old.header_at(off)?;
-            if h.has_ttl() {
-                let mut at = [0u8; TTL_LEN];
-                old.arena
-                    .read(off + HEADER_LEN + h.key_len as u64, &mut at)
-                    .map_err(|_| old.corrupt(off, "record runs past the end of the file"))?;
-                if expiry_of(&at) <= now {
-                    expired += 1;
-                    continue;
-                }
+            if old.expired_at(off, &h, now)? {
+                expired += 1;
+                continue;
             }
             offsets.push(off);
         }

@@ -693,6 +693,20 @@ impl Inner {
         Ok(found.map(|_| key.len()))
     }
 
+    /// Whether the put at `off` (header `hd`) has an expiry and it is at or
+    /// before `now` (reads the 8-byte prefix; not CRC-checked, like a key
+    /// comparison).
+    pub(crate) fn expired_at(&self, off: u64, hd: &Header, now: u64) -> Result<bool> {
+        if !hd.has_ttl() {
+            return Ok(false);
+        }
+        let mut at = [0u8; TTL_LEN];
+        self.arena
+            .read(off + HEADER_LEN + hd.key_len as u64, &mut at)
+            .map_err(|_| self.corrupt(off, "record runs past the end of the file"))?;
+        Ok(expiry_of(&at) <= now)
+    }
+
     /// Read a key's record: `Some((record offset, header))`; `None` if the
     /// key is absent or its entry has expired.
     #[inline]
@@ -707,14 +721,8 @@ impl Inner {
             Some((_, w)) => {
                 let off = index::word_offset(w);
                 let hd = self.header_at(off)?;
-                if hd.has_ttl() {
-                    let mut at = [0u8; TTL_LEN];
-                    self.arena
-                        .read(off + HEADER_LEN + hd.key_len as u64, &mut at)
-                        .map_err(|_| self.corrupt(off, "record runs past the end of the file"))?;
-                    if expiry_of(&at) <= now_ms() {
-                        return Ok(None);
-                    }
+                if self.expired_at(off, &hd, now_ms())? {
+                    return Ok(None);
                 }
                 Ok(Some((off, hd)))
             }
