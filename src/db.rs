@@ -88,6 +88,29 @@ impl Db {
         }
     }
 
+    /// Run a read against the current store (no check up front: `table`
+    /// reports a move, and then the read follows and runs again).
+    #[inline]
+    pub(crate) fn read<R>(&self, mut f: impl FnMut(&Inner) -> Result<R>) -> Result<R> {
+        let mut follows = 0;
+        loop {
+            let i = self.shared.current.load();
+            match f(&i) {
+                Err(Error::Moved) if follows < MAX_FOLLOWS => {
+                    follows += 1;
+                    self.shared.follow(&i);
+                }
+                Err(Error::Moved) => {
+                    return Err(i.corrupt(
+                        CONTROL_OFFSET,
+                        "the store says it moved to a new file, but the path still names this one",
+                    ))
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Run a write against the current store; if the store moved to a new
     /// file meanwhile (the writer lock says so), follow it and run again.
     pub(crate) fn write<R>(&self, mut f: impl FnMut(&Inner) -> Result<R>) -> Result<R> {
@@ -532,11 +555,31 @@ impl Inner {
             .map_err(|_| self.corrupt(CONTROL_OFFSET, "control block outside the file"))
     }
 
-    /// The current slot table, checked against the file.
+    /// The current slot table, checked against the file. `Error::Moved`
+    /// if a compaction moved the store to a new file (the caller follows
+    /// it): the magic word shares a cache line with the descriptor, so
+    /// this check costs readers nothing measurable.
     #[inline]
     pub(crate) fn table(&self) -> Result<(Table<'_>, Desc)> {
-        let w = self.control()?.index_desc();
-        self.table_at(w)
+        let c = self.control()?;
+        let magic = c.magic();
+        if magic != crate::storage::control::CONTROL_MAGIC && self.arena.mode() != MapMode::Private
+        {
+            self.moved_check(magic)?;
+        }
+        self.table_at(c.index_desc())
+    }
+
+    /// Slow path of `table`: MOVED means moved; MOVING means moved only once
+    /// the name names another file (until then this file is still the
+    /// store); anything else is damage, reported by the descriptor checks.
+    #[cold]
+    fn moved_check(&self, magic: u64) -> Result<()> {
+        use crate::storage::control::{MOVED_MAGIC, MOVING_MAGIC};
+        if magic == MOVED_MAGIC || (magic == MOVING_MAGIC && self.path_names_other_file()) {
+            return Err(Error::Moved);
+        }
+        Ok(())
     }
 
     pub(crate) fn table_at(&self, w: u64) -> Result<(Table<'_>, Desc)> {
@@ -1500,11 +1543,10 @@ impl Db {
     /// ```
     #[inline]
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
+        let key = key.as_ref();
         let mut buf = Vec::new();
-        Ok(self
-            .inner()
-            .fetch(key.as_ref(), &mut buf)?
-            .map(|k| Value::from_parts(buf, k)))
+        let found = self.read(|i| i.fetch(key, &mut buf))?;
+        Ok(found.map(|k| Value::from_parts(buf, k)))
     }
 
     /// Like [`get`](Db::get), but copies the value into `buf` (cleared
@@ -1524,7 +1566,8 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn get_into(&self, key: impl AsRef<[u8]>, buf: &mut Vec<u8>) -> Result<bool> {
-        match self.inner().fetch(key.as_ref(), buf)? {
+        let key = key.as_ref();
+        match self.read(|i| i.fetch(key, buf))? {
             Some(k) => {
                 buf.drain(..k);
                 Ok(true)
@@ -1549,7 +1592,8 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool> {
-        Ok(self.inner().lookup(key.as_ref())?.is_some())
+        let key = key.as_ref();
+        Ok(self.read(|i| i.lookup(key))?.is_some())
     }
 
     /// Remove `key`. Returns whether it was present.

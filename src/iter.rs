@@ -47,9 +47,19 @@ const LOOKAHEAD: usize = 64;
 
 impl<'a> Iter<'a> {
     pub(crate) fn new(db: &'a Db) -> Iter<'a> {
-        let inner = arc_swap::Guard::into_inner(db.inner());
-        let (desc, failed) = match inner.table() {
-            Ok((_, d)) => (Some(d.encode()), None),
+        let mut inner = arc_swap::Guard::into_inner(db.inner());
+        let mut res = inner.table().map(|(_, d)| d.encode());
+        for _ in 0..8 {
+            if !matches!(res, Err(crate::Error::Moved)) {
+                break;
+            }
+            // Moved between the check and the table: follow, then retry.
+            db.shared.follow(&inner);
+            inner = arc_swap::Guard::into_inner(db.inner());
+            res = inner.table().map(|(_, d)| d.encode());
+        }
+        let (desc, failed) = match res {
+            Ok(d) => (Some(d), None),
             Err(e) => (None, Some(e)),
         };
         Iter {

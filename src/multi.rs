@@ -237,6 +237,11 @@ impl Db {
             if v1 % 2 == 0 {
                 let res = f(&view);
                 fence(Ordering::Acquire);
+                if matches!(res, Err(Error::Moved)) {
+                    // A compaction moved the store: start over on the new file.
+                    self.shared.follow(&guard);
+                    return self.read_consistent(f);
+                }
                 if c.version() == v1 {
                     return res;
                 }
@@ -339,7 +344,8 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn get_pod<T: Pod>(&self, key: impl AsRef<[u8]>) -> Result<Option<T>> {
-        get_pod_from(&self.inner(), key.as_ref())
+        let key = key.as_ref();
+        self.read(|i| get_pod_from(i, key))
     }
 }
 
