@@ -71,6 +71,9 @@ impl Db {
             }
             // A read-only handle cannot stop writers in other processes:
             // check a snapshot, and start again if a commit landed meanwhile.
+            // Moved by a compaction? Then `table` says so and the new file
+            // is checked instead.
+            inner.table()?;
             let c = inner.control()?;
             for _ in 0..20 {
                 let (st, consistent) = c.snapshot(1000);

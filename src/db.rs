@@ -91,7 +91,25 @@ impl Db {
     /// Run a read against the current store (no check up front: `table`
     /// reports a move, and then the read follows and runs again).
     #[inline]
-    pub(crate) fn read<R>(&self, mut f: impl FnMut(&Inner) -> Result<R>) -> Result<R> {
+    pub(crate) fn read<R>(&self, f: impl FnMut(&Inner) -> Result<R>) -> Result<R> {
+        self.following(f)
+    }
+
+    /// Run a write against the current store; if the store moved to a new
+    /// file meanwhile (the writer lock says so), follow it and run again.
+    /// No check up front: taking the writer lock checks.
+    pub(crate) fn write<R>(&self, f: impl FnMut(&Inner) -> Result<R>) -> Result<R> {
+        let r = self.following(f);
+        if r.is_ok() && self.shared.opts.auto_compact.is_some() {
+            self.maybe_auto_compact(&self.inner());
+        }
+        r
+    }
+
+    /// Run `f` on the current store, following the store to its new file
+    /// and running again whenever `f` says it moved (`Error::Moved`).
+    #[inline]
+    fn following<R>(&self, mut f: impl FnMut(&Inner) -> Result<R>) -> Result<R> {
         let mut follows = 0;
         loop {
             let i = self.shared.current.load();
@@ -107,33 +125,6 @@ impl Db {
                     ))
                 }
                 r => return r,
-            }
-        }
-    }
-
-    /// Run a write against the current store; if the store moved to a new
-    /// file meanwhile (the writer lock says so), follow it and run again.
-    pub(crate) fn write<R>(&self, mut f: impl FnMut(&Inner) -> Result<R>) -> Result<R> {
-        let mut follows = 0;
-        loop {
-            let i = self.inner();
-            match f(&i) {
-                Err(Error::Moved) if follows < MAX_FOLLOWS => {
-                    follows += 1;
-                    self.shared.follow(&i);
-                }
-                Err(Error::Moved) => {
-                    return Err(i.corrupt(
-                        CONTROL_OFFSET,
-                        "the store says it moved to a new file, but the path still names this one",
-                    ))
-                }
-                r => {
-                    if r.is_ok() && self.shared.opts.auto_compact.is_some() {
-                        self.maybe_auto_compact(&i);
-                    }
-                    return r;
-                }
             }
         }
     }
