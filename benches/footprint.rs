@@ -20,16 +20,9 @@ fn status(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn key(i: u64) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    for c in k.chunks_mut(8) {
-        x ^= x >> 29;
-        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        c.copy_from_slice(&x.to_le_bytes());
-    }
-    k
-}
+#[path = "common/workload.rs"]
+mod workload;
+use workload::key;
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {

@@ -12,16 +12,9 @@ use std::time::{Duration, Instant};
 
 use mapkv::{Db, OpenKind};
 
-fn key(i: u64) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    for c in k.chunks_mut(8) {
-        x ^= x >> 29;
-        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        c.copy_from_slice(&x.to_le_bytes());
-    }
-    k
-}
+#[path = "common/workload.rs"]
+mod workload;
+use workload::key;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
