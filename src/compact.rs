@@ -79,6 +79,10 @@ pub struct CompactReport {
     /// Entries left behind because they had expired
     /// ([`Db::insert_with_ttl`]).
     pub expired: u64,
+    /// Entries evicted to make room (cache mode; see
+    /// [`Options::capacity`](crate::Options::capacity)). 0 for
+    /// [`Db::compact`].
+    pub evicted: u64,
     /// Commits replayed from the old log because they landed while the
     /// compaction ran.
     pub caught_up: u64,
@@ -87,6 +91,72 @@ pub struct CompactReport {
     pub writer_pause: Duration,
     /// The whole compaction.
     pub duration: Duration,
+}
+
+/// What a compaction does with the live entries.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Plan {
+    /// Keep them all ([`Db::compact`]).
+    Compact,
+    /// Cache mode: evict the oldest to free enough room (at least
+    /// `min_free` bytes), second chance for those read.
+    Evict { min_free: u64 },
+}
+
+/// A live entry of the old file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    off: u64,
+    /// Hits counted since it was written or last kept (0..=3).
+    freq: u64,
+    /// Record bytes.
+    len: u64,
+}
+
+/// Choose the entries to evict so that at least `need` record bytes go, and
+/// leave in `live` the ones to keep, in the order to write them. FIFO with
+/// second chance (CLOCK with a 2-bit count): the oldest entry (lowest
+/// offset: the log is written in order) goes first, unless it was read
+/// since it was written or last kept; then it stays, moves behind every
+/// newer entry and its count goes down by one. If a whole sweep frees too
+/// little, a second one takes the survivors in the same order. Returns how
+/// many were evicted.
+fn select_for_eviction(live: &mut Vec<Entry>, need: u64) -> u64 {
+    if need == 0 {
+        return 0;
+    }
+    live.sort_unstable_by_key(|e| e.off);
+    let mut freed = 0;
+    let mut evicted = 0;
+    let mut second = Vec::new();
+    let mut swept = 0;
+    for e in live.iter() {
+        if freed >= need {
+            break;
+        }
+        swept += 1;
+        if e.freq > 0 {
+            second.push(Entry {
+                freq: e.freq - 1,
+                ..*e
+            });
+        } else {
+            freed += e.len;
+            evicted += 1;
+        }
+    }
+    let mut keep_second = 0;
+    for e in &second {
+        if freed < need {
+            freed += e.len;
+            evicted += 1;
+            keep_second += 1;
+        }
+    }
+    let rest = live.split_off(swept);
+    *live = rest;
+    live.extend_from_slice(&second[keep_second..]);
+    evicted
 }
 
 /// Entries copied per commit of the new file, at most.
@@ -166,7 +236,40 @@ impl Db {
         // If another compaction moved the store meanwhile, start over on
         // the new file.
         for _ in 0..5 {
-            match self.compact_once(progress) {
+            match self.compact_once(progress, Plan::Compact) {
+                Err(Error::Moved) => continue,
+                // A cache's new file cannot fill up with the live entries
+                // alone, but it can with commits made meanwhile.
+                Err(Error::Full { wanted }) => {
+                    return Err(Error::OutOfSpace {
+                        path: self.shared.path.clone(),
+                        wanted,
+                        reason: "commits made during the compaction filled the cache's capacity"
+                            .into(),
+                    })
+                }
+                r => return r,
+            }
+        }
+        Err(Error::Locked {
+            path: self.shared.path.clone(),
+            detail: "other compactions kept moving the store to new files",
+        })
+    }
+
+    /// Cache mode: evict to make room. Frees the evict fraction of the
+    /// capacity, and at least `min_free` bytes, plus the room the old file
+    /// still has (commits made there meanwhile are carried over). Fails
+    /// with `Error::Locked` if a compaction or eviction is running.
+    pub(crate) fn evict(&self, min_free: u64) -> Result<CompactReport> {
+        let Some(_one) = self.shared.compacting.try_lock() else {
+            return Err(Error::Locked {
+                path: self.shared.path.clone(),
+                detail: "another compaction of this store is running",
+            });
+        };
+        for _ in 0..5 {
+            match self.compact_once(&mut |_, _| {}, Plan::Evict { min_free }) {
                 Err(Error::Moved) => continue,
                 r => return r,
             }
@@ -177,7 +280,11 @@ impl Db {
         })
     }
 
-    fn compact_once(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<CompactReport> {
+    pub(crate) fn compact_once(
+        &self,
+        progress: &mut dyn FnMut(u64, u64),
+        plan: Plan,
+    ) -> Result<CompactReport> {
         let started = Instant::now();
         let old = arc_swap::Guard::into_inner(self.inner());
         if old.read_only {
@@ -198,21 +305,51 @@ impl Db {
         let (st0, _) = c.snapshot(1_000_000);
         let len_before = old.arena.len();
 
-        // Live record offsets of the current table, as of now; entries that
-        // have expired are left behind (that is their space coming back).
-        let (t, _) = old.table_at(st0.index_desc)?;
+        // Live entries of the current table, as of now; entries that have
+        // expired are left behind (that is their space coming back).
+        let (t, d0) = old.table_at(st0.index_desc)?;
+        let capacity = c.capacity();
         let now = now_ms();
-        let mut offsets = Vec::with_capacity(st0.live_keys as usize);
+        let mut live = Vec::with_capacity(st0.live_keys as usize);
         let mut expired = 0u64;
-        for off in t.live_words().map(index::word_offset) {
+        for w in t.live_words() {
+            let off = index::word_offset(w);
             let h = old.header_at(off)?;
             if old.expired_at(off, &h, now)? {
                 expired += 1;
                 continue;
             }
-            offsets.push(off);
+            // Hit counts matter in cache mode only (elsewhere those bits
+            // may hold old tag bits).
+            let freq = if capacity != 0 {
+                index::word_freq(w)
+            } else {
+                0
+            };
+            let len = crate::log::record::record_len(h.key_len as usize, h.val_len as usize);
+            live.push(Entry { off, freq, len });
         }
-        let n = offsets.len() as u64;
+        let mut evicted = 0;
+        if let (Plan::Evict { min_free }, true) = (plan, capacity != 0) {
+            // The new file (index included, sized like the old one so that
+            // refilling needs no rebuild) plus what the old file can still
+            // take meanwhile must stay within the capacity less the share
+            // to free.
+            let fraction = self.shared.opts.evict_fraction;
+            let budget = ((capacity as f64) * (1.0 - fraction)) as u64;
+            let overhead = storage::ARENA_START + 2 * 4096 + d0.bytes();
+            let incoming = capacity.saturating_sub(st0.tail);
+            let keep = budget.saturating_sub(overhead + incoming);
+            let total: u64 = live.iter().map(|e| e.len).sum();
+            let need = total.saturating_sub(keep).max(min_free);
+            evicted = select_for_eviction(&mut live, need);
+        }
+        if capacity != 0 {
+            // A cache keeps its entries in the order they were written, so
+            // that the next eviction again takes the oldest first.
+            live.sort_unstable_by_key(|e| e.off);
+        }
+        let n = live.len() as u64;
         let s0 = seq_of(st0.seq_gen);
         // The copied entries are commits S0-K+1 ..= S0 of the new file.
         let k = if n == 0 {
@@ -233,9 +370,9 @@ impl Db {
         };
         let result = (|| {
             let mut copied = 0u64;
-            for chunk in offsets.chunks(per as usize) {
+            for chunk in live.chunks(per as usize) {
                 let mut bufs = Vec::with_capacity(chunk.len());
-                for &off in chunk {
+                for &Entry { off, .. } in chunk {
                     let h = old.header_at(off)?;
                     if h.kind != KIND_PUT {
                         return Err(old.corrupt(off, "live slot points at a non-put record"));
@@ -244,6 +381,12 @@ impl Db {
                 }
                 let ops: Vec<Op<'_>> = bufs.iter().map(|(h, b)| put_op(h, b)).collect();
                 new.commit(&ops)?;
+                // Carry the hit counts over (cache mode).
+                for (e, (h, b)) in chunk.iter().zip(&bufs) {
+                    if e.freq > 0 {
+                        new.set_freq(&b[..h.key_len as usize], e.freq)?;
+                    }
+                }
                 copied += chunk.len() as u64;
                 progress(copied, n);
             }
@@ -297,6 +440,11 @@ impl Db {
             }
             let fire = |phase| testing::fire(&self.shared.path, IoOp::Rename, phase);
             fire(Phase::Before).map_err(|source| io_err(&old.path, "rename", source))?;
+            // The cache counters move with the store.
+            let [ev, ex, runs] = c.cache_counters();
+            let is_evict = matches!(plan, Plan::Evict { .. }) as u64;
+            new.control()?
+                .set_cache_counters([ev + evicted, ex + expired, runs + is_evict]);
             c.set_magic(MOVING_MAGIC);
             if let Err(source) = std::fs::rename(&tmp, &self.shared.path) {
                 c.set_magic(crate::storage::control::CONTROL_MAGIC);
@@ -340,6 +488,7 @@ impl Db {
             len_after,
             live_bytes: st1.live_bytes,
             expired,
+            evicted,
             caught_up,
             writer_pause,
             duration: started.elapsed(),
@@ -367,6 +516,12 @@ impl Db {
         let estimate = storage::ARENA_START + 2 * crate::log::record::HEADER_LEN + table;
         let estimate =
             storage::align_up(estimate.saturating_add(st0.live_bytes), GRANULE).unwrap_or(u64::MAX);
+        let capacity = old.control()?.capacity();
+        let estimate = if capacity != 0 {
+            estimate.min(capacity)
+        } else {
+            estimate
+        };
         let mut o = base
             .clone()
             .read_only(false)
@@ -375,6 +530,7 @@ impl Db {
             .mode(mode)
             .expected_keys(st0.live_keys)
             .initial_size(estimate);
+        o.capacity = (capacity != 0).then_some(capacity);
         o.lineage = Some(Lineage {
             hash_seed: old.hash_seed,
             crc_salt: old.salt,

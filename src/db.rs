@@ -63,8 +63,11 @@ pub(crate) struct Shared {
     pub(crate) opts: Options,
     /// Serialises following a move.
     follow: Mutex<()>,
-    /// An automatic compaction is running in this process.
-    auto_compacting: Arc<AtomicBool>,
+    /// An automatic compaction or a background eviction is running in
+    /// this process.
+    background: AtomicBool,
+    /// Cache mode: hits and misses of reads through this handle.
+    pub(crate) hits: crate::cache::HitCounters,
     /// Held while a compaction through this handle (or a clone) runs: the
     /// cross-process compaction lock is per open file description, which
     /// clones share, so it cannot tell them apart.
@@ -98,12 +101,32 @@ impl Db {
     /// Run a write against the current store; if the store moved to a new
     /// file meanwhile (the writer lock says so), follow it and run again.
     /// No check up front: taking the writer lock checks.
-    pub(crate) fn write<R>(&self, f: impl FnMut(&Inner) -> Result<R>) -> Result<R> {
-        let r = self.following(f);
-        if r.is_ok() && self.shared.opts.auto_compact.is_some() {
-            self.maybe_auto_compact(&self.inner());
+    ///
+    /// In cache mode a write that finds the file full evicts (or waits for
+    /// an eviction) and runs again; after a write, an eviction may start in
+    /// the background.
+    pub(crate) fn write<R>(&self, mut f: impl FnMut(&Inner) -> Result<R>) -> Result<R> {
+        let mut attempt = 0;
+        loop {
+            match self.following(&mut f) {
+                Err(Error::Full { wanted }) => {
+                    attempt += 1;
+                    self.make_room(wanted, attempt)?;
+                }
+                r => {
+                    if r.is_ok() {
+                        let i = self.shared.current.load();
+                        if self.shared.opts.auto_compact.is_some() {
+                            self.maybe_auto_compact(&i);
+                        }
+                        if i.count_hits {
+                            self.maybe_evict_ahead(&i);
+                        }
+                    }
+                    return r;
+                }
+            }
         }
-        r
     }
 
     /// Run `f` on the current store, following the store to its new file
@@ -148,21 +171,28 @@ impl Db {
         if used < (1 << 20) || (dead as f64) < fraction * used as f64 {
             return;
         }
-        if self.shared.auto_compacting.swap(true, Ordering::AcqRel) {
+        // Errors (another process compacting, no space) just mean not
+        // now; the next commit past the threshold tries again.
+        self.in_background("mapkv-compact", |db| {
+            let _ = db.compact();
+        });
+    }
+
+    /// Run `job` on a clone of this handle in a new thread, unless a
+    /// background job of this handle is running already.
+    pub(crate) fn in_background(&self, name: &str, job: impl FnOnce(&Db) + Send + 'static) {
+        if self.shared.background.swap(true, Ordering::AcqRel) {
             return; // one at a time
         }
         let db = self.clone();
-        let flag = self.shared.auto_compacting.clone();
         let spawned = std::thread::Builder::new()
-            .name("mapkv-compact".into())
+            .name(name.into())
             .spawn(move || {
-                // Errors (another process compacting, no space) just mean
-                // not now; the next commit past the threshold tries again.
-                let _ = db.compact();
-                flag.store(false, Ordering::Release);
+                job(&db);
+                db.shared.background.store(false, Ordering::Release);
             });
         if spawned.is_err() {
-            self.shared.auto_compacting.store(false, Ordering::Release);
+            self.shared.background.store(false, Ordering::Release);
         }
     }
 }
@@ -209,6 +239,10 @@ pub(crate) struct Inner {
     pub(crate) read_only: bool,
     pub(crate) growth_step: u64,
     max_size: u64,
+    /// Cache mode on a writable mapping: reads count hits in the slots.
+    pub(crate) count_hits: bool,
+    /// Recovery or repair is running: growth ignores the capacity.
+    recovering: AtomicBool,
     writer: Mutex<Writer>,
     /// Whether writes take the cross-process writer mutex (read-write
     /// handles on a shared mapping; read-only handles never write).
@@ -503,6 +537,7 @@ impl Inner {
         let dirty = c.writer() != 0;
         c.set_writer(self.pid);
         if dirty || !consistent {
+            let _r = self.recovering();
             recovery::repair_live(self, &mut g.w)?;
         } else {
             g.w.st = st;
@@ -721,10 +756,39 @@ impl Inner {
                 Ok(true)
             })
             .map_err(|e| self.locate(e, d.start))?;
+        if let (Some((slot, w)), true) = (found, self.count_hits) {
+            t.touch(slot, w); // cache mode: a hit earns a second chance
+        }
         if found.is_some() && ttl && !strip_ttl(buf, key.len()) {
             return Ok(None); // expired: invisible
         }
         Ok(found.map(|_| key.len()))
+    }
+
+    /// Mark recovery as running until the guard drops.
+    fn recovering(&self) -> impl Drop + '_ {
+        struct Recovering<'a>(&'a AtomicBool);
+        impl Drop for Recovering<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        self.recovering.store(true, Ordering::Release);
+        Recovering(&self.recovering)
+    }
+
+    /// Set the hit count of `key`'s entry (compaction carries counts over
+    /// to its new file, which nobody else writes yet).
+    pub(crate) fn set_freq(&self, key: &[u8], f: u64) -> Result<()> {
+        let (t, d) = self.table()?;
+        let h = index::hash(self.hash_seed, key);
+        if let Some((slot, w)) = t
+            .find(h, |off| self.key_eq(off, key))
+            .map_err(|e| self.locate(e, d.start))?
+        {
+            t.set_freq(slot, w, f);
+        }
+        Ok(())
     }
 
     /// Whether the put at `off` (header `hd`) has an expiry and it is at or
@@ -800,6 +864,22 @@ impl Inner {
             wanted,
             reason,
         };
+        // Recovery may overshoot a cache's capacity by the index table it
+        // rebuilds; the next eviction gives the space back.
+        let cap = if self.recovering.load(Ordering::Acquire) {
+            0
+        } else {
+            self.control().map_or(0, |c| c.capacity())
+        };
+        if cap != 0 && end > cap && end <= self.max_size {
+            // Cache mode: eviction makes room (see Db::write).
+            return Err(Error::Full { wanted: end });
+        }
+        let limit = if cap != 0 {
+            cap.min(self.max_size)
+        } else {
+            self.max_size
+        };
         if end > self.max_size {
             return Err(out_of_space(
                 end,
@@ -808,10 +888,10 @@ impl Inner {
         }
         let mut new_len = storage::next_file_len(len, end, self.growth_step)
             .ok_or_else(|| out_of_space(end, "length overflows".into()))?;
-        if new_len > self.max_size {
+        if new_len > limit {
             new_len = storage::align_up(end, GRANULE)
-                .filter(|&n| n <= self.max_size)
-                .unwrap_or(self.max_size);
+                .filter(|&n| n <= limit)
+                .unwrap_or(limit);
         }
         if self.arena.mode() == MapMode::Private {
             // Only recovery on a read-only handle gets here.
@@ -1140,7 +1220,9 @@ impl Inner {
             index_used: w.st.index_used,
             live_keys: w.st.live_keys,
             live_bytes: w.st.live_bytes,
-            reserved1: 0,
+            capacity: self
+                .control()
+                .map_or(0, |c| storage::capacity_granules(c.capacity())),
             crc: 0,
         }
         .seal();
@@ -1325,7 +1407,8 @@ impl Db {
                 path: path.to_path_buf(),
                 opts,
                 follow: Mutex::new(()),
-                auto_compacting: Arc::new(AtomicBool::new(false)),
+                background: AtomicBool::new(false),
+                hits: Default::default(),
                 compacting: Mutex::new(()),
             }),
         })
@@ -1360,6 +1443,8 @@ impl Inner {
             read_only: opts.read_only,
             growth_step: opts.growth_step,
             max_size: opts.max_size,
+            count_hits: false,
+            recovering: AtomicBool::new(false),
             writer: Mutex::new(Writer {
                 st: State::default(),
                 dur: Durable {
@@ -1403,9 +1488,14 @@ impl Inner {
                 let mut w = inner.lock_writer()?;
                 let c = inner.control()?;
                 c.writers().fetch_add(1, Ordering::AcqRel);
+                // A capacity given now replaces the store's.
+                let recap = opts.capacity.filter(|&b| b != c.capacity());
+                if let Some(b) = recap {
+                    c.set_capacity(b);
+                }
                 // Re-read under the lock: the last writer may have closed
                 // cleanly since we read the meta.
-                if meta.is_clean() || recovery::live_meta_is_clean(&inner) {
+                if meta.is_clean() || recovery::live_meta_is_clean(&inner) || recap.is_some() {
                     inner.write_meta(&mut w, 0, true)?;
                 }
             }
@@ -1414,6 +1504,7 @@ impl Inner {
             // Read-only and alone on a store that needs recovery: recover in
             // private memory and keep the exclusive lock until closed.
             let mut w = inner.writer.lock();
+            let _r = inner.recovering();
             recovery::recover(&inner, &mut w, &meta, boot_id)?
         } else if opts.read_only {
             // Read-only and alone on a cleanly closed store whose control
@@ -1424,11 +1515,16 @@ impl Inner {
             // new file left by one that crashed is garbage.
             crate::compact::remove_leftovers(path);
             let mut w = inner.writer.lock();
-            let opened = recovery::recover(&inner, &mut w, &meta, boot_id)?;
+            let opened = {
+                let _r = inner.recovering();
+                recovery::recover(&inner, &mut w, &meta, boot_id)?
+            };
+            let c = inner.control()?;
+            // The capacity given now, or the store's (0: not a cache).
+            c.set_capacity(opts.capacity.unwrap_or(meta.capacity as u64 * GRANULE));
             // Clear the clean flag, and record this boot and the new
             // generation, durably before anything else is written.
             inner.write_meta(&mut w, 0, true)?;
-            let c = inner.control()?;
             c.set_durable(&w.dur);
             c.reset_session();
             c.writers().store(1, Ordering::Release);
@@ -1443,6 +1539,10 @@ impl Inner {
             inner.exclusive = AtomicBool::new(false);
         }
         inner.opened = opened;
+        // Readers count hits for eviction only in cache mode, and only
+        // where they may write the mapping.
+        inner.count_hits =
+            mode == MapMode::Shared && inner.control().is_ok_and(|c| c.capacity() != 0);
         inner.closed = AtomicBool::new(false);
         Ok(inner)
     }
@@ -1536,7 +1636,11 @@ impl Db {
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
         let key = key.as_ref();
         let mut buf = Vec::new();
-        let found = self.read(|i| i.fetch(key, &mut buf))?;
+        let found = self.read(|i| {
+            let r = i.fetch(key, &mut buf)?;
+            self.count_read(i, r.is_some());
+            Ok(r)
+        })?;
         Ok(found.map(|k| Value::from_parts(buf, k)))
     }
 
@@ -1558,7 +1662,12 @@ impl Db {
     /// ```
     pub fn get_into(&self, key: impl AsRef<[u8]>, buf: &mut Vec<u8>) -> Result<bool> {
         let key = key.as_ref();
-        match self.read(|i| i.fetch(key, buf))? {
+        let found = self.read(|i| {
+            let r = i.fetch(key, buf)?;
+            self.count_read(i, r.is_some());
+            Ok(r)
+        })?;
+        match found {
             Some(k) => {
                 buf.drain(..k);
                 Ok(true)

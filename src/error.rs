@@ -120,6 +120,16 @@ pub enum Error {
     #[error("the store moved to a new file")]
     Moved,
 
+    /// Internal: a cache-mode write needs the file to grow to `wanted`
+    /// bytes, past its capacity; the write evicts and runs again. Never
+    /// returned by the API.
+    #[doc(hidden)]
+    #[error("the cache is full (the write needs {wanted} bytes of file)")]
+    Full {
+        /// The file length the write needed.
+        wanted: u64,
+    },
+
     /// [`Db::changes_after`](crate::Db::changes_after) was given a log
     /// position that this store's log does not have.
     #[error(

@@ -46,6 +46,7 @@
 compile_error!("mapkv needs a 64-bit Unix target (it maps files with MAP_SHARED)");
 
 mod batch;
+mod cache;
 mod check;
 mod compact;
 mod db;
@@ -64,6 +65,7 @@ pub mod testing;
 mod value;
 
 pub use batch::Batch;
+pub use cache::CacheStats;
 pub use check::CheckReport;
 pub use compact::CompactReport;
 pub use db::{Db, Stats};

@@ -345,7 +345,11 @@ impl Db {
     /// ```
     pub fn get_pod<T: Pod>(&self, key: impl AsRef<[u8]>) -> Result<Option<T>> {
         let key = key.as_ref();
-        self.read(|i| get_pod_from(i, key))
+        self.read(|i| {
+            let r = get_pod_from(i, key)?;
+            self.count_read(i, r.is_some());
+            Ok(r)
+        })
     }
 }
 
@@ -412,6 +416,9 @@ impl Inner {
                 Ok(true)
             })
             .map_err(|e| self.locate(e, d.start))?;
+        if let (Some((slot, w)), true) = (found, self.count_hits) {
+            t.touch(slot, w);
+        }
         Ok(found.is_some() && !expired)
     }
 }

@@ -84,6 +84,8 @@ pub struct Options {
     pub(crate) map_reserve: u64,
     pub(crate) lock_timeout: std::time::Duration,
     pub(crate) auto_compact: Option<f64>,
+    pub(crate) capacity: Option<u64>,
+    pub(crate) evict_fraction: f64,
     /// For a compaction's new file: continue this store (not public).
     pub(crate) lineage: Option<Lineage>,
 }
@@ -112,6 +114,8 @@ impl Default for Options {
             map_reserve: 16 << 30,
             lock_timeout: std::time::Duration::from_secs(30),
             auto_compact: None,
+            capacity: None,
+            evict_fraction: 0.1,
             lineage: None,
         }
     }
@@ -371,6 +375,81 @@ impl Options {
     pub fn auto_compact(mut self, fraction: Option<f64>) -> Options {
         self.auto_compact = fraction.map(|f| f.clamp(0.1, 0.95));
         self
+    }
+
+    /// Cache mode: the file never grows past `bytes`. When a write would
+    /// need more, the oldest entries are evicted to make room, except those
+    /// read since they were written (second chance; see
+    /// [`evict_fraction`](Options::evict_fraction)), and expired entries
+    /// ([`Db::insert_with_ttl`](crate::Db::insert_with_ttl)) go first.
+    /// Eviction starts in a background thread shortly before the file is
+    /// full; a write that finds it full waits for it.
+    ///
+    /// The bound is stored in the file, so every handle in every process
+    /// keeps to it, including ones opened without this option; opening
+    /// with a different bound changes it. `bytes` is rounded down to a
+    /// multiple of 64 KiB, and raised to at least 256 KiB.
+    ///
+    /// Reads return copies ([`Value`](crate::Value) owns its bytes), so an
+    /// eviction never changes a value a reader holds: evicting rewrites the
+    /// entries that stay into a new file, the same way
+    /// [`Db::compact`](crate::Db::compact) does, and the old file's pages
+    /// stay mapped until the last reader lets go of them. While an eviction
+    /// runs, the disk holds both files.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("cache.mapkv");
+    /// let cache = mapkv::Options::new().capacity(1 << 20).open(&path)?;
+    /// for i in 0..20_000u32 {
+    ///     cache.insert(i.to_le_bytes(), [0u8; 100])?; // 2.5 MB in all
+    /// }
+    /// let stats = cache.cache_stats();
+    /// assert!(stats.file_len <= 1 << 20);
+    /// assert!(stats.evictions > 0);
+    /// assert!(cache.get(19_999u32.to_le_bytes())?.is_some()); // the newest stay
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn capacity(mut self, bytes: u64) -> Options {
+        let b = bytes.min(crate::storage::MAX_FILE_LEN) / crate::storage::GRANULE
+            * crate::storage::GRANULE;
+        self.capacity = Some(b.max(crate::storage::MIN_CAPACITY));
+        self
+    }
+
+    /// Cache mode: the share of the capacity an eviction frees (default
+    /// 0.1; clamped to 0.02..=0.5). Each eviction rewrites the entries that
+    /// stay, so a smaller share means fewer entries lost per eviction but
+    /// more copying per byte written: about `(1 - f) / f` bytes copied per
+    /// byte inserted.
+    ///
+    /// Which entries go: the oldest first, in the order they were written.
+    /// An entry read since it was written or last kept gets another chance
+    /// (it is kept, moved to the new end, and its read count, which
+    /// saturates at 3, goes down by one). Expired entries always go.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("frac.mapkv");
+    /// let cache = mapkv::Options::new()
+    ///     .capacity(4 << 20)
+    ///     .evict_fraction(0.25)
+    ///     .open(&path)?;
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn evict_fraction(mut self, f: f64) -> Options {
+        self.evict_fraction = if f.is_nan() { 0.1 } else { f.clamp(0.02, 0.5) };
+        self
+    }
+
+    /// The file's length limit: `max_size`, or the capacity if smaller.
+    pub(crate) fn size_limit(&self) -> u64 {
+        self.capacity
+            .map_or(self.max_size, |c| c.min(self.max_size))
     }
 
     /// Open (or create) the store at `path` with these options.

@@ -317,17 +317,15 @@ fn init_file(f: &std::fs::File, opts: &Options) -> std::io::Result<()> {
     let table = record::index_table_start(chunk).expect("small offset");
     let tail = table + (8u64 << log2);
     let len = align_up(opts.initial_size.max(tail + GRANULE), GRANULE).expect("small length");
-    if tail > opts.max_size {
+    let limit = opts.size_limit();
+    if tail > limit {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!(
-                "max_size {} is too small for an empty store ({tail} bytes)",
-                opts.max_size
-            ),
+            format!("a size limit of {limit} bytes is too small for an empty store ({tail} bytes)"),
         ));
     }
     let len = len
-        .min(align_up(opts.max_size, GRANULE).unwrap_or(len))
+        .min(align_up(limit, GRANULE).unwrap_or(len))
         .max(align_up(tail, GRANULE).unwrap_or(tail));
     file::allocate(f, 0, len)?;
     // A compaction's new file continues its store: same hash seed and CRC
@@ -365,7 +363,7 @@ fn init_file(f: &std::fs::File, opts: &Options) -> std::io::Result<()> {
         index_used: 0,
         live_keys: 0,
         live_bytes: 0,
-        reserved1: 0,
+        capacity: crate::storage::capacity_granules(opts.capacity.unwrap_or(0)),
         crc: 0,
     }
     .seal();

@@ -5,14 +5,16 @@
 //! # Slot word
 //!
 //! ```text
-//! bits 63..36  tag     top 28 bits of the key's 64-bit hash
+//! bits 63..38  tag     top 26 bits of the key's 64-bit hash
+//! bits 37..36  freq    reads since the entry was written or last kept by
+//!                      an eviction, saturating at 3 (cache mode only)
 //! bits 35..0   offset  record offset / 8 (records are 8-byte aligned)
 //! word 0 = empty, word 1 = tombstone (offset 8 lies in meta A: never a record)
 //! ```
 //!
 //! A key's home slot is the top `log2(capacity)` bits of its hash and probing
 //! goes forward one slot at a time, wrapping. Because the tag *is* the top of
-//! the hash, a table of up to 2^28 slots can be rebuilt into a larger one
+//! the hash, a table of up to 2^26 slots can be rebuilt into a larger one
 //! from the slot words alone, without reading a single record.
 //!
 //! # Concurrency
@@ -25,6 +27,13 @@
 //! or the new word, and every word it can see points at a record that was
 //! completely written before the word was stored. Tombstones are cleared only
 //! by rebuilding into a fresh table, which readers switch to atomically.
+//!
+//! In cache mode readers also count hits in the `freq` bits, with a
+//! compare-and-swap from the word they found to the same word with `freq`
+//! one higher. The swap fails harmlessly if the writer changed the slot
+//! meanwhile, so a reader never turns an empty slot or a tombstone into
+//! something else and never changes where a slot points. A lost count only
+//! makes eviction a little less precise.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -34,8 +43,15 @@ pub(crate) const EMPTY: u64 = 0;
 pub(crate) const TOMBSTONE: u64 = 1;
 const OFF_BITS: u32 = 36;
 const OFF_MASK: u64 = (1 << OFF_BITS) - 1;
+/// Where the hit counter starts, and its mask.
+const FREQ_SHIFT: u32 = OFF_BITS;
+const FREQ_MASK: u64 = 3 << FREQ_SHIFT;
+/// The highest hit count a slot keeps.
+pub(crate) const FREQ_MAX: u64 = 3;
+/// Where the tag starts.
+const TAG_SHIFT: u32 = OFF_BITS + 2;
 /// Bits of the hash kept in a slot.
-pub(crate) const TAG_BITS: u32 = 64 - OFF_BITS;
+pub(crate) const TAG_BITS: u32 = 64 - TAG_SHIFT;
 /// Smallest table: 512 slots (one 4 KiB page).
 pub(crate) const MIN_LOG2CAP: u32 = 9;
 /// Largest table: 2^32 slots (32 GiB).
@@ -51,7 +67,19 @@ pub(crate) fn hash(seed: u64, key: &[u8]) -> u64 {
 #[inline]
 pub(crate) fn make_word(h: u64, off: u64) -> u64 {
     debug_assert!(off % 8 == 0 && off >> 3 <= OFF_MASK && off >= 16);
-    (h >> OFF_BITS << OFF_BITS) | (off >> 3)
+    (h >> TAG_SHIFT << TAG_SHIFT) | (off >> 3)
+}
+
+/// The hit count (0..=3) of a live slot word.
+#[inline]
+pub(crate) fn word_freq(w: u64) -> u64 {
+    (w & FREQ_MASK) >> FREQ_SHIFT
+}
+
+/// `w` with its hit count set to `f` (at most 3).
+#[inline]
+pub(crate) fn with_freq(w: u64, f: u64) -> u64 {
+    (w & !FREQ_MASK) | (f.min(FREQ_MAX) << FREQ_SHIFT)
 }
 
 /// Record offset stored in a live slot word.
@@ -62,7 +90,7 @@ pub(crate) fn word_offset(w: u64) -> u64 {
 
 #[inline]
 pub(crate) fn same_tag(w: u64, h: u64) -> bool {
-    (w ^ h) >> OFF_BITS == 0
+    (w ^ h) >> TAG_SHIFT == 0
 }
 
 #[inline]
@@ -198,7 +226,8 @@ impl<'a> Table<'a> {
             if w == TOMBSTONE {
                 tomb.get_or_insert(i);
             } else if same_tag(w, h) && eq(word_offset(w))? {
-                self.slots[i].store(word, Ordering::Release);
+                // An overwrite keeps the key's hit count.
+                self.slots[i].store(with_freq(word, word_freq(w)), Ordering::Release);
                 return Ok(Upsert {
                     old: Some(w),
                     took_empty: false,
@@ -262,7 +291,7 @@ impl<'a> Table<'a> {
         let mut n = 0;
         for w in self.live_words() {
             let h = if dst.log2cap <= tag_home_max {
-                w >> OFF_BITS << OFF_BITS
+                w >> TAG_SHIFT << TAG_SHIFT
             } else {
                 hash_of(w)?
             };
@@ -270,6 +299,31 @@ impl<'a> Table<'a> {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Count a hit on the entry in `slot`, whose word a reader found to be
+    /// `w`: one compare-and-swap to `w` with its count one higher, unless
+    /// the count is at its maximum. Fails (harmlessly) if the slot changed.
+    #[inline]
+    pub(crate) fn touch(&self, slot: usize, w: u64) {
+        if word_freq(w) < FREQ_MAX && is_live(w) {
+            if let Some(s) = self.slots.get(slot) {
+                let _ = s.compare_exchange(
+                    w,
+                    w + (1 << FREQ_SHIFT),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+    }
+
+    /// Set the hit count of the entry in `slot` to `f`, if the slot still
+    /// holds `w` (writer only: eviction carries counts to the new file).
+    pub(crate) fn set_freq(&self, slot: usize, w: u64, f: u64) {
+        if let Some(s) = self.slots.get(slot) {
+            let _ = s.compare_exchange(w, with_freq(w, f), Ordering::Release, Ordering::Relaxed);
+        }
     }
 
     /// Every live word, in slot order.
@@ -342,6 +396,48 @@ mod tests {
         // The largest offset the format allows round-trips.
         let max = (1u64 << 39) - 8;
         assert_eq!(word_offset(make_word(0, max)), max);
+        // The hit count lives beside the tag and the offset, touching
+        // neither.
+        assert_eq!(word_freq(w), 0);
+        for f in 0..=FREQ_MAX {
+            let x = with_freq(w, f);
+            assert_eq!((word_freq(x), word_offset(x)), (f, word_offset(w)));
+            assert!(same_tag(x, h) && is_live(x));
+        }
+        assert_eq!(word_freq(with_freq(w, 9)), FREQ_MAX);
+        // A hash differing only below the tag still matches the tag.
+        assert!(same_tag(w, h ^ (1 << 37)));
+    }
+
+    #[test]
+    fn touch_counts_hits_and_never_changes_what_a_slot_means() {
+        let slots = heap(4);
+        let t = Table::new(&slots, 4);
+        let h = 0x1234_5678_9abc_def0u64;
+        let w = make_word(h, 4096);
+        let home = t.home(h);
+        slots[home].store(w, Ordering::Relaxed);
+        for expect in [1, 2, 3, 3] {
+            let cur = slots[home].load(Ordering::Relaxed);
+            t.touch(home, cur);
+            assert_eq!(word_freq(slots[home].load(Ordering::Relaxed)), expect);
+        }
+        // A stale word (the writer changed the slot) is not applied.
+        slots[home].store(TOMBSTONE, Ordering::Relaxed);
+        t.touch(home, w);
+        assert_eq!(slots[home].load(Ordering::Relaxed), TOMBSTONE);
+        slots[(home + 1) % 16].store(EMPTY, Ordering::Relaxed);
+        t.touch((home + 1) % 16, EMPTY);
+        t.touch((home + 1) % 16, TOMBSTONE);
+        assert_eq!(slots[(home + 1) % 16].load(Ordering::Relaxed), EMPTY);
+        // An overwrite keeps the count; set_freq changes only that.
+        slots[home].store(with_freq(w, 2), Ordering::Relaxed);
+        let w2 = make_word(h, 8192);
+        let up = t.upsert::<TableFull>(h, w2, |o| Ok(o == 4096)).unwrap();
+        assert_eq!(up.old, Some(with_freq(w, 2)));
+        assert_eq!(slots[home].load(Ordering::Relaxed), with_freq(w2, 2));
+        t.set_freq(home, with_freq(w2, 2), 0);
+        assert_eq!(slots[home].load(Ordering::Relaxed), w2);
     }
 
     #[test]

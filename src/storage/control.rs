@@ -73,6 +73,10 @@ const META_SEQ: u64 = 104;
 const SYNCED_COPY: u64 = 112;
 const WRITER: u64 = 120;
 const WRITERS: u64 = 128;
+const CAPACITY: u64 = 136;
+const EVICTED: u64 = 144;
+const EXPIRED: u64 = 152;
+const EVICT_RUNS: u64 = 160;
 pub(crate) const NOTIFY: u64 = 256;
 const WAITERS: u64 = 264;
 /// Words of the control block accessed as atomics.
@@ -197,6 +201,35 @@ impl<'a> Control<'a> {
         self.w(WRITERS)
     }
 
+    /// The end of the applied log (one load; see `snapshot` for a
+    /// consistent set of fields).
+    pub(crate) fn tail(&self) -> u64 {
+        self.w(TAIL).load(Ordering::Acquire)
+    }
+
+    /// Cache mode: the bound on the file's length in bytes (0: none).
+    /// Every writer checks it before growing the file.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.w(CAPACITY).load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_capacity(&self, bytes: u64) {
+        self.w(CAPACITY).store(bytes, Ordering::Release);
+    }
+
+    /// Cache counters: entries evicted, expired entries dropped, and
+    /// evictions run, since the store's first open in this session (they
+    /// move with the store to a compaction's new file).
+    pub(crate) fn cache_counters(&self) -> [u64; 3] {
+        [EVICTED, EXPIRED, EVICT_RUNS].map(|o| self.w(o).load(Ordering::Acquire))
+    }
+
+    pub(crate) fn set_cache_counters(&self, v: [u64; 3]) {
+        for (o, v) in [EVICTED, EXPIRED, EVICT_RUNS].into_iter().zip(v) {
+            self.w(o).store(v, Ordering::Release);
+        }
+    }
+
     /// The waiter count of the change futex.
     pub(crate) fn waiters(&self) -> &'a AtomicU64 {
         self.w(WAITERS)
@@ -208,6 +241,7 @@ impl<'a> Control<'a> {
         self.w(WRITER).store(0, Ordering::Release);
         self.w(WAITERS).store(0, Ordering::Release);
         self.w(WRITERS).store(0, Ordering::Release);
+        self.set_cache_counters([0; 3]);
     }
 
     /// Read the state fields without tearing. Retries while a writer is

@@ -25,7 +25,8 @@
 //! 96     8    index_used   occupied slots (live + tombstones), when CLEAN
 //! 104    8    live_keys    when CLEAN
 //! 112    8    live_bytes   bytes of live records, when CLEAN
-//! 120    4    reserved1    zero
+//! 120    4    capacity     cache mode: the file's size bound in 64 KiB
+//!                          granules (`Options::capacity`); 0 = no bound
 //! 124    4    crc          CRC32 of bytes 0..124, salted with crc_salt
 //! ```
 //! All integers little-endian (mapkv builds only for little-endian targets).
@@ -62,7 +63,8 @@ pub(crate) struct Meta {
     pub index_used: u64,
     pub live_keys: u64,
     pub live_bytes: u64,
-    pub reserved1: u32,
+    /// Cache mode: the size bound in granules (64 KiB); 0 = none.
+    pub capacity: u32,
     pub crc: u32,
 }
 

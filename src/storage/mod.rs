@@ -43,6 +43,15 @@ pub(crate) const GRANULE: u64 = 64 * 1024;
 /// Largest file the slot encoding can address (36 bits of 8-byte units).
 pub(crate) const MAX_FILE_LEN: u64 = 1 << 39;
 
+/// The smallest cache capacity (`Options::capacity`): room for the header
+/// pages, an index table and some records.
+pub(crate) const MIN_CAPACITY: u64 = 4 * GRANULE;
+
+/// A capacity in bytes as the meta stores it: whole granules, 0 for none.
+pub(crate) fn capacity_granules(bytes: u64) -> u32 {
+    (bytes / GRANULE).min(u32::MAX as u64) as u32
+}
+
 /// Round `x` up to a multiple of `to` (a power of two). `None` on overflow.
 pub(crate) fn align_up(x: u64, to: u64) -> Option<u64> {
     debug_assert!(to.is_power_of_two());

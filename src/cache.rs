@@ -1,0 +1,293 @@
+//! Cache mode ([`Options::capacity`](crate::Options::capacity)): the file
+//! never grows past a bound; a write that would need more evicts first.
+//!
+//! Eviction is a compaction (src/compact.rs) that copies only the entries
+//! to keep into a new file and moves every handle there, so no reader, in
+//! any process, ever sees bytes reused under it. The entries to drop are
+//! chosen by FIFO with second chance: the oldest records go first, except
+//! those read since they were written, which readers mark in their slot
+//! word (src/index). Expired entries always go.
+//!
+//! Writers never wait for an eviction while there is room: one starts in a
+//! background thread when the log passes `1 - f/4` of the capacity (`f`:
+//! the evict fraction). Only a write that finds the file full waits, for
+//! its own eviction or for the one another thread or process is running.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::db::Inner;
+use crate::index::Desc;
+use crate::storage::{self, GRANULE};
+use crate::{Db, Error, Result};
+
+/// Cache statistics: see [`Db::cache_stats`].
+///
+/// # Examples
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("cs.mapkv");
+/// let cache = mapkv::Options::new().capacity(1 << 20).open(&path)?;
+/// cache.insert(b"a", b"1")?;
+/// cache.get(b"a")?; // a hit
+/// cache.get(b"b")?; // a miss
+/// let s = cache.cache_stats();
+/// assert_eq!((s.hits, s.misses), (1, 1));
+/// assert_eq!(s.hit_ratio(), 0.5);
+/// assert_eq!(s.capacity, 1 << 20);
+/// # Ok::<(), mapkv::Error>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// The bound on the file's length in bytes; 0 if the store is not a
+    /// cache.
+    pub capacity: u64,
+    /// Length of the file now.
+    pub file_len: u64,
+    /// Bytes in use: from the start of the file to the end of the log
+    /// (headers, index and records, dead ones included). Eviction starts
+    /// before this reaches `capacity`.
+    pub used_bytes: u64,
+    /// Bytes of the records of live entries.
+    pub live_bytes: u64,
+    /// Live entries (expired ones included until an eviction drops them).
+    pub keys: u64,
+    /// Reads through this handle and its clones that found their key
+    /// ([`Db::get`], [`Db::get_into`], [`Db::get_pod`]); counted in cache
+    /// mode only.
+    pub hits: u64,
+    /// Reads through this handle and its clones that did not.
+    pub misses: u64,
+    /// Entries evicted to make room, by every process, since the store was
+    /// first opened in this session (the count is kept in the shared
+    /// mapping).
+    pub evictions: u64,
+    /// Expired entries whose space was taken back (by evictions and
+    /// compactions), counted like `evictions`.
+    pub expirations: u64,
+    /// Evictions run, counted like `evictions`.
+    pub eviction_runs: u64,
+}
+
+impl CacheStats {
+    /// `hits / (hits + misses)`, or 0 before any read.
+    pub fn hit_ratio(&self) -> f64 {
+        let n = self.hits + self.misses;
+        if n == 0 {
+            0.0
+        } else {
+            self.hits as f64 / n as f64
+        }
+    }
+}
+
+/// Hit and miss counters, striped over cache lines so that threads reading
+/// through clones of one handle do not contend on one line.
+pub(crate) struct HitCounters {
+    stripes: [Stripe; STRIPES],
+}
+
+const STRIPES: usize = 8;
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Stripe {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl Default for HitCounters {
+    fn default() -> Self {
+        HitCounters {
+            stripes: std::array::from_fn(|_| Stripe::default()),
+        }
+    }
+}
+
+impl HitCounters {
+    #[inline]
+    pub(crate) fn record(&self, hit: bool) {
+        thread_local! {
+            static STRIPE: usize = {
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES
+            };
+        }
+        let s = &self.stripes[STRIPE.with(|s| *s)];
+        let c = if hit { &s.hits } else { &s.misses };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn totals(&self) -> (u64, u64) {
+        self.stripes.iter().fold((0, 0), |(h, m), s| {
+            (
+                h + s.hits.load(Ordering::Relaxed),
+                m + s.misses.load(Ordering::Relaxed),
+            )
+        })
+    }
+}
+
+/// Evictions a write asks for before it gives up with `OutOfSpace`.
+const MAX_EVICTIONS_PER_WRITE: u32 = 4;
+
+impl Db {
+    /// Cache statistics: the capacity, the space in use, hits and misses of
+    /// this handle, and the store's evictions and expirations. All zero but
+    /// the sizes if the store is not a cache
+    /// ([`Options::capacity`](crate::Options::capacity)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("stats.mapkv");
+    /// let cache = mapkv::Options::new().capacity(1 << 20).open(&path)?;
+    /// for i in 0..50_000u32 {
+    ///     cache.insert(i.to_le_bytes(), [1u8; 40])?;
+    /// }
+    /// let s = cache.cache_stats();
+    /// assert!(s.evictions > 0 && s.eviction_runs > 0);
+    /// assert!(s.used_bytes <= s.capacity && s.file_len <= s.capacity);
+    /// assert_eq!(s.keys, cache.len());
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn cache_stats(&self) -> CacheStats {
+        let i = self.inner();
+        let (hits, misses) = self.shared.hits.totals();
+        let mut s = CacheStats {
+            hits,
+            misses,
+            file_len: i.arena.len(),
+            ..CacheStats::default()
+        };
+        if let Ok(c) = i.control() {
+            let (st, _) = c.snapshot(1000);
+            let [evictions, expirations, runs] = c.cache_counters();
+            s.capacity = c.capacity();
+            s.used_bytes = st.tail;
+            s.live_bytes = st.live_bytes;
+            s.keys = st.live_keys;
+            s.evictions = evictions;
+            s.expirations = expirations;
+            s.eviction_runs = runs;
+        }
+        s
+    }
+
+    /// Count a read for [`CacheStats`] (cache mode only).
+    #[inline]
+    pub(crate) fn count_read(&self, i: &Inner, hit: bool) {
+        if i.count_hits {
+            self.shared.hits.record(hit);
+        }
+    }
+
+    /// A write found the cache full (it needs the file to reach `wanted`
+    /// bytes): evict, or wait for the eviction another thread or process
+    /// is running, so that the write can run again. `attempt` counts the
+    /// calls for this write; each asks to free twice as much as the last.
+    pub(crate) fn make_room(&self, wanted: u64, attempt: u32) -> Result<()> {
+        let i = self.inner();
+        let c = i.control()?;
+        let cap = c.capacity();
+        let (st, _) = c.snapshot(1000);
+        let size = wanted.saturating_sub(st.tail);
+        let table = Desc::decode(st.index_desc).map_or(0, |d| d.bytes());
+        // What an empty cache has room for, roughly.
+        let room = cap.saturating_sub(storage::ARENA_START + table + GRANULE);
+        if cap == 0 || size > room || attempt > MAX_EVICTIONS_PER_WRITE {
+            return Err(Error::OutOfSpace {
+                path: self.shared.path.clone(),
+                wanted,
+                reason: format!(
+                    "the write ({size} bytes) does not fit in the cache's capacity of {cap} bytes{}",
+                    if attempt > MAX_EVICTIONS_PER_WRITE {
+                        ", even after evicting"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
+        drop(i);
+        let min_free = size.saturating_mul(1 << (attempt - 1).min(16));
+        let deadline = Instant::now() + self.shared.opts.lock_timeout;
+        let mut more = min_free;
+        loop {
+            // Another thread or process may have made room already.
+            if self.fits_now(size) {
+                return Ok(());
+            }
+            match self.evict(more) {
+                Ok(_) => return Ok(()),
+                // The new file filled up with the commits made meanwhile:
+                // free more.
+                Err(Error::Full { .. }) if more < cap => more = more.max(GRANULE) * 2,
+                Err(Error::Full { wanted }) => {
+                    return Err(Error::OutOfSpace {
+                        path: self.shared.path.clone(),
+                        wanted,
+                        reason: format!("eviction could not make room within {cap} bytes"),
+                    })
+                }
+                Err(Error::Locked { .. }) => {
+                    // Another eviction (or compaction) is running. Once it
+                    // has moved the store, the write may fit.
+                    if Instant::now() >= deadline {
+                        return Err(Error::Locked {
+                            path: self.shared.path.clone(),
+                            detail: "the cache is full and the eviction running elsewhere did not \
+                                     finish within the lock timeout",
+                        });
+                    }
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether a write of `size` bytes fits in the current store now.
+    fn fits_now(&self, size: u64) -> bool {
+        let i = self.inner();
+        let Ok(c) = i.control() else {
+            return false;
+        };
+        let (st, _) = c.snapshot(1000);
+        st.tail.saturating_add(size) <= c.capacity()
+    }
+
+    /// After a write in cache mode: start an eviction in a background
+    /// thread once the log passes `1 - f/4` of the capacity, so that
+    /// writers rarely find the file full.
+    pub(crate) fn maybe_evict_ahead(&self, i: &Inner) {
+        let Ok(c) = i.control() else {
+            return;
+        };
+        let cap = c.capacity();
+        if cap == 0 || i.read_only {
+            return;
+        }
+        let ahead = (cap as f64 * self.shared.opts.evict_fraction / 4.0) as u64;
+        if c.tail() < cap.saturating_sub(ahead) {
+            return;
+        }
+        self.in_background("mapkv-evict", move |db| {
+            let deadline = Instant::now() + Duration::from_secs(1);
+            // Another thread or process may be evicting: wait for it
+            // (and then see whether room is still short) rather than
+            // letting every write start a thread that finds it busy.
+            while !db.fits_now(ahead) {
+                match db.evict(0) {
+                    Err(Error::Locked { .. }) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(1))
+                    }
+                    _ => break,
+                }
+            }
+        });
+    }
+}
