@@ -694,3 +694,22 @@ fn compact_shrinks_the_file_and_keeps_every_entry() {
     fails(2, ["compact", p(&missing)]);
     assert!(!missing.exists());
 }
+
+#[test]
+fn stats_shows_a_caches_capacity_and_put_keeps_to_it() {
+    let (_d, path) = store();
+    let f = p(&path);
+    let db = mapkv::Options::new().capacity(256 << 10).open(&path).unwrap();
+    for i in 0..5_000u32 {
+        db.insert(i.to_le_bytes(), [7u8; 100]).unwrap();
+    }
+    db.close().unwrap();
+    // A plain open by the tool keeps to the stored capacity.
+    ok(["put", f, "extra", &"y".repeat(1000)], None);
+    let j = ok(["stats", "--json", f], None).json();
+    assert_eq!(j["capacity"], 256 << 10);
+    assert!(j["file_len"].as_u64().unwrap() <= 256 << 10, "{j}");
+    let text = ok(["stats", f], None).text();
+    assert!(text.contains("capacity 256"), "{text}");
+    assert_eq!(ok(["get", f, "extra"], None).text().trim_end(), "y".repeat(1000));
+}

@@ -634,6 +634,7 @@ fn scan(
 fn stats(cx: &Ctx, file: &Path) -> Res {
     let db = cx.open_read(file)?;
     let st = db.stats();
+    let cache = db.cache_stats();
     db.close()?;
     let header = st.tail.saturating_sub(st.used_bytes);
     if cx.json {
@@ -656,11 +657,21 @@ fn stats(cx: &Ctx, file: &Path) -> Res {
             "generation": st.generation,
             "remaps": st.remaps,
             "opened": opened_tag(st.opened),
+            "capacity": cache.capacity,
+            "evictions": cache.evictions,
+            "eviction_runs": cache.eviction_runs,
+            "expirations": cache.expirations,
         }))
     } else {
         let mut out = stdout();
         out.write_all(
-            ui::stats_text(&file.display().to_string(), &st, opened_name(st.opened)).as_bytes(),
+            ui::stats_text(
+                &file.display().to_string(),
+                &st,
+                &cache,
+                opened_name(st.opened),
+            )
+            .as_bytes(),
         )?;
         out.flush()?;
         Ok(())

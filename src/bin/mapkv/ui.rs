@@ -144,7 +144,12 @@ pub fn load_bar(used: u64, capacity: u64, width: usize) -> String {
 }
 
 /// Everything `Db::stats` reports, with the two pictures, as text.
-pub fn stats_text(path: &str, st: &mapkv::Stats, opened: &str) -> String {
+pub fn stats_text(
+    path: &str,
+    st: &mapkv::Stats,
+    cache: &mapkv::CacheStats,
+    opened: &str,
+) -> String {
     let header = st.tail.saturating_sub(st.used_bytes);
     let free = st.file_len.saturating_sub(st.tail);
     let f = st.file_len;
@@ -195,6 +200,20 @@ pub fn stats_text(path: &str, st: &mapkv::Stats, opened: &str) -> String {
     line(&mut s, "generation", count(st.generation));
     line(&mut s, "remaps", count(st.remaps));
     line(&mut s, "opened", opened.to_string());
+    if cache.capacity > 0 {
+        line(
+            &mut s,
+            "cache",
+            format!(
+                "capacity {} ({:.1}% used); {} evicted in {} evictions, {} expired dropped",
+                size(cache.capacity),
+                percent(cache.used_bytes, cache.capacity),
+                count(cache.evictions),
+                count(cache.eviction_runs),
+                count(cache.expirations)
+            ),
+        );
+    }
     s.push('\n');
     let _ = writeln!(
         s,
