@@ -180,7 +180,7 @@ impl Db {
     /// Count a read for [`CacheStats`] (cache mode only).
     #[inline]
     pub(crate) fn count_read(&self, i: &Inner, hit: bool) {
-        if i.count_hits {
+        if i.cache {
             self.shared.hits.record(hit);
         }
     }

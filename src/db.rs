@@ -119,7 +119,7 @@ impl Db {
                         if self.shared.opts.auto_compact.is_some() {
                             self.maybe_auto_compact(&i);
                         }
-                        if i.count_hits {
+                        if i.cache {
                             self.maybe_evict_ahead(&i);
                         }
                     }
@@ -239,6 +239,8 @@ pub(crate) struct Inner {
     pub(crate) read_only: bool,
     pub(crate) growth_step: u64,
     max_size: u64,
+    /// The store is a cache (it was when this handle opened it).
+    pub(crate) cache: bool,
     /// Cache mode on a writable mapping: reads count hits in the slots.
     pub(crate) count_hits: bool,
     /// Recovery or repair is running: growth ignores the capacity.
@@ -1443,6 +1445,7 @@ impl Inner {
             read_only: opts.read_only,
             growth_step: opts.growth_step,
             max_size: opts.max_size,
+            cache: false,
             count_hits: false,
             recovering: AtomicBool::new(false),
             writer: Mutex::new(Writer {
@@ -1541,8 +1544,8 @@ impl Inner {
         inner.opened = opened;
         // Readers count hits for eviction only in cache mode, and only
         // where they may write the mapping.
-        inner.count_hits =
-            mode == MapMode::Shared && inner.control().is_ok_and(|c| c.capacity() != 0);
+        inner.cache = inner.control().is_ok_and(|c| c.capacity() != 0);
+        inner.count_hits = inner.cache && mode == MapMode::Shared;
         inner.closed = AtomicBool::new(false);
         Ok(inner)
     }

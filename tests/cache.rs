@@ -294,3 +294,28 @@ fn readers_never_see_a_torn_or_recycled_value_during_eviction() {
     assert!(s.eviction_runs >= 10, "{s:?}");
     assert!(found > 0 && reads.load(Ordering::Relaxed) > 1_000);
 }
+
+#[test]
+fn read_only_handles_read_a_cache_and_count_their_hits() {
+    let (_d, path) = store();
+    let db = cache(&path, CAP);
+    for i in 0..100u64 {
+        db.insert(i.to_le_bytes(), self_checking(i, 0, 64)).unwrap();
+    }
+    let ro = Options::new().read_only(true).open(&path).unwrap();
+    for i in 0..150u64 {
+        let got = ro.get(i.to_le_bytes()).unwrap();
+        assert_eq!(got.is_some(), i < 100);
+    }
+    let s = ro.cache_stats();
+    assert_eq!((s.hits, s.misses, s.capacity), (100, 50, CAP));
+    // The writer's counts are its own.
+    assert_eq!(db.cache_stats().hits, 0);
+    // Evictions made by the writer are followed by the reader.
+    for i in 1_000..20_000u64 {
+        db.insert(i.to_le_bytes(), self_checking(i, 0, 64)).unwrap();
+    }
+    assert!(ro.cache_stats().eviction_runs > 0);
+    let v = ro.get(19_999u64.to_le_bytes()).unwrap().unwrap();
+    assert_eq!(check_self(&v).unwrap(), (19_999, 0));
+}

@@ -699,7 +699,10 @@ fn compact_shrinks_the_file_and_keeps_every_entry() {
 fn stats_shows_a_caches_capacity_and_put_keeps_to_it() {
     let (_d, path) = store();
     let f = p(&path);
-    let db = mapkv::Options::new().capacity(256 << 10).open(&path).unwrap();
+    let db = mapkv::Options::new()
+        .capacity(256 << 10)
+        .open(&path)
+        .unwrap();
     for i in 0..5_000u32 {
         db.insert(i.to_le_bytes(), [7u8; 100]).unwrap();
     }
@@ -711,5 +714,8 @@ fn stats_shows_a_caches_capacity_and_put_keeps_to_it() {
     assert!(j["file_len"].as_u64().unwrap() <= 256 << 10, "{j}");
     let text = ok(["stats", f], None).text();
     assert!(text.contains("capacity 256"), "{text}");
-    assert_eq!(ok(["get", f, "extra"], None).text().trim_end(), "y".repeat(1000));
+    assert_eq!(
+        ok(["get", f, "extra"], None).text().trim_end(),
+        "y".repeat(1000)
+    );
 }
