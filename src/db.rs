@@ -119,7 +119,7 @@ impl Db {
                         if self.shared.opts.auto_compact.is_some() {
                             self.maybe_auto_compact(&i);
                         }
-                        if i.cache {
+                        if i.cache && self.shared.opts.evict_ahead {
                             self.maybe_evict_ahead(&i);
                         }
                     }

@@ -86,6 +86,7 @@ pub struct Options {
     pub(crate) auto_compact: Option<f64>,
     pub(crate) capacity: Option<u64>,
     pub(crate) evict_fraction: f64,
+    pub(crate) evict_ahead: bool,
     /// For a compaction's new file: continue this store (not public).
     pub(crate) lineage: Option<Lineage>,
 }
@@ -116,6 +117,7 @@ impl Default for Options {
             auto_compact: None,
             capacity: None,
             evict_fraction: 0.1,
+            evict_ahead: true,
             lineage: None,
         }
     }
@@ -443,6 +445,32 @@ impl Options {
     /// ```
     pub fn evict_fraction(mut self, f: f64) -> Options {
         self.evict_fraction = if f.is_nan() { 0.1 } else { f.clamp(0.02, 0.5) };
+        self
+    }
+
+    /// Cache mode: start evicting in a background thread shortly before
+    /// the cache is full (default `true`), so that writes rarely wait.
+    /// With `false` this handle never starts a thread: the write that
+    /// finds the cache full evicts in its own thread, and evictions happen
+    /// at the same points of a run every time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("sync-evict.mapkv");
+    /// let cache = mapkv::Options::new()
+    ///     .capacity(1 << 20)
+    ///     .evict_ahead(false)
+    ///     .open(&path)?;
+    /// for i in 0..20_000u32 {
+    ///     cache.insert(i.to_le_bytes(), [0u8; 100])?; // some of these evict
+    /// }
+    /// assert!(cache.cache_stats().eviction_runs > 0);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn evict_ahead(mut self, yes: bool) -> Options {
+        self.evict_ahead = yes;
         self
     }
 

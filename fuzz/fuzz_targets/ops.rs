@@ -9,6 +9,12 @@
 //! lost by any of these (the copy holds the whole page cache), so the model
 //! stays exact. Every reopen is followed by a full comparison and
 //! `Db::check`. Any mismatch or unexpected error panics.
+//!
+//! With `Config::cache` the store is a 256 KiB cache (`Options::capacity`),
+//! so large values and fills make it evict. The model then allows one
+//! thing more: an entry may disappear (evicted), and stays gone; every value
+//! the store returns must still be the model's, and the file never exceeds
+//! the capacity, except right after recovering from a crash (one index).
 
 #![no_main]
 
@@ -36,7 +42,11 @@ struct Config {
     small_file: bool,
     /// Reserve little address space, so growth remaps the file.
     small_reserve: bool,
+    /// Cache mode: a 256 KiB capacity, so the store evicts.
+    cache: bool,
 }
+
+const CAPACITY: u64 = 256 << 10;
 
 #[derive(Arbitrary, Debug, Clone)]
 enum Val {
@@ -133,6 +143,7 @@ struct Harness {
     boot: u32,
     files: u32,
     round: u32,
+    cache: bool,
 }
 
 fn set_boot(n: u32) {
@@ -147,6 +158,32 @@ impl Harness {
     fn next_path(&mut self) -> PathBuf {
         self.files += 1;
         self.dir.path().join(format!("s{}.store", self.files))
+    }
+
+    /// Cache mode: drop from the model what the store evicted, after
+    /// checking that everything the store holds is the model's.
+    fn forget_evicted(&mut self, what: &str) {
+        if !self.cache {
+            return;
+        }
+        let mut seen: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        for item in self.db().iter() {
+            let (k, v) = item.unwrap_or_else(|e| panic!("{what}: iter: {e}"));
+            assert_eq!(
+                self.model.get(&k[..]).map(|x| &x[..]),
+                Some(&v[..]),
+                "{what}: the cache holds {:?} with a value the model does not have",
+                &k[..]
+            );
+            seen.insert(k.to_vec(), v.to_vec());
+        }
+        self.model = seen;
+        let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        let table = self.db().stats().index_bytes;
+        assert!(
+            len <= CAPACITY + table.next_multiple_of(64 << 10),
+            "{what}: file of {len} bytes in a cache of {CAPACITY}"
+        );
     }
 
     fn expect_get(&self, k: &[u8], what: &str) {
@@ -202,6 +239,7 @@ impl Harness {
         assert_eq!(db.stats().opened, want, "{what}: opened as");
         self.db = Some(db);
         self.path = path.to_path_buf();
+        self.forget_evicted(what);
         self.verify_all(what);
     }
 
@@ -222,6 +260,7 @@ impl Harness {
             }
             Op::Remove { key: k } => {
                 let k = key(*k);
+                self.forget_evicted("before remove");
                 let was = self.db().remove(&k).expect("remove");
                 assert_eq!(
                     was,
@@ -230,8 +269,12 @@ impl Harness {
                 );
                 self.expect_get(&k, "after remove");
             }
-            Op::Get { key: k } => self.expect_get(&key(*k), "get"),
+            Op::Get { key: k } => {
+                self.forget_evicted("before get");
+                self.expect_get(&key(*k), "get")
+            }
             Op::Contains { key: k } => {
+                self.forget_evicted("before contains_key");
                 let k = key(*k);
                 let has = self.db().contains_key(&k).expect("contains_key");
                 assert_eq!(has, self.model.contains_key(&k), "contains_key {k:?}");
@@ -256,7 +299,10 @@ impl Harness {
                         }
                     }
                 }
-                b.commit().expect("batch commit");
+                match b.commit() {
+                    Err(Error::OutOfSpace { .. }) if self.cache => return,
+                    r => r.expect("batch commit"),
+                }
                 self.model = after;
                 for k in &touched {
                     self.expect_get(k, "after batch");
@@ -266,6 +312,7 @@ impl Harness {
                 self.db().flush().expect("flush");
             }
             Op::Compact => {
+                self.forget_evicted("before compact");
                 let r = self.db().compact().expect("compact");
                 assert_eq!(r.keys, self.model.len() as u64, "compact: keys");
                 self.verify_all("after compact");
@@ -294,7 +341,8 @@ impl Harness {
                 batched,
             } => {
                 self.round += 1;
-                let n = *count as u32 * 2;
+                // A cache gets more, so that fills make it evict.
+                let n = *count as u32 * if self.cache { 16 } else { 2 };
                 let kv: Vec<_> = (0..n)
                     .map(|i| (fill_key(*prefix, i), fill_value(*prefix, i, self.round)))
                     .collect();
@@ -303,7 +351,11 @@ impl Harness {
                     for (k, v) in &kv {
                         b.insert(k, v);
                     }
-                    b.commit().expect("fill batch");
+                    match b.commit() {
+                        // A batch larger than the cache is refused whole.
+                        Err(Error::OutOfSpace { .. }) if self.cache => return,
+                        r => r.expect("fill batch"),
+                    }
                 } else {
                     for (k, v) in &kv {
                         self.db().insert(k, v).expect("fill insert");
@@ -312,7 +364,7 @@ impl Harness {
                 for (k, v) in kv {
                     self.model.insert(k, v);
                 }
-                if n > 0 {
+                if n > 0 && !self.cache {
                     self.expect_get(&fill_key(*prefix, n - 1), "after fill");
                 }
             }
@@ -341,6 +393,7 @@ impl Harness {
                 self.expect_get(&k, "after large insert");
             }
         }
+        self.forget_evicted("after step");
         self.expect_len("after step");
     }
 }
@@ -361,6 +414,11 @@ fuzz_target!(|input: Input| {
     } else {
         1 << 24
     });
+    if input.config.cache {
+        // No background eviction: evictions happen where the input puts
+        // them, so the model can follow.
+        opts = opts.capacity(CAPACITY).evict_ahead(false);
+    }
     let dir = mapkv_fuzz::scratch_dir();
     let path = dir.path().join("s0.store");
     let mut h = Harness {
@@ -372,12 +430,16 @@ fuzz_target!(|input: Input| {
         boot: 0,
         files: 0,
         round: 0,
+        cache: input.config.cache,
     };
     h.open(&path, OpenKind::Clean, "create");
     for op in input.ops.iter().take(MAX_OPS) {
         h.step(op);
     }
     h.verify_all("end");
+    if h.cache && std::env::var_os("MAPKV_FUZZ_STATS").is_some() {
+        eprintln!("cache: {:?}", h.db().cache_stats());
+    }
     h.db.take().unwrap().close().expect("final close");
     let p = h.path.clone();
     h.open(&p, OpenKind::Clean, "final reopen");
