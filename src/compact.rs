@@ -692,3 +692,60 @@ impl Drop for CompactLock {
         let _ = storage::file::compact_lock(self.inner.arena.file(), false);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entries written in this order (offsets 100, 110, ...) with these hit
+    /// counts, handed over newest first to show that the order comes from
+    /// the offsets.
+    fn entries(freqs: &[u64]) -> Vec<Entry> {
+        let mut v: Vec<Entry> = freqs
+            .iter()
+            .enumerate()
+            .map(|(i, &freq)| Entry {
+                off: 100 + 10 * i as u64,
+                freq,
+                len: 10,
+            })
+            .collect();
+        v.reverse();
+        v
+    }
+
+    fn offs(v: &[Entry]) -> Vec<(u64, u64)> {
+        v.iter().map(|e| (e.off, e.freq)).collect()
+    }
+
+    #[test]
+    fn nothing_to_free_keeps_everything_in_place() {
+        let mut v = entries(&[0, 1, 2]);
+        let before = v.clone();
+        assert_eq!(select_for_eviction(&mut v, 0), 0);
+        assert_eq!(v, before);
+    }
+
+    #[test]
+    fn oldest_unread_go_first_and_read_ones_move_behind_with_one_hit_less() {
+        // 100 unread, 110 read twice, 120 and 130 unread, 140 read once.
+        let mut v = entries(&[0, 2, 0, 0, 1]);
+        // 20 bytes to free: 100 and 120 go; 110 gets a second chance and
+        // moves behind the newer ones.
+        assert_eq!(select_for_eviction(&mut v, 20), 2);
+        assert_eq!(offs(&v), [(130, 0), (140, 1), (110, 1)]);
+    }
+
+    #[test]
+    fn a_second_sweep_takes_the_survivors_oldest_first() {
+        let mut v = entries(&[3, 3, 3, 3]);
+        // Everyone was read: the first sweep frees nothing; the second one
+        // takes the two oldest.
+        assert_eq!(select_for_eviction(&mut v, 20), 2);
+        assert_eq!(offs(&v), [(120, 2), (130, 2)]);
+        // Asking for more than there is evicts everything.
+        let mut v = entries(&[0, 1, 2]);
+        assert_eq!(select_for_eviction(&mut v, 1_000), 3);
+        assert!(v.is_empty());
+    }
+}
