@@ -107,10 +107,44 @@ pub(crate) enum Plan {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
     off: u64,
-    /// Hits counted since it was written or last kept (0..=3).
+    /// Its slot in the old table.
+    slot: usize,
+    /// Hits counted since it was written or last kept (0..=3), when the
+    /// compaction started.
+    hits: u64,
+    /// The count to give it in the new file.
     freq: u64,
     /// Record bytes.
     len: u64,
+}
+
+/// Cache mode: carry over the hits readers counted in the old table while
+/// the entries were being copied (an eviction takes long enough for most
+/// of a run's hits to land in it). Entries whose slot changed since (an
+/// overwrite, or a rebuild of the old table) are left as they are.
+fn carry_late_hits(
+    old: &Inner,
+    new: &Inner,
+    ot: &index::Table<'_>,
+    desc: u64,
+    kept: &[Entry],
+) -> Result<()> {
+    if old.control()?.index_desc() != desc {
+        return Ok(());
+    }
+    for e in kept {
+        let Some(w) = ot.word_at(e.slot) else {
+            continue;
+        };
+        let now = index::word_freq(w);
+        if index::word_offset(w) != e.off || now <= e.hits {
+            continue;
+        }
+        let h = old.header_at(e.off)?;
+        let key = old.read_key(e.off, &h)?;
+        new.set_freq(&key, (e.freq + now - e.hits).min(index::FREQ_MAX))?;
+    }
+    Ok(())
 }
 
 /// Choose the entries to evict so that at least `need` record bytes go, and
@@ -307,12 +341,16 @@ impl Db {
 
         // Live entries of the current table, as of now; entries that have
         // expired are left behind (that is their space coming back).
-        let (t, d0) = old.table_at(st0.index_desc)?;
+        let (ot, d0) = old.table_at(st0.index_desc)?;
         let capacity = c.capacity();
         let now = now_ms();
         let mut live = Vec::with_capacity(st0.live_keys as usize);
         let mut expired = 0u64;
-        for w in t.live_words() {
+        for slot in 0..d0.capacity() as usize {
+            let w = ot.word_at(slot).unwrap_or(index::EMPTY);
+            if !index::is_live(w) {
+                continue;
+            }
             let off = index::word_offset(w);
             let h = old.header_at(off)?;
             if old.expired_at(off, &h, now)? {
@@ -327,19 +365,26 @@ impl Db {
                 0
             };
             let len = crate::log::record::record_len(h.key_len as usize, h.val_len as usize);
-            live.push(Entry { off, freq, len });
+            live.push(Entry {
+                off,
+                slot,
+                hits: freq,
+                freq,
+                len,
+            });
         }
         let mut evicted = 0;
         if let (Plan::Evict { min_free }, true) = (plan, capacity != 0) {
             // The new file (index included, sized like the old one so that
-            // refilling needs no rebuild) plus what the old file can still
-            // take meanwhile must stay within the capacity less the share
-            // to free.
+            // refilling needs no rebuild) must stay within the capacity less
+            // the share to free. The commits the old file takes meanwhile
+            // come on top: at most what it had left, which is less than the
+            // share (a background eviction starts at `1 - f/4`), so the new
+            // file ends below the point where the next one starts.
             let fraction = self.shared.opts.evict_fraction;
             let budget = ((capacity as f64) * (1.0 - fraction)) as u64;
             let overhead = storage::ARENA_START + 2 * 4096 + d0.bytes();
-            let incoming = capacity.saturating_sub(st0.tail);
-            let keep = budget.saturating_sub(overhead + incoming);
+            let keep = budget.saturating_sub(overhead);
             let total: u64 = live.iter().map(|e| e.len).sum();
             let need = total.saturating_sub(keep).max(min_free);
             evicted = select_for_eviction(&mut live, need);
@@ -400,6 +445,9 @@ impl Db {
                 }
                 caught_up += replay(&old, &new, pos, t)?;
                 pos = t;
+            }
+            if capacity != 0 {
+                carry_late_hits(&old, &new, &ot, st0.index_desc, &live)?;
             }
             // Make everything so far durable (and cut the preallocated
             // tail) before taking the lock, so that the pause only syncs
@@ -528,7 +576,14 @@ impl Db {
             .create(true)
             .durability(Durability::None)
             .mode(mode)
-            .expected_keys(st0.live_keys)
+            .expected_keys(if capacity != 0 {
+                // A cache refills: keep the table's size.
+                (index::Desc::decode(st0.index_desc).map_or(0, |d| d.capacity()) * 3 / 4)
+                    .saturating_sub(1)
+                    .max(st0.live_keys)
+            } else {
+                st0.live_keys
+            })
             .initial_size(estimate);
         o.capacity = (capacity != 0).then_some(capacity);
         o.lineage = Some(Lineage {
@@ -706,6 +761,8 @@ mod tests {
             .enumerate()
             .map(|(i, &freq)| Entry {
                 off: 100 + 10 * i as u64,
+                slot: i,
+                hits: freq,
                 freq,
                 len: 10,
             })

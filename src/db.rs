@@ -65,7 +65,7 @@ pub(crate) struct Shared {
     follow: Mutex<()>,
     /// An automatic compaction or a background eviction is running in
     /// this process.
-    background: AtomicBool,
+    background: Arc<AtomicBool>,
     /// Cache mode: hits and misses of reads through this handle.
     pub(crate) hits: crate::cache::HitCounters,
     /// Held while a compaction through this handle (or a clone) runs: the
@@ -185,11 +185,15 @@ impl Db {
             return; // one at a time
         }
         let db = self.clone();
+        let flag = self.shared.background.clone();
         let spawned = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
                 job(&db);
-                db.shared.background.store(false, Ordering::Release);
+                // Let go of the handle first: `close` waits for the flag,
+                // then needs to be the last clone.
+                drop(db);
+                flag.store(false, Ordering::Release);
             });
         if spawned.is_err() {
             self.shared.background.store(false, Ordering::Release);
@@ -1409,7 +1413,7 @@ impl Db {
                 path: path.to_path_buf(),
                 opts,
                 follow: Mutex::new(()),
-                background: AtomicBool::new(false),
+                background: Arc::new(AtomicBool::new(false)),
                 hits: Default::default(),
                 compacting: Mutex::new(()),
             }),
@@ -1880,6 +1884,10 @@ impl Db {
     /// preallocated past the log is given back too. Dropping the last clone
     /// does the same but cannot report errors.
     ///
+    /// It first waits (up to `lock_timeout`) for a background compaction or
+    /// eviction started through this handle to finish, so that a process
+    /// exiting after `close` does not cut one off midway.
+    ///
     /// # Examples
     ///
     /// ```
@@ -1898,6 +1906,13 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn close(self) -> Result<()> {
+        // A background compaction or eviction holds a clone: let it finish,
+        // so that closing (and then exiting) does not cut it off midway.
+        let deadline = std::time::Instant::now() + self.shared.opts.lock_timeout;
+        while self.shared.background.load(Ordering::Acquire) && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let Ok(shared) = Arc::try_unwrap(self.shared) else {
             return Ok(()); // other clones remain
         };
