@@ -373,6 +373,12 @@ impl Db {
                 len,
             });
         }
+        if capacity != 0 {
+            // A cache keeps its entries in the order they were written, so
+            // that the next eviction again takes the oldest first (and
+            // eviction puts the ones it gives a second chance last).
+            live.sort_unstable_by_key(|e| e.off);
+        }
         let mut evicted = 0;
         if let (Plan::Evict { min_free }, true) = (plan, capacity != 0) {
             // The new file (index included, sized like the old one so that
@@ -388,11 +394,6 @@ impl Db {
             let total: u64 = live.iter().map(|e| e.len).sum();
             let need = total.saturating_sub(keep).max(min_free);
             evicted = select_for_eviction(&mut live, need);
-        }
-        if capacity != 0 {
-            // A cache keeps its entries in the order they were written, so
-            // that the next eviction again takes the oldest first.
-            live.sort_unstable_by_key(|e| e.off);
         }
         let n = live.len() as u64;
         let s0 = seq_of(st0.seq_gen);
