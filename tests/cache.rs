@@ -319,3 +319,50 @@ fn read_only_handles_read_a_cache_and_count_their_hits() {
     let v = ro.get(19_999u64.to_le_bytes()).unwrap().unwrap();
     assert_eq!(check_self(&v).unwrap(), (19_999, 0));
 }
+
+/// An entry kept for its hit moves behind the entries written before the
+/// eviction, so the next eviction, which takes the oldest, leaves it alone
+/// even if it was not read again. (A sort once put such entries back in
+/// front, which made the policy plain FIFO.)
+#[test]
+fn a_second_chance_moves_the_entry_to_the_back_of_the_queue() {
+    let (_d, path) = store();
+    let db = Options::new()
+        .capacity(CAP)
+        .evict_ahead(false)
+        .open(&path)
+        .unwrap();
+    let runs = || db.cache_stats().eviction_runs;
+    // The oldest entries; 100 of them are read once.
+    for i in 0..1_000u64 {
+        db.insert(i.to_le_bytes(), self_checking(i, 0, 100))
+            .unwrap();
+    }
+    for i in 0..100u64 {
+        assert!(db.get(i.to_le_bytes()).unwrap().is_some());
+    }
+    let mut next = 1_000_000u64;
+    let mut fill_until = |n: u64| {
+        while runs() < n {
+            db.insert(next.to_le_bytes(), self_checking(next, 0, 100))
+                .unwrap();
+            next += 1;
+        }
+    };
+    fill_until(1);
+    let kept = |range: std::ops::Range<u64>| {
+        range
+            .filter(|i| db.contains_key(i.to_le_bytes()).unwrap())
+            .count()
+    };
+    assert_eq!(kept(0..100), 100, "read entries were evicted");
+    assert_eq!(
+        kept(100..1_000),
+        0,
+        "unread old entries outlived the eviction"
+    );
+    // The next eviction takes the oldest again: the entries written before
+    // the first one, not the ones it kept for their hit.
+    fill_until(2);
+    assert_eq!(kept(0..100), 100, "the second chance did not last");
+}
