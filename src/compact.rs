@@ -148,48 +148,34 @@ fn carry_late_hits(
 }
 
 /// Choose the entries to evict so that at least `need` record bytes go, and
-/// leave in `live` the ones to keep, in the order to write them. FIFO with
-/// second chance (CLOCK with a 2-bit count): the oldest entry (lowest
+/// leave in `live` the ones to keep, in the order to write them. CLOCK with
+/// a 2-bit count, over the entries in log order: the oldest entry (lowest
 /// offset: the log is written in order) goes first, unless it was read
 /// since it was written or last kept; then it stays, moves behind every
-/// newer entry and its count goes down by one. If a whole sweep frees too
-/// little, a second one takes the survivors in the same order. Returns how
-/// many were evicted.
+/// newer entry and its count goes down by one. If everything left was read,
+/// the sweep goes round again with the lowered counts. Returns how many
+/// were evicted.
 fn select_for_eviction(live: &mut Vec<Entry>, need: u64) -> u64 {
     if need == 0 {
         return 0;
     }
     live.sort_unstable_by_key(|e| e.off);
+    let mut queue: std::collections::VecDeque<Entry> = std::mem::take(live).into();
     let mut freed = 0;
     let mut evicted = 0;
-    let mut second = Vec::new();
-    let mut swept = 0;
-    for e in live.iter() {
-        if freed >= need {
+    while freed < need {
+        let Some(mut e) = queue.pop_front() else {
             break;
-        }
-        swept += 1;
+        };
         if e.freq > 0 {
-            second.push(Entry {
-                freq: e.freq - 1,
-                ..*e
-            });
+            e.freq -= 1;
+            queue.push_back(e);
         } else {
             freed += e.len;
             evicted += 1;
         }
     }
-    let mut keep_second = 0;
-    for e in &second {
-        if freed < need {
-            freed += e.len;
-            evicted += 1;
-            keep_second += 1;
-        }
-    }
-    let rest = live.split_off(swept);
-    *live = rest;
-    live.extend_from_slice(&second[keep_second..]);
+    *live = queue.into();
     evicted
 }
 
@@ -795,13 +781,17 @@ mod tests {
     }
 
     #[test]
-    fn a_second_sweep_takes_the_survivors_oldest_first() {
+    fn further_sweeps_take_the_survivors_oldest_first() {
         let mut v = entries(&[3, 3, 3, 3]);
-        // Everyone was read: the first sweep frees nothing; the second one
-        // takes the two oldest.
+        // Everyone was read three times: three sweeps free nothing (each
+        // lowers every count); the fourth takes the two oldest.
         assert_eq!(select_for_eviction(&mut v, 20), 2);
-        assert_eq!(offs(&v), [(120, 2), (130, 2)]);
-        // Asking for more than there is evicts everything.
+        assert_eq!(offs(&v), [(120, 0), (130, 0)]);
+        // Counts differ: the first to reach 0 on the way round go first.
+        let mut v = entries(&[2, 1, 2, 3]);
+        assert_eq!(select_for_eviction(&mut v, 20), 2);
+        assert_eq!(offs(&v), [(120, 0), (130, 1)]); // 110, then 100, went
+                                                    // Asking for more than there is evicts everything.
         let mut v = entries(&[0, 1, 2]);
         assert_eq!(select_for_eviction(&mut v, 1_000), 3);
         assert!(v.is_empty());
