@@ -332,7 +332,18 @@ impl Db {
         let now = now_ms();
         let mut live = Vec::with_capacity(st0.live_keys as usize);
         let mut expired = 0u64;
-        for slot in 0..d0.capacity() as usize {
+        // Headers are scattered over the log: keep the loads of the next
+        // slots' headers in flight while this one is read.
+        const AHEAD: usize = 16;
+        let cap = d0.capacity() as usize;
+        let prefetch = |slot: usize| {
+            if let Some(w) = ot.word_at(slot).filter(|&w| index::is_live(w)) {
+                old.arena.prefetch(index::word_offset(w), 32);
+            }
+        };
+        (0..AHEAD.min(cap)).for_each(prefetch);
+        for slot in 0..cap {
+            prefetch(slot + AHEAD);
             let w = ot.word_at(slot).unwrap_or(index::EMPTY);
             if !index::is_live(w) {
                 continue;
@@ -404,7 +415,13 @@ impl Db {
             let mut copied = 0u64;
             for chunk in live.chunks(per as usize) {
                 let mut bufs = Vec::with_capacity(chunk.len());
-                for &Entry { off, .. } in chunk {
+                for e in chunk.iter().take(AHEAD) {
+                    old.arena.prefetch(e.off, 256);
+                }
+                for (i, &Entry { off, .. }) in chunk.iter().enumerate() {
+                    if let Some(e) = chunk.get(i + AHEAD) {
+                        old.arena.prefetch(e.off, 256);
+                    }
                     let h = old.header_at(off)?;
                     if h.kind != KIND_PUT {
                         return Err(old.corrupt(off, "live slot points at a non-put record"));
