@@ -57,12 +57,18 @@
 #[path = "common/workload.rs"]
 mod workload;
 use workload::Rng;
+#[path = "common/kids.rs"]
+mod kids;
+use kids::{
+    await_start, child_env, clock_ticks_per_s, env_num, own_cpu_ticks, CpuStat, Fields, Kids,
+};
+#[path = "common/fmt.rs"]
+mod fmt;
+use fmt::{fmt_rate, mib};
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use mapkv::{CacheStats, Db, Options, Stats};
@@ -425,70 +431,10 @@ fn fail_on_wrong(o: &Outcome, who: &str) {
 }
 
 // ---------------------------------------------------------------------------
-// CPU accounting: how much of the machine other programs used during a run.
-
-/// CPU time of this process so far (all threads), in clock ticks.
-fn own_cpu_ticks() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
-}
-
-/// Clock ticks per second (the unit of /proc's CPU times).
-fn clock_ticks_per_s() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
-}
-
-/// The machine's CPU counters from /proc/stat, in clock ticks.
-#[derive(Clone, Copy, Default)]
-struct CpuStat {
-    busy: u64,
-    total: u64,
-}
-
-impl CpuStat {
-    fn now() -> CpuStat {
-        let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let f: Vec<u64> = s
-            .lines()
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .skip(1)
-            .map(|x| x.parse().unwrap_or(0))
-            .collect();
-        let at = |i: usize| f.get(i).copied().unwrap_or(0);
-        // user nice system idle iowait irq softirq steal
-        CpuStat {
-            busy: at(0) + at(1) + at(2) + at(5) + at(6),
-            total: (0..8).map(at).sum(),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Child side
 
-fn env_num<T: std::str::FromStr>(name: &str) -> Option<T> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
-fn child_env<T: std::str::FromStr>(name: &str) -> T {
-    env_num(name).unwrap_or_else(|| panic!("worker: {name} is not set or not a number"))
-}
-
 fn child() {
-    let path = PathBuf::from(std::env::var(ENV_PATH).expect("worker: MAPKV_CACHE_PATH"));
+    let path: PathBuf = child_env(ENV_PATH);
     let n: usize = child_env(ENV_KEYS);
     let alpha: f64 = child_env(ENV_ALPHA);
     let seed: u64 = child_env(ENV_SEED);
@@ -507,11 +453,7 @@ fn child() {
     let cap = db.cache_stats().capacity;
     assert_eq!(cap, capacity, "worker: the store's capacity");
 
-    let mut out = std::io::stdout();
-    writeln!(out, "ready").unwrap();
-    out.flush().unwrap();
-    let mut line = String::new();
-    if std::io::stdin().read_line(&mut line).unwrap_or(0) == 0 {
+    if !await_start() {
         return; // the parent is gone
     }
     let ticks0 = own_cpu_ticks();
@@ -520,6 +462,7 @@ fn child() {
     let elapsed = t.elapsed();
     let ticks = own_cpu_ticks() - ticks0;
     let s = db.cache_stats();
+    let mut out = std::io::stdout();
     writeln!(
         out,
         "done requests={} hits={} misses={} wrong={} ns={} ticks={} stat_hits={} \
@@ -554,130 +497,42 @@ fn child() {
 // ---------------------------------------------------------------------------
 // Parent side: worker processes
 
-struct Kids {
-    children: Vec<Child>,
-    stdins: Vec<Option<ChildStdin>>,
-    rx: Receiver<(usize, Option<String>)>,
-}
-
-impl Drop for Kids {
-    fn drop(&mut self) {
-        self.stdins.clear();
-        for c in &mut self.children {
-            if let Ok(None) = c.try_wait() {
-                let _ = c.kill();
-            }
-            let _ = c.wait();
-        }
-    }
-}
-
 struct WorkerSpec {
     seed: u64,
     count: u64,
 }
 
-impl Kids {
-    fn spawn(cfg: &Config, path: &Path, alpha: f64, capacity: u64, specs: &[WorkerSpec]) -> Kids {
-        let exe = std::env::current_exe().expect("current_exe");
-        let (tx, rx) = mpsc::channel();
-        let mut kids = Kids {
-            children: Vec::new(),
-            stdins: Vec::new(),
-            rx,
-        };
-        for (p, spec) in specs.iter().enumerate() {
-            let mut child = Command::new(&exe)
-                .env(ENV_ROLE, "worker")
-                .env(ENV_PATH, path)
-                .env(ENV_KEYS, cfg.keys.to_string())
-                .env(ENV_ALPHA, alpha.to_string())
-                .env(ENV_SEED, spec.seed.to_string())
-                .env(ENV_COUNT, spec.count.to_string())
-                .env(ENV_CAPACITY, capacity.to_string())
-                .env(ENV_SAMPLE, cfg.sample_every.to_string())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("spawn a worker process");
-            let out = child.stdout.take().unwrap();
-            kids.stdins.push(child.stdin.take());
-            kids.children.push(child);
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines() {
-                    match line {
-                        Ok(l) => {
-                            if tx.send((p, Some(l))).is_err() {
-                                return;
-                            }
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let _ = tx.send((p, None));
-            });
-        }
-        kids
-    }
+/// One worker process per spec, on the cache at `path`.
+fn spawn_workers(
+    cfg: &Config,
+    path: &Path,
+    alpha: f64,
+    capacity: u64,
+    specs: &[WorkerSpec],
+) -> Kids {
+    Kids::spawn(specs.len(), |p, command| {
+        command
+            .env(ENV_ROLE, "worker")
+            .env(ENV_PATH, path)
+            .env(ENV_KEYS, cfg.keys.to_string())
+            .env(ENV_ALPHA, alpha.to_string())
+            .env(ENV_SEED, specs[p].seed.to_string())
+            .env(ENV_COUNT, specs[p].count.to_string())
+            .env(ENV_CAPACITY, capacity.to_string())
+            .env(ENV_SAMPLE, cfg.sample_every.to_string());
+    })
+}
 
-    /// The next line from a worker that has not finished yet (`done`: the
-    /// workers that have; their end of output is expected).
-    fn next(&mut self, deadline: Instant, waiting_for: &str, done: &[bool]) -> (usize, String) {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok((p, Some(line))) => return (p, line),
-                Ok((p, None)) if done[p] => continue,
-                Ok((p, None)) => {
-                    std::thread::sleep(Duration::from_millis(100));
-                    let st = self.children[p].try_wait();
-                    panic!(
-                        "worker process {p} ended its output while we waited for {waiting_for}; \
-                         exit status {st:?}"
-                    )
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("timed out waiting for {waiting_for} (a hung worker?)")
-                }
-                Err(RecvTimeoutError::Disconnected) => unreachable!("a reader thread per child"),
-            }
-        }
-    }
-
-    fn wait_ready(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let none = vec![false; self.children.len()];
-        for _ in 0..self.children.len() {
-            let (p, line) = self.next(deadline, "workers to get ready", &none);
-            assert_eq!(line, "ready", "worker process {p}: unexpected line");
-        }
-    }
-
-    /// The start line to every worker, one right after the other.
-    fn go(&mut self) {
-        for s in &mut self.stdins {
-            let mut s = s.take().expect("stdin");
-            s.write_all(b"go\n").expect("send the start line");
-        }
-    }
-
-    /// Every worker's report, in worker order.
-    fn collect(&mut self, timeout: Duration) -> Vec<Report> {
-        let deadline = Instant::now() + timeout;
-        let mut reports: Vec<Option<Report>> = (0..self.children.len()).map(|_| None).collect();
-        while reports.iter().any(|r| r.is_none()) {
-            let done: Vec<bool> = reports.iter().map(Option::is_some).collect();
-            let (p, line) = self.next(deadline, "worker reports", &done);
-            reports[p] = Some(Report::parse(&line));
-        }
-        for (p, c) in self.children.iter_mut().enumerate() {
-            let st = c.wait().expect("wait for a worker");
-            assert!(st.success(), "worker process {p} failed: {st}");
-        }
-        reports.into_iter().map(Option::unwrap).collect()
-    }
+/// Every worker's report, in worker order, once all have exited.
+fn collect(kids: &mut Kids, timeout: Duration) -> Vec<Report> {
+    let deadline = Instant::now() + timeout;
+    let mut reports: Vec<Option<Report>> = (0..kids.count()).map(|_| None).collect();
+    kids.read_lines(deadline, "worker reports", |p, line| {
+        reports[p] = Some(Report::parse(&line));
+        true
+    });
+    kids.expect_success(deadline);
+    reports.into_iter().map(Option::unwrap).collect()
 }
 
 struct Report {
@@ -701,15 +556,8 @@ impl Report {
         let rest = line
             .strip_prefix("done ")
             .unwrap_or_else(|| panic!("unexpected worker line {line:?}"));
-        let f: HashMap<&str, &str> = rest
-            .split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .collect();
-        let num = |k: &str| -> u64 {
-            f.get(k)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("worker line without {k}: {line:?}"))
-        };
+        let f = Fields::parse(rest);
+        let num = |k: &str| -> u64 { f.num(k) };
         Report {
             requests: num("requests"),
             hits: num("hits"),
@@ -886,11 +734,11 @@ fn throughput_run(cfg: &Config, alpha: f64, procs: usize) -> TpRun {
     let specs = worker_specs(cfg, procs);
     let timeout = Duration::from_secs(600 + cfg.requests / 50_000);
     let (reports, cpu0, cpu1) = {
-        let mut kids = Kids::spawn(cfg, &path, alpha, cfg.capacity, &specs);
+        let mut kids = spawn_workers(cfg, &path, alpha, cfg.capacity, &specs);
         kids.wait_ready(Duration::from_secs(300));
         let cpu0 = CpuStat::now();
         kids.go();
-        let reports = kids.collect(timeout);
+        let reports = collect(&mut kids, timeout);
         (reports, cpu0, CpuStat::now())
     };
     let leftovers = remove_store(&path);
@@ -921,9 +769,7 @@ fn throughput_run(cfg: &Config, alpha: f64, procs: usize) -> TpRun {
     let hits: u64 = reports.iter().map(|r| r.hits).sum();
     let elapsed_max = reports.iter().map(|r| r.elapsed).max().unwrap();
     let ticks: u64 = reports.iter().map(|r| r.ticks).sum();
-    let total = cpu1.total.saturating_sub(cpu0.total).max(1) as f64;
-    let foreign_pct =
-        cpu1.busy.saturating_sub(cpu0.busy).saturating_sub(ticks) as f64 / total * 100.0;
+    let foreign_pct = cpu0.foreign_pct(&cpu1, ticks);
     TpRun {
         rate: requests as f64 / elapsed_max.as_secs_f64(),
         requests,
@@ -947,20 +793,6 @@ fn throughput_run(cfg: &Config, alpha: f64, procs: usize) -> TpRun {
         keys_max: reports.iter().map(|r| r.keys_max).max().unwrap(),
         leftovers,
     }
-}
-
-fn fmt_rate(x: f64) -> String {
-    if x >= 1e6 {
-        format!("{:.2} M", x / 1e6)
-    } else if x >= 1e3 {
-        format!("{:.0} k", x / 1e3)
-    } else {
-        format!("{x:.0}")
-    }
-}
-
-fn mib(b: u64) -> f64 {
-    b as f64 / 1048576.0
 }
 
 /// A number with thousands separators.

@@ -44,12 +44,15 @@
 #[path = "common/workload.rs"]
 mod workload;
 use workload::{key, value, Rng, VALUE};
+#[path = "common/kids.rs"]
+mod kids;
+use kids::{await_start, child_env, env_num, own_cpu_ticks, CpuStat, Fields, Kids};
+#[path = "common/fmt.rs"]
+mod fmt;
+use fmt::{fmt_rate, mib};
 
 use std::hint::black_box;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
@@ -241,60 +244,7 @@ impl Hist {
 }
 
 // ---------------------------------------------------------------------------
-// CPU accounting: how much of the machine other programs used during a run.
-
-/// CPU time of this process so far, in clock ticks (utime + stime).
-fn own_cpu_ticks() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces): state is the
-    // first, utime the 12th, stime the 13th.
-    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
-}
-
-/// The machine's CPU counters from /proc/stat, in clock ticks.
-#[derive(Clone, Copy, Default)]
-struct CpuStat {
-    busy: u64,
-    steal: u64,
-    total: u64,
-}
-
-impl CpuStat {
-    fn now() -> CpuStat {
-        let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let f: Vec<u64> = s
-            .lines()
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .skip(1)
-            .map(|x| x.parse().unwrap_or(0))
-            .collect();
-        let at = |i: usize| f.get(i).copied().unwrap_or(0);
-        // user nice system idle iowait irq softirq steal
-        CpuStat {
-            busy: at(0) + at(1) + at(2) + at(5) + at(6),
-            steal: at(7),
-            total: (0..8).map(at).sum(),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Child side
-
-fn env_str(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("child: {name} is not set"))
-}
-
-fn env_num<T: std::str::FromStr>(name: &str) -> Option<T> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
 
 struct Gen {
     work: Work,
@@ -365,11 +315,11 @@ fn timed(g: &mut Gen, db: &Db, dur: Duration) -> Tally {
 
 fn child(role: &str) {
     let work = Work::from_name(role);
-    let path = PathBuf::from(env_str(ENV_PATH));
-    let n: u64 = env_num(ENV_KEYS).expect("MAPKV_MP_KEYS");
-    let secs: f64 = env_num(ENV_SECS).expect("MAPKV_MP_SECS");
-    let threads: usize = env_num(ENV_THREADS).expect("MAPKV_MP_THREADS");
-    let first: u64 = env_num(ENV_WORKER).expect("MAPKV_MP_WORKER");
+    let path: PathBuf = child_env(ENV_PATH);
+    let n: u64 = child_env(ENV_KEYS);
+    let secs: f64 = child_env(ENV_SECS);
+    let threads: usize = child_env(ENV_THREADS);
+    let first: u64 = child_env(ENV_WORKER);
     let dur = Duration::from_secs_f64(secs);
 
     let db = Options::new()
@@ -409,12 +359,9 @@ fn child(role: &str) {
             })
             .collect();
         barrier.wait();
-        println!("ready");
-        let mut line = String::new();
-        match std::io::stdin().lock().read_line(&mut line) {
-            Ok(n) if n > 0 => {}
+        if !await_start() {
             // The parent is gone: stop at once.
-            _ => std::process::exit(3),
+            std::process::exit(3);
         }
         let cpu = own_cpu_ticks();
         barrier.wait();
@@ -438,158 +385,40 @@ fn child(role: &str) {
 // ---------------------------------------------------------------------------
 // Parent side: the children of one run
 
-/// The worker processes of one run. Dropping it (also while unwinding from
-/// a panic) kills and reaps every child still running.
-struct Kids {
-    children: Vec<Child>,
-    stdins: Vec<Option<ChildStdin>>,
-    rx: Receiver<(usize, Option<String>)>,
+/// The worker processes of one run of `sc` on the store at `path`.
+fn spawn_workers(sc: &Scenario, path: &Path, cfg: &Config) -> Kids {
+    Kids::spawn(sc.procs, |p, command| {
+        command
+            .env(ENV_ROLE, sc.work.name())
+            .env(ENV_PATH, path)
+            .env(ENV_KEYS, cfg.keys.to_string())
+            .env(ENV_SECS, cfg.secs.to_string())
+            .env(ENV_THREADS, sc.threads.to_string())
+            .env(ENV_WORKER, (p * sc.threads).to_string());
+    })
 }
 
-impl Drop for Kids {
-    fn drop(&mut self) {
-        self.stdins.clear();
-        for c in &mut self.children {
-            if let Ok(None) = c.try_wait() {
-                let _ = c.kill();
-            }
-            let _ = c.wait();
+/// The workers' reports, the CPU ticks the children used while measuring,
+/// and the machine's CPU counters when the last child reported.
+fn collect(kids: &mut Kids, timeout: Duration) -> (Vec<WorkerReport>, u64, CpuStat) {
+    let mut out = Vec::new();
+    let mut ticks = 0;
+    kids.read_lines(Instant::now() + timeout, "worker reports", |p, line| {
+        if line == "done" {
+            return true;
         }
-    }
-}
-
-impl Kids {
-    fn spawn(sc: &Scenario, path: &Path, cfg: &Config) -> Kids {
-        let exe = std::env::current_exe().expect("current_exe");
-        let (tx, rx) = mpsc::channel();
-        let mut kids = Kids {
-            children: Vec::new(),
-            stdins: Vec::new(),
-            rx,
-        };
-        for p in 0..sc.procs {
-            let mut child = Command::new(&exe)
-                .env(ENV_ROLE, sc.work.name())
-                .env(ENV_PATH, path)
-                .env(ENV_KEYS, cfg.keys.to_string())
-                .env(ENV_SECS, cfg.secs.to_string())
-                .env(ENV_THREADS, sc.threads.to_string())
-                .env(ENV_WORKER, (p * sc.threads).to_string())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("spawn a worker process");
-            let out = child.stdout.take().unwrap();
-            kids.stdins.push(child.stdin.take());
-            kids.children.push(child);
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines() {
-                    match line {
-                        Ok(l) => {
-                            if tx.send((p, Some(l))).is_err() {
-                                return;
-                            }
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let _ = tx.send((p, None));
-            });
+        if let Some(t) = line.strip_prefix("cpu ticks=") {
+            ticks += t.parse::<u64>().expect("cpu ticks");
+        } else if let Some(rest) = line.strip_prefix("worker ") {
+            out.push(WorkerReport::parse(p, rest));
+        } else {
+            panic!("worker process {p}: unexpected line {line:?}");
         }
-        kids
-    }
-
-    fn status(&mut self, p: usize) -> Option<ExitStatus> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match self.children[p].try_wait() {
-                Ok(Some(s)) => return Some(s),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                _ => return None,
-            }
-        }
-    }
-
-    /// The next line (`None`: end of output) from any child; panics (and so
-    /// kills all) if nothing arrives in time.
-    fn next(&mut self, deadline: Instant, waiting_for: &str) -> (usize, Option<String>) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match self.rx.recv_timeout(left) {
-            Ok(msg) => msg,
-            Err(RecvTimeoutError::Timeout) => {
-                panic!("timed out waiting for {waiting_for} (a hung worker?)")
-            }
-            Err(RecvTimeoutError::Disconnected) => unreachable!("a reader thread per child"),
-        }
-    }
-
-    fn early_end(&mut self, p: usize, waiting_for: &str) -> ! {
-        let st = self.status(p);
-        panic!(
-            "worker process {p} ended its output while we waited for {waiting_for}; \
-             exit status {st:?}"
-        )
-    }
-
-    fn wait_ready(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let mut ready = vec![false; self.children.len()];
-        while ready.iter().any(|r| !r) {
-            let (p, line) = self.next(deadline, "workers to get ready");
-            let Some(line) = line else {
-                self.early_end(p, "workers to get ready")
-            };
-            assert_eq!(line, "ready", "worker process {p}: unexpected line");
-            ready[p] = true;
-        }
-    }
-
-    fn go(&mut self) {
-        for s in &mut self.stdins {
-            let mut s = s.take().expect("stdin");
-            s.write_all(b"go\n").expect("send the start line");
-            // Dropped: the child reads end-of-file if it reads again.
-        }
-    }
-
-    /// The workers' reports, the CPU ticks the children used while measuring,
-    /// and the machine's CPU counters when the last child reported.
-    fn collect(&mut self, timeout: Duration) -> (Vec<WorkerReport>, u64, CpuStat) {
-        let deadline = Instant::now() + timeout;
-        let mut done = vec![false; self.children.len()];
-        let mut out = Vec::new();
-        let mut ticks = 0;
-        while done.iter().any(|d| !d) {
-            let (p, line) = self.next(deadline, "worker reports");
-            let Some(line) = line else {
-                if done[p] {
-                    continue;
-                }
-                self.early_end(p, "worker reports")
-            };
-            if line == "done" {
-                done[p] = true;
-            } else if let Some(t) = line.strip_prefix("cpu ticks=") {
-                ticks += t.parse::<u64>().expect("cpu ticks");
-            } else if let Some(rest) = line.strip_prefix("worker ") {
-                out.push(WorkerReport::parse(p, rest));
-            } else {
-                panic!("worker process {p}: unexpected line {line:?}");
-            }
-        }
-        let cpu = CpuStat::now();
-        for p in 0..self.children.len() {
-            match self.status(p) {
-                Some(s) if s.success() => {}
-                other => panic!("worker process {p} exited with {other:?}"),
-            }
-        }
-        (out, ticks, cpu)
-    }
+        false
+    });
+    let cpu = CpuStat::now();
+    kids.expect_success(Instant::now() + Duration::from_secs(5));
+    (out, ticks, cpu)
 }
 
 struct WorkerReport {
@@ -604,20 +433,15 @@ struct WorkerReport {
 
 impl WorkerReport {
     fn parse(process: usize, s: &str) -> WorkerReport {
-        let mut f = std::collections::HashMap::new();
-        for tok in s.split_whitespace() {
-            let (k, v) = tok.split_once('=').expect("key=value");
-            f.insert(k, v);
-        }
-        let num = |k: &str| -> u64 { f[k].parse().unwrap() };
+        let f = Fields::parse(s);
         WorkerReport {
             process,
-            id: num("id"),
-            warm: num("warm"),
-            ops: num("ops"),
-            elapsed: Duration::from_nanos(num("ns")),
-            misses: num("misses"),
-            hist: Hist::decode(f["hist"], num("max")),
+            id: f.num("id"),
+            warm: f.num("warm"),
+            ops: f.num("ops"),
+            elapsed: Duration::from_nanos(f.num("ns")),
+            misses: f.num("misses"),
+            hist: Hist::decode(f.get("hist"), f.num("max")),
         }
     }
 }
@@ -644,10 +468,6 @@ struct RunResult {
     note: String,
 }
 
-fn mib(b: u64) -> f64 {
-    b as f64 / 1048576.0
-}
-
 fn create_write_store(path: &Path, work: Work, n: u64) -> Db {
     let room = if work == Work::Fresh { FRESH_ROOM } else { 0 };
     let db = Options::new()
@@ -666,17 +486,15 @@ fn run_once(sc: &Scenario, db: &Db, cfg: &Config, full_check: bool) -> RunResult
     let before = db.stats();
     let timeout = Duration::from_secs_f64(cfg.secs) + Duration::from_secs(120);
     let (reports, ticks, cpu0, cpu1) = {
-        let mut kids = Kids::spawn(sc, db.path(), cfg);
+        let mut kids = spawn_workers(sc, db.path(), cfg);
         kids.wait_ready(Duration::from_secs(300));
         let cpu0 = CpuStat::now();
         kids.go();
-        let (reports, ticks, cpu1) = kids.collect(timeout);
+        let (reports, ticks, cpu1) = collect(&mut kids, timeout);
         (reports, ticks, cpu0, cpu1)
     };
-    let total = cpu1.total.saturating_sub(cpu0.total).max(1) as f64;
-    let foreign_pct =
-        cpu1.busy.saturating_sub(cpu0.busy).saturating_sub(ticks) as f64 / total * 100.0;
-    let steal_pct = cpu1.steal.saturating_sub(cpu0.steal) as f64 / total * 100.0;
+    let foreign_pct = cpu0.foreign_pct(&cpu1, ticks);
+    let steal_pct = cpu0.steal_pct(&cpu1);
     assert_eq!(reports.len(), sc.procs * sc.threads);
     let after = db.stats();
 
@@ -756,16 +574,6 @@ fn run_once(sc: &Scenario, db: &Db, cfg: &Config, full_check: bool) -> RunResult
         foreign_pct,
         steal_pct,
         note,
-    }
-}
-
-fn fmt_rate(x: f64) -> String {
-    if x >= 1e6 {
-        format!("{:.2} M", x / 1e6)
-    } else if x >= 1e3 {
-        format!("{:.0} k", x / 1e3)
-    } else {
-        format!("{x:.0}")
     }
 }
 
