@@ -61,8 +61,9 @@ pub struct CacheStats {
     /// Reads through this handle and its clones that did not.
     pub misses: u64,
     /// Entries evicted to make room, by every process, since the store was
-    /// first opened in this session (the count is kept in the shared
-    /// mapping).
+    /// created (kept in the file's control block, which is not synced: an
+    /// OS crash may set it back, and a recovery that cannot trust it
+    /// starts again from 0).
     pub evictions: u64,
     /// Expired entries whose space was taken back (by evictions and
     /// compactions), counted like `evictions`.

@@ -132,7 +132,7 @@ impl Db {
     /// Run `f` on the current store, following the store to its new file
     /// and running again whenever `f` says it moved (`Error::Moved`).
     #[inline]
-    fn following<R>(&self, mut f: impl FnMut(&Inner) -> Result<R>) -> Result<R> {
+    pub(crate) fn following<R>(&self, mut f: impl FnMut(&Inner) -> Result<R>) -> Result<R> {
         let mut follows = 0;
         loop {
             let i = self.shared.current.load();
@@ -870,16 +870,17 @@ impl Inner {
             wanted,
             reason,
         };
-        // Recovery may overshoot a cache's capacity by the index table it
-        // rebuilds; the next eviction gives the space back.
-        let cap = if self.recovering.load(Ordering::Acquire) {
-            0
-        } else {
-            self.control().map_or(0, |c| c.capacity())
-        };
+        let mut cap = self.control().map_or(0, |c| c.capacity());
         if cap != 0 && end > cap && end <= self.max_size {
-            // Cache mode: eviction makes room (see Db::write).
-            return Err(Error::Full { wanted: end });
+            if self.recovering.load(Ordering::Acquire) {
+                // Recovery may overshoot a cache's capacity by the index
+                // table it rebuilds (no more: no doubling); the next
+                // eviction gives the space back.
+                cap = storage::align_up(end, GRANULE).unwrap_or(end);
+            } else {
+                // Cache mode: eviction makes room (see Db::write).
+                return Err(Error::Full { wanted: end });
+            }
         }
         let limit = if cap != 0 {
             cap.min(self.max_size)
@@ -1529,6 +1530,10 @@ impl Inner {
             let c = inner.control()?;
             // The capacity given now, or the store's (0: not a cache).
             c.set_capacity(opts.capacity.unwrap_or(meta.capacity as u64 * GRANULE));
+            if opened == OpenKind::Rebuilt {
+                // After an OS crash the control block may hold anything.
+                c.set_cache_counters([0; 3]);
+            }
             // Clear the clean flag, and record this boot and the new
             // generation, durably before anything else is written.
             inner.write_meta(&mut w, 0, true)?;
@@ -1800,7 +1805,9 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn flush(&self) -> Result<()> {
-        self.write(|i| {
+        // Not `write`: a flush adds nothing to the log, so it must not start
+        // a compaction or an eviction.
+        self.following(|i| {
             if i.read_only {
                 return Ok(());
             }

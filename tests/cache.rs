@@ -366,3 +366,64 @@ fn a_second_chance_moves_the_entry_to_the_back_of_the_queue() {
     fill_until(2);
     assert_eq!(kept(0..100), 100, "the second chance did not last");
 }
+
+/// `check` on a cache whose readers count hits meanwhile: the hit bits
+/// change without any lock, and must not look like a misplaced slot.
+#[test]
+fn check_passes_while_readers_count_hits() {
+    let (_d, path) = store();
+    let db = cache(&path, 64 << 20);
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (db, stop) = (db.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut rng = Rng::new(3);
+            while !stop.load(Ordering::Relaxed) {
+                let _ = db.get(rng.below(2_000).to_le_bytes()).unwrap();
+            }
+        })
+    };
+    for round in 0..40u64 {
+        for i in 0..200u64 {
+            let k = (round * 200 + i) % 2_000;
+            db.insert(k.to_le_bytes(), self_checking(k, round, 40))
+                .unwrap();
+        }
+        db.check()
+            .unwrap_or_else(|e| panic!("round {round}: check: {e}"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+}
+
+/// `check` and `flush` write nothing to the log, so they must not start an
+/// eviction, even on a cache past the point where a write would.
+#[test]
+fn check_and_flush_do_not_evict() {
+    let (_d, path) = store();
+    let filler = Options::new()
+        .capacity(256 << 10)
+        .evict_ahead(false)
+        .open(&path)
+        .unwrap();
+    let mut i = 0u64;
+    while filler.cache_stats().used_bytes < (256 << 10) - 4096 {
+        filler.insert(i.to_le_bytes(), [1u8; 200]).unwrap();
+        i += 1;
+    }
+    assert_eq!(filler.cache_stats().eviction_runs, 0);
+    let keys = filler.len();
+    let plain = Db::open(&path).unwrap(); // evicts ahead by default
+    plain.check().unwrap();
+    plain.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(plain.cache_stats().eviction_runs, 0);
+    assert_eq!(plain.len(), keys);
+    // A write does start one.
+    plain.insert(b"one more", [2u8; 200]).unwrap();
+    plain.close().unwrap(); // waits for the background eviction
+                            // (The counters survive the last handle on the new file closing
+                            // before this one follows it there.)
+    assert_eq!(filler.cache_stats().eviction_runs, 1);
+    assert!(filler.len() < keys);
+}

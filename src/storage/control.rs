@@ -218,8 +218,9 @@ impl<'a> Control<'a> {
     }
 
     /// Cache counters: entries evicted, expired entries dropped, and
-    /// evictions run, since the store's first open in this session (they
-    /// move with the store to a compaction's new file).
+    /// evictions run, since the store was created (they move with the
+    /// store to a compaction's new file; statistics only, zeroed when
+    /// recovery cannot trust the control block).
     pub(crate) fn cache_counters(&self) -> [u64; 3] {
         [EVICTED, EXPIRED, EVICT_RUNS].map(|o| self.w(o).load(Ordering::Acquire))
     }
@@ -241,7 +242,6 @@ impl<'a> Control<'a> {
         self.w(WRITER).store(0, Ordering::Release);
         self.w(WAITERS).store(0, Ordering::Release);
         self.w(WRITERS).store(0, Ordering::Release);
-        self.set_cache_counters([0; 3]);
     }
 
     /// Read the state fields without tearing. Retries while a writer is
