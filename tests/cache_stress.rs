@@ -63,19 +63,17 @@ mod common;
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsFd;
+use std::ops::Deref;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::procs::{stop_on_eof, ChildVars, Ev, Kids, Out, Spawn};
 use common::{check_self, self_checking, Rng};
 use mapkv::testing::{add_io_hook, HookGuard, IoOp, Phase};
-use mapkv::{Db, Durability, OpenKind, Options};
+use mapkv::{Db, OpenKind, Options};
 
 /// The cache's capacity.
 const CAP: u64 = 1 << 20;
@@ -90,6 +88,8 @@ const HOT: u64 = 400;
 const DEFAULT_SECS: u64 = 8;
 /// The child's test function (passed to `--exact`).
 const CHILD_TEST: &str = "cache_stress_child";
+/// The prefix of the variables that tell a child what to do.
+const ENV: &str = "MAPKV_CS_";
 /// How long the parent waits for an expected line or exit.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// No acknowledged write from any writer for this long is a hang.
@@ -167,10 +167,14 @@ fn leftover_pid(path: &Path, n: &str) -> Option<u32> {
 /// Every child process. Returns at once in a normal test run.
 #[test]
 fn cache_stress_child() {
-    let Ok(role) = std::env::var("MAPKV_CS_ROLE") else {
+    let Some(vars) = ChildVars::from_env(ENV) else {
         return;
     };
-    let env = ChildEnv::from_env(role);
+    let env = ChildEnv {
+        fraction: vars.num("FRACTION_PCT") as f64 / 100.0,
+        ahead: vars.num("AHEAD") == 1,
+        vars,
+    };
     match env.role.as_str() {
         "writer" => writer_main(&env),
         "reader" => reader_main(&env),
@@ -179,48 +183,19 @@ fn cache_stress_child() {
 }
 
 struct ChildEnv {
-    role: String,
-    path: PathBuf,
-    id: usize,
-    instance: u64,
-    seed: u64,
-    mode: Durability,
+    vars: ChildVars,
     fraction: f64,
     ahead: bool,
-    read_only: bool,
-    limit: Duration,
+}
+
+impl Deref for ChildEnv {
+    type Target = ChildVars;
+    fn deref(&self) -> &ChildVars {
+        &self.vars
+    }
 }
 
 impl ChildEnv {
-    fn from_env(role: String) -> ChildEnv {
-        let var = |name: &str| {
-            std::env::var(name).unwrap_or_else(|_| panic!("child {role}: {name} is not set"))
-        };
-        let num = |name: &str| {
-            var(name)
-                .parse::<u64>()
-                .unwrap_or_else(|_| panic!("child {role}: {name} is not a number"))
-        };
-        let mode = match var("MAPKV_CS_MODE").as_str() {
-            "none" => Durability::None,
-            "async" => Durability::Async,
-            "sync" => Durability::Sync,
-            other => panic!("child {role}: bad MAPKV_CS_MODE {other:?}"),
-        };
-        ChildEnv {
-            path: PathBuf::from(var("MAPKV_CS_PATH")),
-            id: num("MAPKV_CS_ID") as usize,
-            instance: num("MAPKV_CS_INSTANCE"),
-            seed: num("MAPKV_CS_SEED"),
-            mode,
-            fraction: num("MAPKV_CS_FRACTION_PCT") as f64 / 100.0,
-            ahead: num("MAPKV_CS_AHEAD") == 1,
-            read_only: num("MAPKV_CS_READ_ONLY") == 1,
-            limit: Duration::from_secs(num("MAPKV_CS_LIMIT_SECS")),
-            role,
-        }
-    }
-
     fn fail(&self, msg: impl Display) -> ! {
         panic!(
             "{} {} (instance {}, MAPKV_CS_SEED={}, {:?}, evict fraction {}, evict ahead {}, \
@@ -235,47 +210,6 @@ impl ChildEnv {
             self.read_only
         );
     }
-}
-
-/// The child's protocol channel: stdout, one direct `write` per line (no
-/// buffering), shared with the I/O hook's threads, so that a kill can only
-/// cut the last line short.
-#[derive(Clone)]
-struct Out(Arc<Mutex<File>>);
-
-impl Out {
-    fn new() -> Out {
-        // The harness printed "test cache_stress_child ... ": end its line.
-        std::io::stdout().flush().expect("child: flush stdout");
-        let fd = std::io::stdout()
-            .as_fd()
-            .try_clone_to_owned()
-            .expect("child: dup stdout");
-        let out = Out(Arc::new(Mutex::new(File::from(fd))));
-        out.line("\n@S");
-        out
-    }
-
-    fn line(&self, line: &str) {
-        let mut buf = String::with_capacity(line.len() + 1);
-        buf.push_str(line);
-        buf.push('\n');
-        let mut f = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        f.write_all(buf.as_bytes())
-            .expect("child: write to the parent");
-    }
-}
-
-/// Set when the parent closes our stdin (or dies).
-fn stop_on_eof() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().lock().read_to_end(&mut sink);
-        flag.store(true, Ordering::Release);
-    });
-    stop
 }
 
 /// Report evictions (and compactions) that run in this process: `@V s
@@ -585,120 +519,6 @@ fn reader_main(env: &ChildEnv) {
 }
 
 // ---------------------------------------------------------------------------
-// The parent: child processes.
-
-/// A line from a child (`None`: its stdout closed).
-struct Ev {
-    slot: usize,
-    instance: u64,
-    line: Option<String>,
-}
-
-struct Proc {
-    instance: u64,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stderr: Option<JoinHandle<String>>,
-    /// The parent stopped or killed it: its exit is expected.
-    exiting: bool,
-    /// Its stdout closed: every line it wrote has been handled.
-    eof: bool,
-    finals: Option<String>,
-}
-
-/// The children, in slots (writers first); every line they print arrives
-/// on one channel. Dropping it kills whatever still runs.
-struct Kids {
-    exe: PathBuf,
-    tx: mpsc::Sender<Ev>,
-    rx: mpsc::Receiver<Ev>,
-    procs: Vec<Option<Proc>>,
-}
-
-impl Kids {
-    fn spawn(&mut self, slot: usize, instance: u64, envs: &[(&str, String)]) {
-        let mut cmd = Command::new(&self.exe);
-        cmd.args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn a child");
-        let stdout = child.stdout.take().unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let tx = self.tx.clone();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match r.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    // A line cut short by a kill never counts.
-                    Ok(_) if buf.last() != Some(&b'\n') => break,
-                    Ok(_) => {
-                        buf.pop();
-                        if buf.first() == Some(&b'@') {
-                            let line = Some(String::from_utf8_lossy(&buf).into_owned());
-                            if tx
-                                .send(Ev {
-                                    slot,
-                                    instance,
-                                    line,
-                                })
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
-                    }
-                }
-            }
-            let _ = tx.send(Ev {
-                slot,
-                instance,
-                line: None,
-            });
-        });
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
-        self.procs[slot] = Some(Proc {
-            instance,
-            stdin: child.stdin.take(),
-            child,
-            stderr: Some(stderr),
-            exiting: false,
-            eof: false,
-            finals: None,
-        });
-    }
-
-    fn get(&mut self, slot: usize) -> &mut Proc {
-        self.procs[slot].as_mut().expect("no child in this slot")
-    }
-
-    fn kill_all(&mut self) {
-        for p in self.procs.iter_mut().flatten() {
-            if matches!(p.child.try_wait(), Ok(None)) {
-                let _ = p.child.kill();
-                let _ = p.child.wait();
-            }
-        }
-    }
-}
-
-impl Drop for Kids {
-    fn drop(&mut self) {
-        self.kill_all();
-    }
-}
-
-// ---------------------------------------------------------------------------
 // The parent: the model.
 
 /// What may be found for one key.
@@ -804,6 +624,7 @@ struct Run {
     dir: PathBuf,
     path: PathBuf,
     rng: Rng,
+    /// The children, in slots: writers first, then readers.
     kids: Kids,
     instances: Vec<u64>,
     models: Vec<WriterModel>,
@@ -841,7 +662,8 @@ impl Run {
         let fraction = [5, 10, 10, 20, 30][self.rng.below(5) as usize];
         let ahead = if self.rng.chance(75) { 1 } else { 0 };
         let envs = self.envs("writer", w, instance, seed, mode, fraction, ahead, false);
-        self.kids.spawn(w, instance, &envs);
+        let label = format!("writer {w} (instance {instance})");
+        self.kids.spawn(w, instance, label, &envs);
         self.models[w].pending = None;
         self.models[w].evicting = false;
         self.fig.writer_starts += 1;
@@ -850,7 +672,8 @@ impl Run {
     fn spawn_reader(&mut self, r: usize) {
         let seed = self.rng.next();
         let envs = self.envs("reader", r, 1, seed, "none", 10, 1, r == 1);
-        self.kids.spawn(WRITERS + r, 1, &envs);
+        let label = format!("reader {r}");
+        self.kids.spawn(WRITERS + r, 1, label, &envs);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -864,22 +687,21 @@ impl Run {
         fraction: u64,
         ahead: u64,
         read_only: bool,
-    ) -> Vec<(&'static str, String)> {
-        vec![
-            ("MAPKV_CS_ROLE", role.to_string()),
-            ("MAPKV_CS_PATH", self.path.display().to_string()),
-            ("MAPKV_CS_ID", id.to_string()),
-            ("MAPKV_CS_INSTANCE", instance.to_string()),
-            ("MAPKV_CS_SEED", seed.to_string()),
-            ("MAPKV_CS_MODE", mode.to_string()),
-            ("MAPKV_CS_FRACTION_PCT", fraction.to_string()),
-            ("MAPKV_CS_AHEAD", ahead.to_string()),
-            ("MAPKV_CS_READ_ONLY", (read_only as u8).to_string()),
-            (
-                "MAPKV_CS_LIMIT_SECS",
-                self.child_limit.as_secs().to_string(),
-            ),
-        ]
+    ) -> Vec<(String, String)> {
+        let mut envs = Spawn {
+            role,
+            path: &self.path,
+            id,
+            instance,
+            seed,
+            mode,
+            read_only,
+            limit: self.child_limit,
+        }
+        .envs(ENV);
+        envs.push(("MAPKV_CS_FRACTION_PCT".to_string(), fraction.to_string()));
+        envs.push(("MAPKV_CS_AHEAD".to_string(), ahead.to_string()));
+        envs
     }
 
     /// Handle one event; stale events of dead instances are still applied
@@ -919,10 +741,8 @@ impl Run {
             return;
         }
         if line.starts_with("@F") {
-            if let Some(p) = self.kids.procs[slot].as_mut() {
-                if p.instance == instance {
-                    p.finals = Some(line.clone());
-                }
+            if let Some(p) = self.kids.current(slot, instance) {
+                p.finals = Some(line.clone());
             }
             if slot >= WRITERS {
                 for kv in line[3..].split(' ') {
@@ -1020,22 +840,15 @@ impl Run {
     }
 
     fn on_eof(&mut self, slot: usize, instance: u64) {
-        let Some(p) = self.kids.procs[slot].as_mut() else {
+        let Some(p) = self.kids.current(slot, instance) else {
             return;
         };
-        if p.instance != instance {
-            return;
-        }
         p.eof = true;
         if !p.exiting {
-            let status = p.child.wait().ok();
-            let stderr = p
-                .stderr
-                .take()
-                .map(|h| h.join().unwrap_or_default())
-                .unwrap_or_default();
+            let (status, stderr) = self.kids.reap(slot);
             self.fail(format!(
-                "child in slot {slot} (instance {instance}) ended by itself ({status:?}):\n{stderr}"
+                "child in slot {slot} (instance {instance}) ended by itself ({:?}):\n{stderr}",
+                Some(status)
             ));
         }
         if slot < WRITERS {
@@ -1114,12 +927,8 @@ impl Run {
         // The file the store's name points at now: if the victim dies
         // between the rename's two marks, it stays MOVING.
         let before = File::open(&self.path).ok();
-        {
-            let p = self.kids.get(w);
-            p.exiting = true;
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
+        self.kids.kill(w);
+        let _ = self.kids.get(w).child.wait();
         self.fig.kills += 1;
         if evicting {
             self.fig.kills_while_evicting_by_lines += 1;
@@ -1159,6 +968,23 @@ impl Run {
         self.fig.leftovers_seen_removed += (before - self.known_leftovers.len()) as u64;
     }
 
+    /// Aim the coming kill at what `sign` looks for in the writer's lines:
+    /// wait up to 1.5 s for it, then spin up to `max_us` µs into it, and
+    /// count the kill as `aimed`, or as blind if the sign did not come.
+    fn aim(
+        &mut self,
+        sign: impl FnMut(&Run) -> bool,
+        max_us: u64,
+        aimed: fn(&mut Figures) -> &mut u64,
+    ) {
+        if self.pump(Duration::from_millis(1500), sign) {
+            *aimed(&mut self.fig) += 1;
+            spin(Duration::from_micros(self.rng.below(max_us)));
+        } else {
+            self.fig.kills_blind += 1;
+        }
+    }
+
     /// The kill phase: every 80-300 ms, kill a writer (blind, aimed, or in
     /// its open) and start it again.
     fn kill_loop(&mut self, end: Instant) {
@@ -1178,26 +1004,21 @@ impl Run {
                     // Wait for this writer to start an eviction, then kill
                     // it some microseconds to milliseconds into it.
                     self.models[w].evicting = false;
-                    let hit = self.pump(Duration::from_millis(1500), |r| r.models[w].evicting);
-                    if hit {
-                        self.fig.kills_aimed_eviction += 1;
-                        let d = self.rng.below(8_000);
-                        spin(Duration::from_micros(d));
-                    } else {
-                        self.fig.kills_blind += 1;
-                    }
+                    self.aim(
+                        |r| r.models[w].evicting,
+                        8_000,
+                        |f| &mut f.kills_aimed_eviction,
+                    );
                 }
                 70..=89 => {
                     // Right after the announcement of a write that finds
                     // the cache (nearly) full.
                     self.models[w].full_intent = false;
-                    let hit = self.pump(Duration::from_millis(1500), |r| r.models[w].full_intent);
-                    if hit {
-                        self.fig.kills_aimed_full_write += 1;
-                        spin(Duration::from_micros(self.rng.below(1_000)));
-                    } else {
-                        self.fig.kills_blind += 1;
-                    }
+                    self.aim(
+                        |r| r.models[w].full_intent,
+                        1_000,
+                        |f| &mut f.kills_aimed_full_write,
+                    );
                 }
                 _ => {
                     // Kill, restart, and kill the new one in its open.
@@ -1217,21 +1038,17 @@ impl Run {
     fn finish(&mut self, ending: Ending) {
         for w in 0..WRITERS {
             if ending == Ending::Graceful {
-                let p = self.kids.get(w);
-                p.exiting = true;
-                drop(p.stdin.take());
+                self.kids.stop(w);
             } else {
                 self.kill_writer(w);
             }
         }
         for r in 0..READERS {
             let slot = WRITERS + r;
-            let p = self.kids.get(slot);
-            p.exiting = true;
             if ending == Ending::AllKilled {
-                let _ = p.child.kill();
+                self.kids.kill(slot);
             } else {
-                drop(p.stdin.take());
+                self.kids.stop(slot);
             }
         }
         let done = self.pump(EVENT_TIMEOUT, |r| {
@@ -1246,14 +1063,8 @@ impl Run {
                 Ending::WritersKilled => slot >= WRITERS,
                 Ending::AllKilled => false,
             };
-            let p = self.kids.get(slot);
-            let status = p.child.wait().expect("wait for a child");
-            let stderr = p
-                .stderr
-                .take()
-                .map(|h| h.join().unwrap_or_default())
-                .unwrap_or_default();
-            let finals = p.finals.clone();
+            let (status, stderr) = self.kids.reap(slot);
+            let finals = self.kids.get(slot).finals.clone();
             if graceful && (!status.success() || finals.is_none()) {
                 self.fail(format!(
                     "child in slot {slot} did not end well ({status:?}, last line {finals:?}):\n{stderr}"
@@ -1380,18 +1191,12 @@ fn cache_stress() {
         .expect("create the cache")
         .close()
         .expect("close the new cache");
-    let (tx, rx) = mpsc::channel();
     let mut run = Run {
         seed,
         dir: dir.clone(),
         path,
         rng: Rng::new(seed),
-        kids: Kids {
-            exe: std::env::current_exe().expect("current_exe"),
-            tx,
-            rx,
-            procs: (0..WRITERS + READERS).map(|_| None).collect(),
-        },
+        kids: Kids::new(CHILD_TEST, WRITERS + READERS),
         instances: vec![0; WRITERS],
         models: (0..WRITERS)
             .map(|_| WriterModel {

@@ -22,13 +22,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::procs::{collect_stderr, read_reports};
 use common::{check_self, self_checking, Rng};
 use mapkv::{Db, Durability, OpenKind, Options};
 
@@ -366,33 +367,10 @@ fn run_child(ctx: &Ctx, exe: &Path, start_op: u64, big: bool, figures: &mut Figu
         .spawn()
         .expect("spawn the child");
     let stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel::<String>();
-    let out_thread = std::thread::spawn(move || {
-        let mut r = BufReader::with_capacity(1 << 16, stdout);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                // A line cut short by the kill: the child had not started
-                // what it announced.
-                Ok(_) if buf.last() != Some(&b'\n') => break,
-                Ok(_) => {
-                    buf.pop();
-                    let line = String::from_utf8_lossy(&buf).into_owned();
-                    if line.starts_with('@') && tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    let out_thread = std::thread::spawn(move || read_reports(stdout, |line| tx.send(line).is_ok()));
+    let err_thread = collect_stderr(stderr);
 
     // The delay counts from the moment the child is about to open, so that
     // a delay of 0 lands in open and recovery, not in process start-up.

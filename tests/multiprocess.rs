@@ -80,19 +80,18 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Display;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsFd;
+use std::io::Write;
+use std::ops::Deref;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::procs::{stop_on_eof, ChildVars, Ev, Kids, Out, Spawn};
 use common::Rng;
-use mapkv::{Change, CompactReport, Db, Durability, Error, LogPosition, OpenKind, Options};
+use mapkv::{Change, CompactReport, Db, Error, LogPosition, OpenKind, Options};
 
 /// Writer processes in the stress test.
 const WRITERS: usize = 3;
@@ -116,6 +115,8 @@ const PER_WRITER: usize = KEYS + 2 + SCRATCH;
 const DEFAULT_SECS: u64 = 10;
 /// The name of the child's test function (passed to `--exact`).
 const CHILD_TEST: &str = "mp_child";
+/// The prefix of the variables that tell a child what to do.
+const ENV: &str = "MAPKV_MP_";
 /// How long a reader's `wait_for_change` may wait for a commit while
 /// writers run before that counts as a lost wake-up.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -418,10 +419,13 @@ fn other_files(path: &Path) -> Vec<String> {
 /// in a normal test run.
 #[test]
 fn mp_child() {
-    let Ok(role) = std::env::var("MAPKV_MP_ROLE") else {
+    let Some(vars) = ChildVars::from_env(ENV) else {
         return;
     };
-    let env = ChildEnv::from_env(role);
+    let env = ChildEnv {
+        pin: std::env::var("MAPKV_MP_PIN").is_ok_and(|v| v == "1"),
+        vars,
+    };
     match env.role.as_str() {
         "writer" => writer_main(&env),
         "reader" => reader_main(&env),
@@ -434,49 +438,20 @@ fn mp_child() {
 
 /// What a child learns from its environment.
 struct ChildEnv {
-    role: String,
-    path: PathBuf,
-    id: usize,
-    instance: u64,
-    seed: u64,
-    mode: Durability,
-    read_only: bool,
-    /// A child that is never stopped gives up after this long.
-    limit: Duration,
+    vars: ChildVars,
     /// Hold the file of every log position kept (`Pinned`), with
     /// `MAPKV_MP_PIN=1`.
     pin: bool,
 }
 
-impl ChildEnv {
-    fn from_env(role: String) -> ChildEnv {
-        let var = |name: &str| {
-            std::env::var(name).unwrap_or_else(|_| panic!("child {role}: {name} is not set"))
-        };
-        let num = |name: &str| {
-            var(name)
-                .parse::<u64>()
-                .unwrap_or_else(|_| panic!("child {role}: {name} is not a number"))
-        };
-        let mode = match var("MAPKV_MP_MODE").as_str() {
-            "none" => Durability::None,
-            "async" => Durability::Async,
-            "sync" => Durability::Sync,
-            other => panic!("child {role}: bad MAPKV_MP_MODE {other:?}"),
-        };
-        ChildEnv {
-            path: PathBuf::from(var("MAPKV_MP_PATH")),
-            id: num("MAPKV_MP_ID") as usize,
-            instance: num("MAPKV_MP_INSTANCE"),
-            seed: num("MAPKV_MP_SEED"),
-            mode,
-            read_only: var("MAPKV_MP_READ_ONLY") == "1",
-            limit: Duration::from_secs(num("MAPKV_MP_LIMIT_SECS")),
-            pin: std::env::var("MAPKV_MP_PIN").is_ok_and(|v| v == "1"),
-            role,
-        }
+impl Deref for ChildEnv {
+    type Target = ChildVars;
+    fn deref(&self) -> &ChildVars {
+        &self.vars
     }
+}
 
+impl ChildEnv {
     fn fail(&self, msg: impl Display) -> ! {
         let what = match (self.role.as_str(), self.read_only) {
             ("writer" | "ro_writer" | "compactor", _) => format!("durability {:?}", self.mode),
@@ -521,47 +496,6 @@ impl<'a> Pinned<'a> {
     }
 }
 
-/// The child's protocol channel: stdout, written with one direct `write`
-/// per line (no buffering), so that a kill can only cut the last line short.
-struct Out(File);
-
-impl Out {
-    fn new() -> Out {
-        // The harness printed "test mp_child ... ": get it out first.
-        std::io::stdout().flush().expect("child: flush stdout");
-        let fd = std::io::stdout()
-            .as_fd()
-            .try_clone_to_owned()
-            .expect("child: dup stdout");
-        let mut out = Out(File::from(fd));
-        // End the harness's line, so that ours start at a line start.
-        out.line("\n@S");
-        out
-    }
-
-    fn line(&mut self, line: &str) {
-        let mut buf = String::with_capacity(line.len() + 1);
-        buf.push_str(line);
-        buf.push('\n');
-        self.0
-            .write_all(buf.as_bytes())
-            .expect("child: write to the parent");
-    }
-}
-
-/// Set when the parent closes our stdin: time to stop. (Also when the
-/// parent dies, so no child outlives a crashed test run for long.)
-fn stop_on_eof() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().lock().read_to_end(&mut sink);
-        flag.store(true, Ordering::Release);
-    });
-    stop
-}
-
 /// A stress-test writer: resumes every key from the store, then commits
 /// until told to stop. Protocol lines: `@O kind` once open; `@R i=seq,...`
 /// what it resumed from (every key); `@I i=seq,...` before a commit; `@A`
@@ -570,7 +504,7 @@ fn stop_on_eof() -> Arc<AtomicBool> {
 /// at a graceful end.
 fn writer_main(env: &ChildEnv) {
     let id = env.id;
-    let mut out = Out::new();
+    let out = Out::new();
     let stop = stop_on_eof();
     let db = Options::new()
         .durability(env.mode)
@@ -1013,7 +947,7 @@ impl<'a> Reader<'a> {
 /// A stress-test reader: reads until told to stop; exits non-zero (a
 /// panic) on any violation. Protocol lines: `@O kind`, `@F counts`.
 fn reader_main(env: &ChildEnv) {
-    let mut out = Out::new();
+    let out = Out::new();
     let stop = stop_on_eof();
     let db = Options::new()
         .read_only(env.read_only)
@@ -1092,7 +1026,7 @@ fn reader_main(env: &ChildEnv) {
 /// It says `@K k` first, and `@T k MAGIC` with the old file's magic just
 /// before the kill.
 fn compactor_main(env: &ChildEnv) {
-    let mut out = Out::new();
+    let out = Out::new();
     let stop = stop_on_eof();
     let open = || {
         Options::new()
@@ -1128,7 +1062,7 @@ fn compactor_main(env: &ChildEnv) {
             out.line(&format!("@K {n}"));
             let old = File::open(&env.path)
                 .unwrap_or_else(|e| env.fail(format!("open {}: {e}", env.path.display())));
-            let said = out.0.try_clone().expect("child: dup stdout");
+            let said = out.file();
             tripwire(env.path.clone(), before, old, said, n)
         });
         let mut probe: Option<mapkv::Result<CompactReport>> = None;
@@ -1259,7 +1193,7 @@ fn tripwire(path: PathBuf, from: u64, old: File, said: File, n: u64) -> mapkv::t
 /// eighth in a batch with a large blob (the file grows several times).
 /// Protocol lines: `@O kind`, `@P n` every 100 commits, `@F`.
 fn ro_writer_main(env: &ChildEnv) {
-    let mut out = Out::new();
+    let out = Out::new();
     let db = Options::new()
         .durability(env.mode)
         .open(&env.path)
@@ -1293,7 +1227,7 @@ fn ro_writer_main(env: &ChildEnv) {
 /// until it sees the writer's last commit. Protocol lines:
 /// `@O kind first-seq`, `@F counts`.
 fn ro_reader_main(env: &ChildEnv) {
-    let mut out = Out::new();
+    let out = Out::new();
     let db = Options::new()
         .read_only(true)
         .open(&env.path)
@@ -1389,175 +1323,6 @@ fn ro_reader_main(env: &ChildEnv) {
          locked={locked} len={}",
         db.len()
     ));
-}
-
-// ---------------------------------------------------------------------------
-// The parent: child processes.
-
-/// A line from a child (`None`: its stdout closed).
-struct Ev {
-    slot: usize,
-    instance: u64,
-    line: Option<String>,
-}
-
-/// One running child.
-struct Proc {
-    label: String,
-    instance: u64,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stderr: Option<JoinHandle<String>>,
-    /// The parent stopped or killed it: its exit is expected.
-    exiting: bool,
-    /// Its stdout closed: every line it wrote has been handled.
-    eof: bool,
-    /// Its `@O` and `@F` lines.
-    opened: Option<String>,
-    finals: Option<String>,
-}
-
-/// The children of one test, in slots; every line they print arrives on
-/// one channel. Dropping it kills whatever still runs.
-struct Kids {
-    exe: PathBuf,
-    tx: mpsc::Sender<Ev>,
-    rx: mpsc::Receiver<Ev>,
-    procs: Vec<Option<Proc>>,
-}
-
-impl Kids {
-    fn new(slots: usize) -> Kids {
-        let (tx, rx) = mpsc::channel();
-        Kids {
-            exe: std::env::current_exe().expect("current_exe"),
-            tx,
-            rx,
-            procs: (0..slots).map(|_| None).collect(),
-        }
-    }
-
-    fn spawn(&mut self, slot: usize, instance: u64, label: String, envs: &[(&str, String)]) {
-        let mut cmd = Command::new(&self.exe);
-        cmd.args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {label}: {e}"));
-        let stdout = child.stdout.take().expect("child stdout");
-        let mut stderr = child.stderr.take().expect("child stderr");
-        let tx = self.tx.clone();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match r.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    // A line cut short by a kill never counts.
-                    Ok(_) if buf.last() != Some(&b'\n') => break,
-                    Ok(_) => {
-                        buf.pop();
-                        if buf.first() == Some(&b'@') {
-                            let line = Some(String::from_utf8_lossy(&buf).into_owned());
-                            if tx
-                                .send(Ev {
-                                    slot,
-                                    instance,
-                                    line,
-                                })
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
-                    }
-                }
-            }
-            let _ = tx.send(Ev {
-                slot,
-                instance,
-                line: None,
-            });
-        });
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
-        self.procs[slot] = Some(Proc {
-            label,
-            instance,
-            stdin: child.stdin.take(),
-            child,
-            stderr: Some(stderr),
-            exiting: false,
-            eof: false,
-            opened: None,
-            finals: None,
-        });
-    }
-
-    fn get(&mut self, slot: usize) -> &mut Proc {
-        self.procs[slot].as_mut().expect("no child in this slot")
-    }
-
-    /// Wait for the child's exit; returns its status and stderr.
-    fn reap(&mut self, slot: usize) -> (ExitStatus, String) {
-        let p = self.get(slot);
-        let status = p.child.wait().expect("wait for a child");
-        let stderr = p
-            .stderr
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default();
-        (status, stderr)
-    }
-
-    fn kill_all(&mut self) {
-        for p in self.procs.iter_mut().flatten() {
-            if matches!(p.child.try_wait(), Ok(None)) {
-                let _ = p.child.kill();
-                let _ = p.child.wait();
-            }
-        }
-    }
-}
-
-impl Drop for Kids {
-    fn drop(&mut self) {
-        self.kill_all();
-    }
-}
-
-/// What a child is told through its environment.
-struct Spawn<'a> {
-    role: &'a str,
-    path: &'a Path,
-    id: usize,
-    instance: u64,
-    seed: u64,
-    mode: &'a str,
-    read_only: bool,
-    limit: Duration,
-}
-
-impl Spawn<'_> {
-    fn envs(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("MAPKV_MP_ROLE", self.role.to_string()),
-            ("MAPKV_MP_PATH", self.path.display().to_string()),
-            ("MAPKV_MP_ID", self.id.to_string()),
-            ("MAPKV_MP_INSTANCE", self.instance.to_string()),
-            ("MAPKV_MP_SEED", self.seed.to_string()),
-            ("MAPKV_MP_MODE", self.mode.to_string()),
-            ("MAPKV_MP_READ_ONLY", (self.read_only as u8).to_string()),
-            ("MAPKV_MP_LIMIT_SECS", self.limit.as_secs().to_string()),
-        ]
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1863,7 +1628,7 @@ impl Run {
             read_only: false,
             limit: self.child_limit,
         }
-        .envs();
+        .envs(ENV);
         self.kids.spawn(w, instance, label, &envs);
         self.fig.writer_starts += 1;
         *self.fig.modes.entry(mode).or_default() += 1;
@@ -1886,7 +1651,7 @@ impl Run {
             read_only,
             limit: self.child_limit,
         }
-        .envs();
+        .envs(ENV);
         self.kids.spawn(WRITERS + r, 1, label, &envs);
     }
 
@@ -1955,12 +1720,9 @@ impl Run {
     }
 
     fn handle(&mut self, ev: Ev) {
-        let Some(p) = self.kids.procs[ev.slot].as_mut() else {
+        let Some(p) = self.kids.current(ev.slot, ev.instance) else {
             return;
         };
-        if p.instance != ev.instance {
-            return;
-        }
         let Some(line) = ev.line else {
             p.eof = true;
             if !p.exiting {
@@ -2348,9 +2110,7 @@ impl Run {
     /// SIGKILL the child in `slot`; everything it printed is handled, and
     /// it must have died of the kill.
     fn kill_slot(&mut self, slot: usize) {
-        let p = self.kids.get(slot);
-        p.exiting = true;
-        let _ = p.child.kill();
+        self.kids.kill(slot);
         self.drain(slot);
         let label = self.kids.get(slot).label.clone();
         let (status, stderr) = self.kids.reap(slot);
@@ -2383,9 +2143,9 @@ impl Run {
             read_only: false,
             limit: self.child_limit,
         }
-        .envs();
+        .envs(ENV);
         if let Some(t) = trip {
-            envs.push(("MAPKV_MP_TRIP", t.to_string()));
+            envs.push(("MAPKV_MP_TRIP".to_string(), t.to_string()));
         }
         self.kids.spawn(COMPACTOR, instance, label, &envs);
         self.comp.pid = self.kids.get(COMPACTOR).child.id();
@@ -2534,9 +2294,7 @@ impl Run {
     /// each to exit 0 after a final `@F` line.
     fn stop(&mut self, slots: &[usize]) {
         for &s in slots {
-            let p = self.kids.get(s);
-            p.exiting = true;
-            drop(p.stdin.take());
+            self.kids.stop(s);
         }
         for &s in slots {
             self.drain(s);
@@ -2758,7 +2516,7 @@ fn multiprocess_stress() {
         rng: Rng::new(seed),
         began: Instant::now(),
         child_limit: budget + Duration::from_secs(300),
-        kids: Kids::new(SLOTS),
+        kids: Kids::new(CHILD_TEST, SLOTS),
         instances: vec![0; WRITERS],
         models: (0..WRITERS)
             .map(|_| WriterModel {
@@ -3027,7 +2785,7 @@ fn read_only_handle_follows_writer_process() {
         db.close().expect("close the new store");
     }
     let limit = Duration::from_secs(120);
-    let mut kids = Kids::new(3);
+    let mut kids = Kids::new(CHILD_TEST, 3);
     let mut lines: Vec<Vec<String>> = vec![Vec::new(); 3];
     let mut spawn = |kids: &mut Kids, slot: usize, role: &str, label: &str| {
         let child_seed = rng.next();
@@ -3041,7 +2799,7 @@ fn read_only_handle_follows_writer_process() {
             read_only: role == "ro_reader",
             limit,
         }
-        .envs();
+        .envs(ENV);
         kids.spawn(
             slot,
             1,

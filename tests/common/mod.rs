@@ -91,3 +91,4 @@ pub fn check_self(v: &[u8]) -> Result<(u64, u64), String> {
     ))
 }
 pub mod powerloss;
+pub mod procs;
