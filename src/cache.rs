@@ -182,8 +182,14 @@ impl Db {
     #[inline]
     pub(crate) fn count_read(&self, i: &Inner, hit: bool) {
         if i.cache {
-            self.shared.hits.record(hit);
+            self.record_read(hit);
         }
+    }
+
+    /// Out of line: keeps the database-mode read path as small as before.
+    #[inline(never)]
+    fn record_read(&self, hit: bool) {
+        self.shared.hits.record(hit);
     }
 
     /// A write found the cache full (it needs the file to reach `wanted`

@@ -304,7 +304,7 @@ impl<'a> Table<'a> {
     /// Count a hit on the entry in `slot`, whose word a reader found to be
     /// `w`: one compare-and-swap to `w` with its count one higher, unless
     /// the count is at its maximum. Fails (harmlessly) if the slot changed.
-    #[inline]
+    #[inline(never)]
     pub(crate) fn touch(&self, slot: usize, w: u64) {
         if word_freq(w) < FREQ_MAX && is_live(w) {
             if let Some(s) = self.slots.get(slot) {
