@@ -131,9 +131,6 @@ impl HitCounters {
     }
 }
 
-/// Evictions a write asks for before it gives up with `OutOfSpace`.
-const MAX_EVICTIONS_PER_WRITE: u32 = 4;
-
 impl Db {
     /// Cache statistics: the capacity, the space in use, hits and misses of
     /// this handle, and the store's evictions and expirations. All zero but
@@ -192,37 +189,45 @@ impl Db {
         self.shared.hits.record(hit);
     }
 
-    /// A write found the cache full (it needs the file to reach `wanted`
-    /// bytes): evict, or wait for the eviction another thread or process
-    /// is running, so that the write can run again. `attempt` counts the
-    /// calls for this write; each asks to free twice as much as the last.
-    pub(crate) fn make_room(&self, wanted: u64, attempt: u32) -> Result<()> {
+    /// A write found the cache full: it needs the file to reach `wanted`
+    /// bytes, `size` bytes past the log's end. Evict, or wait for the
+    /// eviction another thread or process is running, so that the write can
+    /// run again. `attempt` counts the calls for this write: each asks to
+    /// free twice as much as the last (other writers may take the room
+    /// first). The write gives up at once if it could not fit even in an
+    /// empty cache (anything smaller fits once an eviction has emptied it),
+    /// and at `deadline`, the lock timeout after it first found the cache
+    /// full, if other writers keep taking the room.
+    pub(crate) fn make_room(
+        &self,
+        wanted: u64,
+        size: u64,
+        attempt: u32,
+        deadline: Instant,
+    ) -> Result<()> {
         let i = self.inner();
         let c = i.control()?;
         let cap = c.capacity();
-        let (st, _) = c.snapshot(1000);
-        let size = wanted.saturating_sub(st.tail);
-        let table = Desc::decode(st.index_desc).map_or(0, |d| d.bytes());
+        let table = Desc::decode(c.index_desc()).map_or(0, |d| d.bytes());
         // What an empty cache has room for, roughly.
         let room = cap.saturating_sub(storage::ARENA_START + table + GRANULE);
-        if cap == 0 || size > room || attempt > MAX_EVICTIONS_PER_WRITE {
-            return Err(Error::OutOfSpace {
-                path: self.shared.path.clone(),
-                wanted,
-                reason: format!(
-                    "the write ({size} bytes) does not fit in the cache's capacity of {cap} bytes{}",
-                    if attempt > MAX_EVICTIONS_PER_WRITE {
-                        ", even after evicting"
-                    } else {
-                        ""
-                    }
-                ),
-            });
+        let out_of_space = |why: &str| Error::OutOfSpace {
+            path: self.shared.path.clone(),
+            wanted,
+            reason: format!(
+                "the write ({size} bytes) does not fit in the cache's capacity of {cap} bytes{why}"
+            ),
+        };
+        if cap == 0 || size > room {
+            return Err(out_of_space(""));
+        }
+        if Instant::now() >= deadline {
+            return Err(out_of_space(
+                ": other writers kept filling it faster than evictions freed it",
+            ));
         }
         drop(i);
-        let min_free = size.saturating_mul(1 << (attempt - 1).min(16));
-        let deadline = Instant::now() + self.shared.opts.lock_timeout;
-        let mut more = min_free;
+        let mut more = size.saturating_mul(1 << (attempt - 1).min(20)).min(cap);
         loop {
             // Another thread or process may have made room already.
             if self.fits_now(size) {
@@ -232,13 +237,9 @@ impl Db {
                 Ok(_) => return Ok(()),
                 // The new file filled up with the commits made meanwhile:
                 // free more.
-                Err(Error::Full { .. }) if more < cap => more = more.max(GRANULE) * 2,
-                Err(Error::Full { wanted }) => {
-                    return Err(Error::OutOfSpace {
-                        path: self.shared.path.clone(),
-                        wanted,
-                        reason: format!("eviction could not make room within {cap} bytes"),
-                    })
+                Err(Error::Full { .. }) if more < cap => more = (more.max(GRANULE) * 2).min(cap),
+                Err(Error::Full { .. }) => {
+                    return Err(out_of_space(": eviction could not make room"))
                 }
                 Err(Error::Locked { .. }) => {
                     // Another eviction (or compaction) is running. Once it

@@ -260,7 +260,7 @@ impl Db {
                 Err(Error::Moved) => continue,
                 // A cache's new file cannot fill up with the live entries
                 // alone, but it can with commits made meanwhile.
-                Err(Error::Full { wanted }) => {
+                Err(Error::Full { wanted, .. }) => {
                     return Err(Error::OutOfSpace {
                         path: self.shared.path.clone(),
                         wanted,

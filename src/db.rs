@@ -107,11 +107,15 @@ impl Db {
     /// the background.
     pub(crate) fn write<R>(&self, mut f: impl FnMut(&Inner) -> Result<R>) -> Result<R> {
         let mut attempt = 0;
+        let mut deadline = None;
         loop {
             match self.following(&mut f) {
-                Err(Error::Full { wanted }) => {
+                Err(Error::Full { wanted, size }) => {
                     attempt += 1;
-                    self.make_room(wanted, attempt)?;
+                    let until = *deadline.get_or_insert_with(|| {
+                        std::time::Instant::now() + self.shared.opts.lock_timeout
+                    });
+                    self.make_room(wanted, size, attempt, until)?;
                 }
                 r => {
                     if r.is_ok() {
@@ -879,7 +883,11 @@ impl Inner {
                 cap = storage::align_up(end, GRANULE).unwrap_or(end);
             } else {
                 // Cache mode: eviction makes room (see Db::write).
-                return Err(Error::Full { wanted: end });
+                let tail = self.control().map_or(0, |c| c.tail());
+                return Err(Error::Full {
+                    wanted: end,
+                    size: end.saturating_sub(tail),
+                });
             }
         }
         let limit = if cap != 0 {

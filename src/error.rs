@@ -128,6 +128,8 @@ pub enum Error {
     Full {
         /// The file length the write needed.
         wanted: u64,
+        /// How many bytes past the log's end the write needed.
+        size: u64,
     },
 
     /// [`Db::changes_after`](crate::Db::changes_after) was given a log

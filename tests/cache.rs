@@ -427,3 +427,34 @@ fn check_and_flush_do_not_evict() {
     assert_eq!(filler.cache_stats().eviction_runs, 1);
     assert!(filler.len() < keys);
 }
+
+/// Several handles (each with its own evictions) write big values into a
+/// small cache at once: every write must succeed. A write that found the
+/// cache full once measured its size against the log of the store another
+/// handle had just evicted into, and could give up with `OutOfSpace`.
+#[test]
+fn concurrent_writers_on_a_small_cache_never_fail() {
+    let (_d, path) = store();
+    cache(&path, 256 << 10).close().unwrap();
+    let writers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let db = Db::open(&path).unwrap();
+                let mut rng = Rng::new(t);
+                for n in 0..800u64 {
+                    let k = t * 1_000_000 + n;
+                    let len = 1_000 + rng.below(20_000) as usize;
+                    db.insert(k.to_le_bytes(), self_checking(k, 0, len))
+                        .unwrap_or_else(|e| panic!("writer {t}, write {n}: {e}"));
+                }
+                db.cache_stats().eviction_runs
+            })
+        })
+        .collect();
+    let runs: Vec<u64> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    assert!(runs.iter().all(|&r| r > 10), "{runs:?}");
+    let db = Db::open(&path).unwrap();
+    db.check().unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() <= 256 << 10);
+}
