@@ -264,8 +264,7 @@ impl Db {
         let Ok(c) = i.control() else {
             return false;
         };
-        let (st, _) = c.snapshot(1000);
-        st.tail.saturating_add(size) <= c.capacity()
+        c.tail().saturating_add(size) <= c.capacity()
     }
 
     /// After a write in cache mode: start an eviction in a background

@@ -247,41 +247,28 @@ impl Db {
         &self,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<CompactReport> {
-        let Some(_one) = self.shared.compacting.try_lock() else {
-            return Err(Error::Locked {
+        match self.run(progress, Plan::Compact) {
+            // A cache's new file cannot fill up with the live entries
+            // alone, but it can with commits made meanwhile.
+            Err(Error::Full { wanted, .. }) => Err(Error::OutOfSpace {
                 path: self.shared.path.clone(),
-                detail: "another compaction of this store is running",
-            });
-        };
-        // If another compaction moved the store meanwhile, start over on
-        // the new file.
-        for _ in 0..5 {
-            match self.compact_once(progress, Plan::Compact) {
-                Err(Error::Moved) => continue,
-                // A cache's new file cannot fill up with the live entries
-                // alone, but it can with commits made meanwhile.
-                Err(Error::Full { wanted, .. }) => {
-                    return Err(Error::OutOfSpace {
-                        path: self.shared.path.clone(),
-                        wanted,
-                        reason: "commits made during the compaction filled the cache's capacity"
-                            .into(),
-                    })
-                }
-                r => return r,
-            }
+                wanted,
+                reason: "commits made during the compaction filled the cache's capacity".into(),
+            }),
+            r => r,
         }
-        Err(Error::Locked {
-            path: self.shared.path.clone(),
-            detail: "other compactions kept moving the store to new files",
-        })
     }
 
     /// Cache mode: evict to make room. Frees the evict fraction of the
-    /// capacity, and at least `min_free` bytes, plus the room the old file
-    /// still has (commits made there meanwhile are carried over). Fails
-    /// with `Error::Locked` if a compaction or eviction is running.
+    /// capacity, and at least `min_free` bytes. Fails with `Error::Locked`
+    /// if a compaction or eviction is running.
     pub(crate) fn evict(&self, min_free: u64) -> Result<CompactReport> {
+        self.run(&mut |_, _| {}, Plan::Evict { min_free })
+    }
+
+    /// One compaction or eviction at a time per handle; if another one
+    /// moved the store meanwhile, start over on the new file.
+    fn run(&self, progress: &mut dyn FnMut(u64, u64), plan: Plan) -> Result<CompactReport> {
         let Some(_one) = self.shared.compacting.try_lock() else {
             return Err(Error::Locked {
                 path: self.shared.path.clone(),
@@ -289,7 +276,7 @@ impl Db {
             });
         };
         for _ in 0..5 {
-            match self.compact_once(&mut |_, _| {}, Plan::Evict { min_free }) {
+            match self.compact_once(progress, plan) {
                 Err(Error::Moved) => continue,
                 r => return r,
             }
@@ -300,7 +287,7 @@ impl Db {
         })
     }
 
-    pub(crate) fn compact_once(
+    fn compact_once(
         &self,
         progress: &mut dyn FnMut(u64, u64),
         plan: Plan,

@@ -874,7 +874,8 @@ impl Inner {
             wanted,
             reason,
         };
-        let mut cap = self.control().map_or(0, |c| c.capacity());
+        let c = self.control().ok();
+        let mut cap = c.map_or(0, |c| c.capacity());
         if cap != 0 && end > cap && end <= self.max_size {
             if self.recovering.load(Ordering::Acquire) {
                 // Recovery may overshoot a cache's capacity by the index
@@ -883,7 +884,7 @@ impl Inner {
                 cap = storage::align_up(end, GRANULE).unwrap_or(end);
             } else {
                 // Cache mode: eviction makes room (see Db::write).
-                let tail = self.control().map_or(0, |c| c.tail());
+                let tail = c.map_or(0, |c| c.tail());
                 return Err(Error::Full {
                     wanted: end,
                     size: end.saturating_sub(tail),
