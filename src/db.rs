@@ -16,7 +16,7 @@ use crate::log::record::{
 use crate::options::{Durability, Options};
 use crate::recovery;
 use crate::storage::control::{Control, Durable, State, NOTIFY};
-use crate::storage::lock::futex_wake_all;
+use crate::storage::lock::{futex_wake_all, Held, LockError, Registration};
 use crate::storage::mapping::{Arena, MapMode, OutOfBounds};
 use crate::storage::meta::{Meta, FLAG_CLEAN, FORMAT_VERSION, MAGIC};
 use crate::storage::{
@@ -74,9 +74,31 @@ pub(crate) struct Shared {
     pub(crate) compacting: Mutex<()>,
 }
 
-/// How many times an operation follows the store to a new file before it
-/// gives up (each follow means another compaction finished meanwhile).
-const MAX_FOLLOWS: u32 = 8;
+/// How long an operation keeps following the store to new files (each
+/// follow means another compaction finished meanwhile): at least
+/// `MIN_FOLLOWS` times, and after that until `lock_timeout` has passed, so
+/// that a storm of evictions delays an operation but does not fail it.
+pub(crate) struct Follows {
+    n: u32,
+    until: std::time::Instant,
+}
+
+const MIN_FOLLOWS: u32 = 8;
+
+impl Follows {
+    pub(crate) fn new(timeout: std::time::Duration) -> Follows {
+        Follows {
+            n: 0,
+            until: std::time::Instant::now() + timeout,
+        }
+    }
+
+    /// Whether to follow once more.
+    pub(crate) fn again(&mut self) -> bool {
+        self.n += 1;
+        self.n <= MIN_FOLLOWS || std::time::Instant::now() < self.until
+    }
+}
 
 impl Db {
     /// The current store, after following it if a compaction moved it.
@@ -137,14 +159,11 @@ impl Db {
     /// and running again whenever `f` says it moved (`Error::Moved`).
     #[inline]
     pub(crate) fn following<R>(&self, mut f: impl FnMut(&Inner) -> Result<R>) -> Result<R> {
-        let mut follows = 0;
+        let mut follows = Follows::new(self.shared.opts.lock_timeout);
         loop {
             let i = self.shared.current.load();
             match f(&i) {
-                Err(Error::Moved) if follows < MAX_FOLLOWS => {
-                    follows += 1;
-                    self.shared.follow(&i);
-                }
+                Err(Error::Moved) if follows.again() => self.shared.follow(&i),
                 Err(Error::Moved) => {
                     return Err(i.corrupt(
                         CONTROL_OFFSET,
@@ -259,6 +278,8 @@ pub(crate) struct Inner {
     pub(crate) cross: bool,
     /// This process's id, stored in the control block while writing.
     pid: u64,
+    /// How long a wait for the writer lock may last.
+    pub(crate) lock_timeout: std::time::Duration,
     /// Whether this handle holds the exclusive open lock (it is alone, or
     /// it is a read-only handle that recovered in private memory and keeps
     /// writers out until it closes).
@@ -288,6 +309,9 @@ pub(crate) struct Writer {
     /// If the lock is released like this (an error), the next holder must
     /// repair: those bytes carry the current generation.
     pub(crate) unpublished: bool,
+    /// This handle's registration slot (claimed at the first cross-process
+    /// lock, and again in a child forked after that).
+    reg: Option<Registration>,
 }
 
 /// The writer lock, held: the in-process mutex and, for read-write handles
@@ -296,7 +320,9 @@ pub(crate) struct Writer {
 pub(crate) struct WriteGuard<'a> {
     inner: &'a Inner,
     w: parking_lot::MutexGuard<'a, Writer>,
-    pub(crate) cross: bool,
+    /// The cross-process lock word as we took it (read-write handles on a
+    /// shared store).
+    held: Option<Held>,
 }
 
 impl std::ops::Deref for WriteGuard<'_> {
@@ -314,9 +340,9 @@ impl std::ops::DerefMut for WriteGuard<'_> {
 
 impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
-        if !self.cross {
+        let Some(held) = self.held else {
             return;
-        }
+        };
         if let Ok(c) = self.inner.control() {
             c.set_durable(&self.w.dur);
             // An odd seqlock means a change was left half-made (an index
@@ -327,9 +353,10 @@ impl Drop for WriteGuard<'_> {
                 c.set_writer(0);
             }
         }
-        // Nothing useful can be done if unlocking fails (it cannot for a
-        // mutex this thread holds).
-        let _ = self.inner.arena.unlock_writer();
+        // Unlocking fails only if something overwrote the lock word while
+        // we held it; the word then names someone else, whom we must not
+        // release. Nothing more can be done from drop.
+        let _ = self.inner.arena.unlock_writer(held);
     }
 }
 
@@ -491,29 +518,15 @@ impl Inner {
     }
 
     /// Take the writer lock: the in-process mutex, then (read-write handles
-    /// on a shared store) the cross-process mutex. Loads the writer state
-    /// that the previous holder, in any process, left in the control block,
-    /// and first repairs the store if that holder died or failed in the
-    /// middle of a change.
+    /// on a shared store) the cross-process lock, each within
+    /// `lock_timeout`. Loads the writer state that the previous holder, in
+    /// any process, left in the control block, and first repairs the store
+    /// if that holder died or failed in the middle of a change.
     pub(crate) fn lock_writer(&self) -> Result<WriteGuard<'_>> {
-        let w = self.writer.lock();
-        if !self.cross {
-            return Ok(WriteGuard {
-                inner: self,
-                w,
-                cross: false,
-            });
+        let mut g = self.take_lock()?;
+        if g.held.is_none() {
+            return Ok(g);
         }
-        self.arena.lock_writer().map_err(|source| Error::Io {
-            op: "take the writer lock",
-            path: self.path.clone(),
-            source,
-        })?;
-        let mut g = WriteGuard {
-            inner: self,
-            w,
-            cross: true,
-        };
         let c = self.control()?;
         match c.magic() {
             crate::storage::control::CONTROL_MAGIC => {}
@@ -553,6 +566,61 @@ impl Inner {
             g.w.st = st;
         }
         Ok(g)
+    }
+
+    /// The writer lock, and nothing else: no look at the control block
+    /// (the caller starts a session, or checks it next). Bounded by
+    /// `lock_timeout` in all.
+    pub(crate) fn take_lock(&self) -> Result<WriteGuard<'_>> {
+        let started = std::time::Instant::now();
+        let deadline = started + self.lock_timeout;
+        let timeout = |what, holder| Error::Timeout {
+            path: self.path.clone(),
+            what,
+            waited: started.elapsed(),
+            holder,
+        };
+        let Some(mut w) = self.writer.try_lock_until(deadline) else {
+            return Err(timeout(
+                "the writer lock (another thread of this process holds it)",
+                None,
+            ));
+        };
+        if !self.cross {
+            return Ok(WriteGuard {
+                inner: self,
+                w,
+                held: None,
+            });
+        }
+        let ioe = |op, source| Error::Io {
+            op,
+            path: self.path.clone(),
+            source,
+        };
+        if !w.reg.as_ref().is_some_and(|r| r.is_ours()) {
+            w.reg = Some(
+                Registration::new(&self.arena)
+                    .map_err(|e| ioe("register as a writer of the store", e))?,
+            );
+        }
+        let reg = w.reg.as_ref().expect("registered just above");
+        let held = match self.arena.lock_writer(reg, deadline) {
+            Ok((held, _how)) => held,
+            Err(LockError::TimedOut) => {
+                let pid = self.control().map_or(0, |c| c.writer());
+                return Err(timeout(
+                    "the writer lock (another writer holds it and is alive)",
+                    (pid != 0).then_some(pid),
+                ));
+            }
+            Err(LockError::Io(e)) => return Err(ioe("take the writer lock", e)),
+        };
+        Ok(WriteGuard {
+            inner: self,
+            w,
+            held: Some(held),
+        })
     }
 
     /// Whether the store's path now names a different file than ours.
@@ -1292,7 +1360,8 @@ impl Inner {
         // the shared lock may be gone too; we are done anyway.)
         if !self.exclusive.load(Ordering::Acquire) {
             let alone =
-                storage::file::try_lock(self.arena.file(), true).map_err(|source| Error::Io {
+                storage::file::open_lock(self.arena.file(), storage::file::OpenLock::Exclusive)
+                    .map_err(|source| Error::Io {
                     op: "lock file on close",
                     path: self.path.clone(),
                     source,
@@ -1403,10 +1472,10 @@ impl Db {
     pub(crate) fn open_with(path: &Path, opts: Options) -> Result<Db> {
         // A compaction may finish (rename the store) while we join the old
         // file: then open the name again.
-        let mut tries = 0;
+        let mut follows = Follows::new(opts.lock_timeout);
         let inner = loop {
             match Inner::open(path, opts.clone()) {
-                Err(Error::Moved) if tries < MAX_FOLLOWS => tries += 1,
+                Err(Error::Moved) if follows.again() => {}
                 Err(Error::Moved) => {
                     return Err(Error::Corrupted {
                         path: path.to_path_buf(),
@@ -1440,6 +1509,8 @@ impl Inner {
             meta_copy,
             boot_id,
             sole,
+            live,
+            upgrade,
         } = recovery::open_file(path, &opts)?;
         let mode = arena.mode();
         let file_id = {
@@ -1474,9 +1545,11 @@ impl Inner {
                 },
                 boot_id,
                 unpublished: false,
+                reg: None,
             }),
             cross: !opts.read_only && mode == MapMode::Shared,
             pid: std::process::id() as u64,
+            lock_timeout: opts.lock_timeout,
             exclusive: AtomicBool::new(sole),
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(String::new()),
@@ -1494,69 +1567,30 @@ impl Inner {
                 source,
             }
         };
-        let opened = if !sole {
-            // Another handle has the store open: its live state is ours.
-            recovery::join(&inner)?;
-            if !opts.read_only {
-                // Taking the writer lock repairs the store if a writer died
-                // mid-change. If the store still says it was closed cleanly
-                // (only read-only handles had it open), say otherwise before
-                // anything is written.
-                let mut w = inner.lock_writer()?;
-                let c = inner.control()?;
-                c.writers().fetch_add(1, Ordering::AcqRel);
-                // A capacity given now replaces the store's.
-                let recap = opts.capacity.filter(|&b| b != c.capacity());
-                if let Some(b) = recap {
-                    c.set_capacity(b);
-                }
-                // Re-read under the lock: the last writer may have closed
-                // cleanly since we read the meta.
-                if meta.is_clean() || recovery::live_meta_is_clean(&inner) || recap.is_some() {
-                    inner.write_meta(&mut w, 0, true)?;
-                }
-            }
-            OpenKind::Joined
+        let opened = if live {
+            inner.join_session(&meta, &opts)?
         } else if mode == MapMode::Private {
-            // Read-only and alone on a store that needs recovery: recover in
-            // private memory and keep the exclusive lock until closed.
+            // Read-only, on a store that needs recovery, and no writer has
+            // it open: recover in private memory (keeping the exclusive
+            // lock, if this handle could take it, until closed).
             let mut w = inner.writer.lock();
             let _r = inner.recovering();
             recovery::recover(&inner, &mut w, &meta, boot_id)?
         } else if opts.read_only {
-            // Read-only and alone on a cleanly closed store whose control
-            // block matches its meta: share the live mapping.
+            // Read-only on a cleanly closed store whose control block
+            // matches its meta: share the live mapping.
             OpenKind::Clean
         } else {
-            // Alone, so no compaction of this store is running anywhere: a
-            // new file left by one that crashed is garbage.
-            crate::compact::remove_leftovers(path);
-            let mut w = inner.writer.lock();
-            let opened = {
-                let _r = inner.recovering();
-                recovery::recover(&inner, &mut w, &meta, boot_id)?
-            };
-            let c = inner.control()?;
-            // The capacity given now, or the store's (0: not a cache).
-            c.set_capacity(opts.capacity.unwrap_or(meta.capacity as u64 * GRANULE));
-            if opened == OpenKind::Rebuilt {
-                // After an OS crash the control block may hold anything.
-                c.set_cache_counters([0; 3]);
+            match inner.start_session(&meta, &opts, sole, upgrade)? {
+                Some(opened) => opened,
+                // Another writer started one while we waited for the lock.
+                None => inner.join_session(&meta, &opts)?,
             }
-            // Clear the clean flag, and record this boot and the new
-            // generation, durably before anything else is written.
-            inner.write_meta(&mut w, 0, true)?;
-            c.set_durable(&w.dur);
-            c.reset_session();
-            c.writers().store(1, Ordering::Release);
-            inner
-                .arena
-                .init_writer_lock()
-                .map_err(ioe("initialise the writer lock"))?;
-            opened
         };
         if sole && mode != MapMode::Private {
-            storage::file::lock_shared(inner.arena.file()).map_err(ioe("lock"))?;
+            // Let others in (converting the lock is atomic).
+            storage::file::open_lock(inner.arena.file(), storage::file::OpenLock::Shared)
+                .map_err(ioe("lock"))?;
             inner.exclusive = AtomicBool::new(false);
         }
         inner.opened = opened;
@@ -1566,6 +1600,126 @@ impl Inner {
         inner.count_hits = inner.cache && mode == MapMode::Shared;
         inner.closed = AtomicBool::new(false);
         Ok(inner)
+    }
+}
+
+impl Inner {
+    /// Join the live session another handle runs. Taking the writer lock
+    /// repairs the store if a writer died mid-change. If the store still
+    /// says it was closed cleanly (only read-only handles had it open),
+    /// say otherwise before anything is written.
+    fn join_session(&self, meta: &Meta, opts: &Options) -> Result<OpenKind> {
+        recovery::join(self)?;
+        if opts.read_only {
+            return Ok(OpenKind::Joined);
+        }
+        let mut w = self.lock_writer()?;
+        let c = self.control()?;
+        c.writers().fetch_add(1, Ordering::AcqRel);
+        // A capacity given now replaces the store's.
+        let recap = opts.capacity.filter(|&b| b != c.capacity());
+        if let Some(b) = recap {
+            c.set_capacity(b);
+        }
+        // Re-read under the lock: the last writer may have closed cleanly
+        // since we read the meta.
+        if meta.is_clean() || recovery::live_meta_is_clean(self) || recap.is_some() {
+            self.write_meta(&mut w, 0, true)?;
+        }
+        Ok(OpenKind::Joined)
+    }
+
+    /// Start a session: no writer has the store open (or it is the first
+    /// open since boot). Recover the store under the writer lock, then
+    /// mark the control block as this boot's live state. `None` if another
+    /// writer started a session while this one waited for the lock.
+    ///
+    /// Alone (`sole`), nobody can hold the lock or read the store: the
+    /// lock word is set free first, and a compaction's leftovers go. Not
+    /// alone, the others are read-only handles or not mapkv at all (a
+    /// process that holds a read lock on the file): the lock keeps two
+    /// starting writers apart.
+    fn start_session(
+        &self,
+        meta: &Meta,
+        opts: &Options,
+        sole: bool,
+        upgrade: bool,
+    ) -> Result<Option<OpenKind>> {
+        let ioe = |op: &'static str| {
+            move |source| Error::Io {
+                op,
+                path: self.path.clone(),
+                source,
+            }
+        };
+        let boot_id = storage::file::boot_id();
+        if self.path_names_other_file() {
+            // A compaction moved the store to a new file after we opened
+            // this one (which it then let go of): open the name again.
+            return Err(Error::Moved);
+        }
+        let start = |w: &mut Writer, meta: &Meta| -> Result<OpenKind> {
+            let c = self.control()?;
+            let opened = {
+                let _r = self.recovering();
+                recovery::recover(self, w, meta, boot_id)?
+            };
+            // The capacity given now, or the store's (0: not a cache).
+            c.set_capacity(opts.capacity.unwrap_or(meta.capacity as u64 * GRANULE));
+            if opened == OpenKind::Rebuilt {
+                // After an OS crash the control block may hold anything.
+                c.set_cache_counters([0; 3]);
+            }
+            // Clear the clean flag, and record this boot and the new
+            // generation, durably before anything else is written.
+            self.write_meta(w, 0, true)?;
+            if upgrade {
+                // Both copies in the new format before an older mapkv may
+                // look.
+                self.write_meta(w, 0, true)?;
+                storage::file::legacy_unlock(self.arena.file()).map_err(ioe("unlock"))?;
+            }
+            c.set_durable(&w.dur);
+            c.writers().store(1, Ordering::Release);
+            c.set_session_boot(&boot_id);
+            Ok(opened)
+        };
+        if sole {
+            // Nobody else has the file open: nobody can hold the writer
+            // lock or be inside a change, and no compaction of this store
+            // is running anywhere (it would hold the store open), so a new
+            // file left by one that crashed is garbage. Nothing is written
+            // before recovery succeeds (a store that fails to open is left
+            // as it was).
+            let mut w = self.writer.lock();
+            let opened = start(&mut w, meta)?;
+            crate::compact::remove_leftovers(&self.path);
+            let c = self.control()?;
+            c.reset_session();
+            c.writers().store(1, Ordering::Release);
+            self.arena
+                .init_writer_lock()
+                .map_err(ioe("initialise the writer lock"))?;
+            return Ok(Some(opened));
+        }
+        let mut g = self.take_lock()?;
+        if self.control()?.is_session_of(&boot_id) {
+            return Ok(None);
+        }
+        // Re-read under the lock: a session that started and ended while
+        // we waited may have written a newer one.
+        let (m, copy) = recovery::durable_meta_and_copy(self)?;
+        g.dur = Durable {
+            tail: m.tail,
+            seq_gen: m.seq_gen,
+            len: m.file_len.min(self.arena.len()),
+            meta_seq: m.meta_seq,
+            synced_copy: copy,
+        };
+        let opened = start(&mut g, &m)?;
+        self.control()?.set_writer(0);
+        Ok(Some(opened))
     }
 }
 

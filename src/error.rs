@@ -169,6 +169,29 @@ pub enum Error {
         detail: &'static str,
     },
 
+    /// A wait ran out: another writer kept the writer lock for longer than
+    /// `Options::lock_timeout`. The holder is alive (the kernel still
+    /// holds its registration), perhaps stopped (SIGSTOP, a debugger, a
+    /// paused container or VM) or busy; a live holder is never robbed of
+    /// the lock, so nothing was written. Retry later, or find the holder.
+    #[error(
+        "{path}: gave up after {waited:?} waiting for {what}{}",
+        holder.map_or(String::new(), |p| format!(
+            " (held by pid {p}, as seen in its own PID namespace)"
+        ))
+    )]
+    Timeout {
+        /// The file.
+        path: PathBuf,
+        /// What the call waited for.
+        what: &'static str,
+        /// How long it waited.
+        waited: std::time::Duration,
+        /// The holder's process id as it recorded it in the store, if it
+        /// did (in a container, a pid of that container's namespace).
+        holder: Option<u64>,
+    },
+
     /// The file could not grow: the disk is full, a size limit was reached,
     /// or `Options::max_size` would be exceeded. Nothing was written; the
     /// store stays usable for reads and for writes that fit.

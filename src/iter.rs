@@ -49,10 +49,8 @@ impl<'a> Iter<'a> {
     pub(crate) fn new(db: &'a Db) -> Iter<'a> {
         let mut inner = arc_swap::Guard::into_inner(db.inner());
         let mut res = inner.table().map(|(_, d)| d.encode());
-        for _ in 0..8 {
-            if !matches!(res, Err(crate::Error::Moved)) {
-                break;
-            }
+        let mut follows = crate::db::Follows::new(db.shared.opts.lock_timeout);
+        while matches!(res, Err(crate::Error::Moved)) && follows.again() {
             // Moved between the check and the table: follow, then retry.
             db.shared.follow(&inner);
             inner = arc_swap::Guard::into_inner(db.inner());

@@ -77,9 +77,18 @@ pub(crate) struct Opened {
     pub meta_copy: u64,
     pub boot_id: [u8; 16],
     /// This handle holds the exclusive open lock: no other handle, in any
-    /// process, has the file open. Otherwise it holds the shared one and
-    /// joins the live store.
+    /// process, has the file open. Otherwise it holds the shared one.
     pub sole: bool,
+    /// Not alone, and the control block is a live session of this boot
+    /// (its magic is ours and its session boot id is this boot's): the
+    /// handle joins it. Not alone and not live (the other handles are
+    /// read-only, or whoever holds the open lock is not mapkv), a writer
+    /// starts a session under the writer lock.
+    pub live: bool,
+    /// The file is in format 1 (shared under `flock`): this handle holds
+    /// the exclusive `flock`, so no older mapkv has it open, and rewrites
+    /// both meta copies in this format before letting go of it.
+    pub upgrade: bool,
 }
 
 pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
@@ -124,11 +133,12 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
             reason: "not a regular file".into(),
         });
     }
-    // The open lock (flock on the whole file): every open handle holds it
-    // shared; the exclusive one means "alone", and only a handle that is
-    // alone may recover, re-initialise the cross-process state, or cut the
-    // file. See docs/ARCHITECTURE.md, "Many processes".
-    let sole = file::try_lock(&file, true).map_err(ioe("lock"))?;
+    // The open lock (an OFD lock on one byte past the end): every open
+    // handle holds it shared; the exclusive one means "alone", and only a
+    // handle that is alone may re-initialise the session words or cut the
+    // file. A user who can only read the file can share it, never hold it
+    // exclusively. See docs/ARCHITECTURE.md, "Locks".
+    let sole = file::open_lock(&file, file::OpenLock::Exclusive).map_err(ioe("lock"))?;
     if !sole && !lock_shared_within(&file, opts.lock_timeout).map_err(ioe("lock"))? {
         return Err(Error::Locked {
             path: path.to_path_buf(),
@@ -149,6 +159,28 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
         len = file.metadata().map_err(ioe("stat"))?.len();
     }
     let (meta, meta_copy) = read_meta(&file, len, path)?;
+    let upgrade = meta.version != FORMAT_VERSION;
+    if upgrade {
+        // Format 1: processes of an older mapkv share it under `flock` and
+        // know nothing of our locks. Upgrade only when none has it open
+        // (they all hold a flock while they do); once both metas say
+        // format 2, an older mapkv refuses the file.
+        if opts.read_only {
+            return Err(Error::UnsupportedVersion {
+                path: path.to_path_buf(),
+                found: meta.version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if !sole || !file::legacy_lock(&file).map_err(ioe("lock"))? {
+            return Err(Error::Locked {
+                path: path.to_path_buf(),
+                detail: "the store is in format 1 and another process has it open (an older \
+                         mapkv?); it is upgraded to format 2 by the first read-write open \
+                         that finds it alone",
+            });
+        }
+    }
     let corrupt = |offset, what: String| Error::Corrupted {
         path: path.to_path_buf(),
         offset,
@@ -189,9 +221,11 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
     // the store was closed cleanly and its control block agrees with the
     // meta; otherwise it recovers in private memory and keeps the exclusive
     // lock (writers wait) until it closes.
+    let boot_id = file::boot_id();
+    let live = !sole && session_is_live(&file, &boot_id);
     let mode = if !opts.read_only {
         MapMode::Shared
-    } else if !sole || clean_and_current(&file, &meta) {
+    } else if live || clean_and_current(&file, &meta) {
         shared
     } else {
         MapMode::Private
@@ -201,19 +235,21 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
         arena,
         meta,
         meta_copy,
-        boot_id: file::boot_id(),
+        boot_id,
         sole,
+        live,
+        upgrade,
     })
 }
 
 /// Take the open lock shared, waiting up to `timeout` for an exclusive
-/// holder (an opener that is recovering the store) to finish. `flock` has
-/// no timed wait, so poll, backing off from 1 to 20 ms.
+/// holder (an opener that is recovering the store) to finish. OFD locks
+/// have no timed wait, so poll, backing off from 1 to 20 ms.
 fn lock_shared_within(file: &std::fs::File, timeout: std::time::Duration) -> std::io::Result<bool> {
     let deadline = std::time::Instant::now() + timeout;
     let mut pause = std::time::Duration::from_millis(1);
     loop {
-        if file::try_lock(file, false)? {
+        if file::open_lock(file, file::OpenLock::Shared)? {
             return Ok(true);
         }
         let now = std::time::Instant::now();
@@ -223,6 +259,25 @@ fn lock_shared_within(file: &std::fs::File, timeout: std::time::Duration) -> std
         std::thread::sleep(pause.min(deadline - now));
         pause = (pause * 2).min(std::time::Duration::from_millis(20));
     }
+}
+
+/// For an opener that is not alone: is the control block the live state
+/// of a session that a writer started in this boot? Read with `pread`.
+/// (Whoever else has the file open may be read-only handles of a store no
+/// writer has opened since the last boot, or a process that is not mapkv
+/// at all: then the control block is stale, and nobody maintains it.)
+fn session_is_live(f: &std::fs::File, boot_id: &[u8; 16]) -> bool {
+    use crate::storage::control::{MOVED_MAGIC, MOVING_MAGIC};
+    use crate::storage::control::SESSION_BOOT;
+    let at = SESSION_BOOT as usize;
+    let mut b = [0u8; SESSION_BOOT as usize + 16];
+    if f.read_exact_at(&mut b, crate::storage::CONTROL_OFFSET).is_err() {
+        return false;
+    }
+    let magic = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
+    [CONTROL_MAGIC, MOVING_MAGIC, MOVED_MAGIC].contains(&magic)
+        && b[at..at + 16] == boot_id[..]
+        && *boot_id != [0; 16]
 }
 
 /// For a read-only opener that is alone: was the store closed cleanly, with
@@ -473,6 +528,12 @@ pub(crate) fn repair_live(inner: &Inner, w: &mut Writer) -> Result<()> {
 
 /// The newest valid meta, read from the mapping.
 fn durable_meta(inner: &Inner) -> Result<Meta> {
+    durable_meta_and_copy(inner).map(|(m, _)| m)
+}
+
+/// The newest valid meta, read from the mapping, and the offset of the
+/// copy it is in.
+pub(crate) fn durable_meta_and_copy(inner: &Inner) -> Result<(Meta, u64)> {
     let read = |off: u64| -> MetaRead {
         let mut b = [0u8; META_LEN];
         match inner.arena.read(off, &mut b) {
@@ -480,8 +541,10 @@ fn durable_meta(inner: &Inner) -> Result<Meta> {
             Err(_) => MetaRead::Foreign,
         }
     };
-    meta::choose(read(0), read(META_B_OFFSET))
-        .map_err(|_| inner.corrupt(0, "no valid meta copy while repairing the store"))
+    let a = read(0);
+    let m = meta::choose(a, read(META_B_OFFSET))
+        .map_err(|_| inner.corrupt(0, "no valid meta copy while repairing the store"))?;
+    Ok((m, if a == MetaRead::Valid(m) { 0 } else { META_B_OFFSET }))
 }
 
 /// Whether the newest meta in the mapping says "closed cleanly".

@@ -548,8 +548,12 @@ fn works_while_another_process_has_the_store_open() {
 fn exclusively_locked_store_is_an_error() {
     let (_d, path) = store();
     mapkv::Db::open(&path).unwrap().insert(b"k", b"v").unwrap();
-    let f = std::fs::File::open(&path).unwrap();
-    fs2::FileExt::lock_exclusive(&f).unwrap();
+    // A reader's flock locks nobody out.
+    let reader = std::fs::File::open(&path).unwrap();
+    fs2::FileExt::lock_exclusive(&reader).unwrap();
+    assert_eq!(ok(["get", p(&path), "k"], None).stdout, b"v");
+    // An opener holding the open lock exclusively (recovering) does.
+    let f = common::hold_open_lock(&path);
     let r = fails(2, ["get", "--lock-timeout", "0.2", p(&path), "k"]);
     assert!(r.stderr.contains("locked"), "{}", r.stderr);
     let r = fails(2, ["put", "--lock-timeout", "0.2", p(&path), "k", "w"]);

@@ -106,7 +106,7 @@ fn unsupported_version() {
         Error::UnsupportedVersion {
             found, supported, ..
         } => {
-            assert_eq!((found, supported), (77, 1));
+            assert_eq!((found, supported), (77, 2));
         }
         e => panic!("{e:?}"),
     }
@@ -195,8 +195,7 @@ fn exclusive_holder_gives_locked_after_the_timeout() {
     let (_d, path) = store();
     Db::open(&path).unwrap().insert(b"k", b"v").unwrap();
     // Hold the open lock exclusively, as an opener recovering the store does.
-    let f = std::fs::File::open(&path).unwrap();
-    fs2::FileExt::lock_exclusive(&f).unwrap();
+    let f = common::hold_open_lock(&path);
     let opts = Options::new().lock_timeout(std::time::Duration::from_millis(200));
     match opts.clone().open(&path) {
         Err(e @ Error::Locked { .. }) => assert!(e.to_string().contains("locked"), "{e}"),

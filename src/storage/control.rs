@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! offset field        meaning
-//! 0      magic        "MKVCTRL1" once initialised
+//! 0      magic        "MKVCTRL3" once initialised
 //! 8      version      seqlock word: odd while the writer changes the index
 //!                     or the fields below; even when they agree
 //! 16     tail         end of the log that is applied to the index
@@ -20,17 +20,27 @@
 //! 104    meta_seq         sequence number of the newest meta written
 //! 112    synced_copy      offset of the meta copy holding the newest
 //!                         *synced* meta (the next meta goes to the other)
-//! 120    writer       pid of the writer holding the writer lock, while it
-//!                     may change anything; 0 when the store is consistent.
-//!                     Non-zero at lock time means the last writer died (or
-//!                     failed) mid-change: the new holder repairs first.
+//! 120    writer       pid (in its own PID namespace) of the writer holding
+//!                     the writer lock, while it may change anything; 0
+//!                     when the store is consistent. Non-zero at lock time
+//!                     means the last writer died (or failed) mid-change:
+//!                     the new holder repairs first. Also named in the
+//!                     error of a writer that timed out waiting.
 //! 128    writers      read-write handles open (a crashed one is never
 //!                     subtracted: then nobody marks the store clean,
 //!                     and the next open replays, which is safe)
+//! 136    capacity     cache mode: bound on the file length (0: none)
+//! 144    evicted      cache counters: entries evicted,
+//! 152    expired      expired entries dropped,
+//! 160    evict_runs   and evictions run
+//! 168    session_boot 16 bytes: boot id of the writer that started the
+//!                     current session (the control block is live state
+//!                     only within that boot)
 //! 256    notify       u32 futex word, bumped after every commit (own line)
 //! 264    waiters      processes sleeping on `notify` (writers skip the
 //!                     wake system call when it is 0)
-//! 512    writer mutex robust process-shared pthread mutex (64 bytes)
+//! 512    writer lock  one word: holder's registration slot, a waiting
+//!                     bit and a sequence (see lock.rs); 64 bytes reserved
 //! ```
 //!
 //! Everything from `durable_tail` on is writer state: read and written
@@ -48,7 +58,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 use super::mapping::{Arena, OutOfBounds};
 use super::CONTROL_OFFSET;
 
-pub(crate) const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"MKVCTRL2");
+pub(crate) const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"MKVCTRL3");
 /// Magic while a compaction that holds the writer lock renames its new
 /// file over this one: readers check whether the path names another file.
 pub(crate) const MOVING_MAGIC: u64 = u64::from_le_bytes(*b"MKVMOVNG");
@@ -77,6 +87,7 @@ const CAPACITY: u64 = 136;
 const EVICTED: u64 = 144;
 const EXPIRED: u64 = 152;
 const EVICT_RUNS: u64 = 160;
+pub(crate) const SESSION_BOOT: u64 = 168;
 pub(crate) const NOTIFY: u64 = 256;
 const WAITERS: u64 = 264;
 /// Words of the control block accessed as atomics.
@@ -229,6 +240,30 @@ impl<'a> Control<'a> {
         for (o, v) in [EVICTED, EXPIRED, EVICT_RUNS].into_iter().zip(v) {
             self.w(o).store(v, Ordering::Release);
         }
+    }
+
+    /// The boot id of the writer that started the current session.
+    pub(crate) fn session_boot(&self) -> [u8; 16] {
+        let lo = self.w(SESSION_BOOT).load(Ordering::Acquire);
+        let hi = self.w(SESSION_BOOT + 8).load(Ordering::Acquire);
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&lo.to_le_bytes());
+        b[8..].copy_from_slice(&hi.to_le_bytes());
+        b
+    }
+
+    pub(crate) fn set_session_boot(&self, id: &[u8; 16]) {
+        let half = |i: usize| u64::from_le_bytes(id[i..i + 8].try_into().unwrap_or([0; 8]));
+        self.w(SESSION_BOOT).store(half(0), Ordering::Release);
+        self.w(SESSION_BOOT + 8).store(half(8), Ordering::Release);
+    }
+
+    /// Whether this is the live state of a session a writer started in
+    /// the boot `boot_id` (not all zeros: unknown).
+    pub(crate) fn is_session_of(&self, boot_id: &[u8; 16]) -> bool {
+        [CONTROL_MAGIC, MOVING_MAGIC, MOVED_MAGIC].contains(&self.magic())
+            && self.session_boot() == *boot_id
+            && *boot_id != [0; 16]
     }
 
     /// The waiter count of the change futex.

@@ -72,16 +72,190 @@ pub(crate) fn sync_parent(path: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Try to take the file lock: exclusive for a writer, shared for a reader.
-/// `Ok(false)` means someone else holds a conflicting lock.
-pub(crate) fn try_lock(file: &File, exclusive: bool) -> io::Result<bool> {
-    // Fully qualified: std's File gained inherent methods of the same names.
-    let res = if exclusive {
-        fs2::FileExt::try_lock_exclusive(file)
-    } else {
-        fs2::FileExt::try_lock_shared(file)
+/// Whether `file` was opened for reading and writing.
+pub(crate) fn is_writable(file: &File) -> bool {
+    // SAFETY: fcntl(F_GETFL) on our own open descriptor reads no memory.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    flags >= 0 && (flags & libc::O_ACCMODE) == libc::O_RDWR
+}
+
+// Locks on the store file. All are open-file-description (OFD) `fcntl`
+// locks on single bytes far past any real file length (a store is at most
+// 2^39 bytes; locks past end-of-file are allowed). The kernel keeps them
+// per open file description, so they mean the same in every PID namespace,
+// it drops them when the last descriptor of the description is closed
+// (the holder exited, or was killed), and a stopped process keeps them. A
+// write lock needs the file open for writing, so a user who may only read
+// the file can take read locks at most. See docs/ARCHITECTURE.md, "Locks".
+
+/// "A compaction is running" (write lock, held by the compactor).
+const COMPACT_LOCK_BYTE: i64 = 1 << 62;
+/// "This handle has the store open": every handle holds a read lock here;
+/// a handle that can take the write lock is alone.
+const OPEN_LOCK_BYTE: i64 = COMPACT_LOCK_BYTE + 1;
+/// Registration slot `id` (1 ..= MAX_REGISTRATION) of a read-write handle
+/// is the byte `REGISTRATION_BYTE + id`: its holder holds a lock there for
+/// as long as it has the store open, which is how waiters for the writer
+/// lock tell a live holder from a dead one.
+const REGISTRATION_BYTE: i64 = COMPACT_LOCK_BYTE + 4096;
+
+/// The kinds of [`ofd_set`] lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ofd {
+    Read,
+    Write,
+    Unlock,
+}
+
+fn flock_struct(kind: Ofd, start: i64) -> libc::flock {
+    // SAFETY: an all-zero `flock` struct is a valid value; the fields that
+    // F_OFD_* read are set below (l_pid must be 0 for OFD locks).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = match kind {
+        Ofd::Read => libc::F_RDLCK,
+        Ofd::Write => libc::F_WRLCK,
+        Ofd::Unlock => libc::F_UNLCK,
+    } as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start;
+    fl.l_len = 1;
+    fl
+}
+
+/// Set (or convert, or release) the OFD lock of `file`'s open file
+/// description on byte `at`, without waiting. `Ok(false)`: another open
+/// file description holds a conflicting lock, or (a write lock on a file
+/// open only for reading) the lock cannot be had through this descriptor.
+fn ofd_set(file: &File, at: i64, kind: Ofd) -> io::Result<bool> {
+    let mut fl = flock_struct(kind, at);
+    // SAFETY: fcntl on our own descriptor with a pointer to a local `flock`
+    // that outlives the call; F_OFD_SETLK only reads it.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+        Some(libc::EBADF) if kind == Ofd::Write => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// Whether an open file description other than `file`'s holds a lock on
+/// byte `at` that conflicts with `kind` (`Write`: any lock; `Read`: a
+/// write lock). Asks the kernel (F_OFD_GETLK); takes nothing.
+fn ofd_conflict(file: &File, at: i64, kind: Ofd) -> io::Result<bool> {
+    let mut fl = flock_struct(kind, at);
+    // SAFETY: as in ofd_set; F_OFD_GETLK writes the conflicting lock (or
+    // F_UNLCK) into the local `flock`.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+/// The open lock of a handle: every open handle holds it `Shared`; the
+/// `Exclusive` one means "alone" (no other handle, in any process, has the
+/// file open), and only a handle that is alone may re-initialise the
+/// session words or cut the file. Converting between the two is atomic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OpenLock {
+    Shared,
+    Exclusive,
+}
+
+/// Take or convert the open lock without waiting. `Ok(false)` if another
+/// handle holds a conflicting one (for `Exclusive`: any other handle has
+/// the file open, or this descriptor is read-only).
+pub(crate) fn open_lock(file: &File, kind: OpenLock) -> io::Result<bool> {
+    let k = match kind {
+        OpenLock::Shared => Ofd::Read,
+        OpenLock::Exclusive => Ofd::Write,
     };
-    match res {
+    ofd_set(file, OPEN_LOCK_BYTE, k)
+}
+
+/// Take or release the compaction lock on `file`. `Ok(false)` if another
+/// handle holds it.
+pub(crate) fn compact_lock(file: &File, take: bool) -> io::Result<bool> {
+    ofd_set(
+        file,
+        COMPACT_LOCK_BYTE,
+        if take { Ofd::Write } else { Ofd::Unlock },
+    )
+}
+
+/// Highest registration slot id (ids are 1 ..= this; 0 means "nobody" in
+/// the writer lock word, whose low 12 bits hold an id).
+pub(crate) const MAX_REGISTRATION: u16 = 4095;
+
+/// A claimed registration slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Slot {
+    pub id: u16,
+    /// Held under a write lock (the normal case): only a write lock on the
+    /// slot then says its holder is alive, which nobody who can merely read
+    /// the file can fake. `false`: shared under a read lock (see
+    /// [`register`]).
+    pub exclusive: bool,
+}
+
+/// Claim a registration slot for a read-write handle through `file`
+/// (which must be open for writing): a write lock on the slot's byte, held
+/// until `file`'s open file description is closed. Slots are tried from a
+/// random start, skipping `avoid` (the slot the writer lock names: if its
+/// holder died, taking its slot would hide the death). If every slot is
+/// taken or read-locked (4095 writers, or a user who can read the file
+/// holds read locks on all of them), a slot is shared under a read lock:
+/// still safe, because the holder of such a slot counts as alive while
+/// *any* other description holds a lock on it; a dead holder is then
+/// noticed only once the other lockers are gone.
+pub(crate) fn register(file: &File, avoid: u16) -> io::Result<Slot> {
+    let n = MAX_REGISTRATION as u64;
+    let start = random_u64() % n;
+    let ids = || (0..n).map(|i| ((start + i) % n + 1) as u16).filter(|&id| id != avoid);
+    for id in ids() {
+        if ofd_set(file, REGISTRATION_BYTE + id as i64, Ofd::Write)? {
+            return Ok(Slot {
+                id,
+                exclusive: true,
+            });
+        }
+    }
+    for id in ids() {
+        if ofd_set(file, REGISTRATION_BYTE + id as i64, Ofd::Read)? {
+            return Ok(Slot {
+                id,
+                exclusive: false,
+            });
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::WouldBlock,
+        "every writer registration slot of the store is write-locked: \
+         4095 read-write handles have it open",
+    ))
+}
+
+/// Whether the handle registered in `slot` still has the store open, by
+/// the kernel's word: some open file description other than `file`'s holds
+/// a write lock on the slot (an exclusive registration), or any lock (a
+/// shared one). `file` should be the description the caller registered
+/// through, so that its own registration does not count.
+pub(crate) fn registration_held(file: &File, slot: Slot) -> io::Result<bool> {
+    // F_RDLCK conflicts only with write locks; F_WRLCK with any lock.
+    let probe = if slot.exclusive { Ofd::Read } else { Ofd::Write };
+    ofd_conflict(file, REGISTRATION_BYTE + slot.id as i64, probe)
+}
+
+/// Format 1 stores were shared under `flock`: before upgrading one to this
+/// format, make sure no process of an older mapkv has it open (each held a
+/// `flock` while it did). Takes the exclusive `flock` without waiting;
+/// `Ok(false)` if anyone holds one. Released by [`legacy_unlock`].
+pub(crate) fn legacy_lock(file: &File) -> io::Result<bool> {
+    match fs2::FileExt::try_lock_exclusive(file) {
         Ok(()) => Ok(true),
         Err(e)
             if e.kind() == io::ErrorKind::WouldBlock
@@ -93,56 +267,30 @@ pub(crate) fn try_lock(file: &File, exclusive: bool) -> io::Result<bool> {
     }
 }
 
-/// Whether `file` was opened for reading and writing.
-pub(crate) fn is_writable(file: &File) -> bool {
-    // SAFETY: fcntl(F_GETFL) on our own open descriptor reads no memory.
-    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-    flags >= 0 && (flags & libc::O_ACCMODE) == libc::O_RDWR
+/// Release the `flock` taken by [`legacy_lock`].
+pub(crate) fn legacy_unlock(file: &File) -> io::Result<()> {
+    fs2::FileExt::unlock(file)
 }
 
-/// Take the shared open lock, blocking (used to step down from exclusive;
-/// the exclusive lock is replaced, so another opener may slip in between
-/// and recover first, which is harmless: this handle is already set up and
-/// reloads all shared state under the writer lock).
-pub(crate) fn lock_shared(file: &File) -> io::Result<()> {
-    fs2::FileExt::lock_shared(file)
-}
-
-/// Byte of the store file whose OFD lock means "a compaction is running".
-/// Far past any real length (locks past end-of-file are allowed); an
-/// `fcntl` lock, so independent of the `flock` open lock.
-const COMPACT_LOCK_BYTE: i64 = 1 << 62;
-
-/// Take or release the compaction lock on `file` (an open-file-description
-/// lock: released by the kernel when the holder dies or closes the file).
-/// `Ok(false)` if another handle holds it.
-pub(crate) fn compact_lock(file: &File, take: bool) -> io::Result<bool> {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: an all-zero `flock` struct is a valid value; we then set
-        // the fields F_OFD_SETLK reads.
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = if take { libc::F_WRLCK } else { libc::F_UNLCK } as libc::c_short;
-        fl.l_whence = libc::SEEK_SET as libc::c_short;
-        fl.l_start = COMPACT_LOCK_BYTE;
-        fl.l_len = 1;
-        // SAFETY: fcntl on our own descriptor with a pointer to a local
-        // `flock` that outlives the call.
-        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
-        if rc == 0 {
-            return Ok(true);
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
-            _ => Err(e),
-        }
+/// Open another open file description of the file behind `file` (after a
+/// `fork`, the child shares the parent's descriptions and so its locks;
+/// it registers through a description of its own). Through
+/// `/proc/self/fd`, or, where /proc is not mounted, through `path`, if
+/// that still names the same file.
+pub(crate) fn reopen(file: &File, path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    let rw = |p: &Path| OpenOptions::new().read(true).write(true).open(p);
+    if let Ok(f) = rw(Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd()))) {
+        return Ok(f);
     }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (file, take);
-        Ok(true)
+    let f = rw(path)?;
+    let (a, b) = (file.metadata()?, f.metadata()?);
+    if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+        return Err(io::Error::other(
+            "the store's path names another file now, and /proc is not mounted",
+        ));
     }
+    Ok(f)
 }
 
 /// Reserve disk blocks for `[old_len, new_len)` and extend the file to
@@ -246,10 +394,84 @@ mod tests {
         assert!(!publish(&tmp2, &path).unwrap());
         let a = open_existing(&path, true).unwrap();
         let b = open_existing(&path, true).unwrap();
-        assert!(try_lock(&a, true).unwrap());
-        assert!(!try_lock(&b, true).unwrap());
-        assert!(!try_lock(&b, false).unwrap());
+        assert!(open_lock(&a, OpenLock::Exclusive).unwrap());
+        assert!(!open_lock(&b, OpenLock::Exclusive).unwrap());
+        assert!(!open_lock(&b, OpenLock::Shared).unwrap());
+        // Converting to shared lets others share, atomically.
+        assert!(open_lock(&a, OpenLock::Shared).unwrap());
+        assert!(open_lock(&b, OpenLock::Shared).unwrap());
+        assert!(!open_lock(&a, OpenLock::Exclusive).unwrap());
         drop(a);
-        assert!(try_lock(&b, false).unwrap());
+        assert!(open_lock(&b, OpenLock::Exclusive).unwrap());
+    }
+
+    #[test]
+    fn open_lock_needs_write_access_to_be_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ro");
+        std::fs::write(&path, b"x").unwrap();
+        let ro = open_existing(&path, false).unwrap();
+        // A reader can share, never exclude.
+        assert!(!open_lock(&ro, OpenLock::Exclusive).unwrap());
+        assert!(open_lock(&ro, OpenLock::Shared).unwrap());
+        // And a reader's flock, even exclusive, does not stop anyone.
+        fs2::FileExt::try_lock_exclusive(&ro).unwrap();
+        let rw = open_existing(&path, true).unwrap();
+        assert!(open_lock(&rw, OpenLock::Shared).unwrap());
+    }
+
+    #[test]
+    fn registration_is_seen_by_others_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reg");
+        std::fs::write(&path, b"x").unwrap();
+        let a = open_existing(&path, true).unwrap();
+        let b = open_existing(&path, true).unwrap();
+        let sa = register(&a, 0).unwrap();
+        let sb = register(&b, sa.id).unwrap();
+        assert!(sa.exclusive && sb.exclusive);
+        assert_ne!(sa.id, sb.id);
+        assert!((1..=MAX_REGISTRATION).contains(&sa.id));
+        // Each sees the other's registration, not its own.
+        assert!(registration_held(&b, sa).unwrap());
+        assert!(!registration_held(&a, sa).unwrap());
+        // A reader's read lock on an exclusive slot does not fake a live
+        // holder. Once the description is closed, the kernel drops the lock.
+        drop(a);
+        let reader = open_existing(&path, false).unwrap();
+        assert!(ofd_set(&reader, REGISTRATION_BYTE + sa.id as i64, Ofd::Read).unwrap());
+        assert!(!registration_held(&b, sa).unwrap());
+        // A shared slot counts any lock as alive (conservative).
+        let shared = Slot {
+            id: sa.id,
+            exclusive: false,
+        };
+        assert!(registration_held(&b, shared).unwrap());
+        drop(reader);
+        assert!(!registration_held(&b, shared).unwrap());
+        // A second description of the same file (what a forked child
+        // opens) registers apart from the first.
+        let c = reopen(&b, &path).unwrap();
+        let sc = register(&c, 0).unwrap();
+        assert_ne!(sc.id, sb.id);
+        assert!(registration_held(&c, sb).unwrap());
+    }
+
+    #[test]
+    fn registration_falls_back_to_sharing_when_read_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reg");
+        std::fs::write(&path, b"x").unwrap();
+        let reader = open_existing(&path, false).unwrap();
+        let mut fl = flock_struct(Ofd::Read, 0);
+        fl.l_len = 0; // every offset
+        // SAFETY: fcntl on our own descriptor with a local flock.
+        assert_eq!(
+            unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) },
+            0
+        );
+        let w = open_existing(&path, true).unwrap();
+        let s = register(&w, 0).unwrap();
+        assert!(!s.exclusive);
     }
 }

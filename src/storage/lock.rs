@@ -3,25 +3,37 @@
 //!
 //! # The writer lock
 //!
-//! A robust, process-shared pthread mutex at a fixed offset of the control
-//! page ([`WRITER_LOCK_OFFSET`](super::WRITER_LOCK_OFFSET)). Uncontended, a
-//! lock and unlock is one compare-and-swap each, no system call (8.7 ns per
-//! pair measured on the development VM, against 620 ns for a `flock` pair
-//! and 1.2 µs for an OFD `fcntl` pair; see docs/ARCHITECTURE.md). "Robust"
-//! means that glibc registers the mutex on the owning thread's robust list,
-//! so when the owner dies, even by SIGKILL, the kernel marks the mutex
-//! owner-dead and wakes a waiter, whose lock call then returns `EOWNERDEAD`.
-//! No timeout is involved.
+//! One 64-bit word at [`WRITER_LOCK_OFFSET`](super::WRITER_LOCK_OFFSET) of
+//! the control page, taken and released with one compare-and-swap each (no
+//! system call when uncontended), plus the kernel's word on whether its
+//! holder is alive:
 //!
-//! The mutex bytes live in the file, so they are only meaningful while some
-//! process has the store open. The opener that finds itself alone (it holds
-//! the exclusive `flock`) re-initialises the mutex before anyone else can map
-//! the file; a stale mutex left by a crash or a reboot is thereby reset.
+//! ```text
+//! bits 0..12   holder: registration slot id, 1..=4095; 0 = free
+//! bit  12      waiting: someone sleeps on the word (the releaser wakes them)
+//! bit  13      shared: the holder's registration is shared (a read lock;
+//!              see file::register), so any lock on its slot means alive
+//! bits 14..64  sequence: bumped by every acquisition (so a compare-and-swap
+//!              against a word read earlier cannot succeed after the lock
+//!              changed hands in between)
+//! ```
 //!
-//! Trust: glibc reads and writes the mutex words (including robust-list
-//! pointers) directly. A process that can write the file could therefore
-//! corrupt the state of *writer* processes, as with LMDB's lock file. Readers
-//! never touch the mutex. This is part of the documented security model.
+//! Every read-write handle claims a *registration slot* when it first
+//! writes: an OFD `fcntl` lock on one byte of the store file far past its
+//! end (see [`file::register`](super::file::register)), held for as long as
+//! the handle's file is open. The kernel drops that lock when the holder
+//! dies, in any PID namespace, and keeps it while the holder is stopped or
+//! paused. A waiter sleeps on the word with `FUTEX_WAIT` and a timeout;
+//! when the word has not changed over a nap, it asks the kernel
+//! (`F_OFD_GETLK`) whether anyone still holds the holder's slot. Nobody:
+//! the holder died, and the waiter takes the lock over with a
+//! compare-and-swap on the exact word it saw ([`Acquired::OwnerDied`]).
+//! After `Options::lock_timeout` the waiter gives up with an error instead.
+//!
+//! The file holds no pointer, thread id or other process-private value:
+//! whatever is written into the word, the worst outcome is a wait that
+//! times out or a takeover followed by the repair every dead holder gets,
+//! never a write to memory chosen by the file.
 //!
 //! # The futex
 //!
@@ -30,130 +42,296 @@
 //! shared file mapping, so the kernel keys it by inode and offset, and
 //! processes with different mappings of the file meet on the same futex).
 
+use std::fs::File;
 use std::io;
-use std::sync::atomic::AtomicU32;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use super::file;
 use super::mapping::{Arena, MapMode, OutOfBounds};
 use super::WRITER_LOCK_OFFSET;
 
-/// Bytes reserved for the writer mutex in the control page.
-pub(crate) const WRITER_LOCK_LEN: u64 = 64;
+/// Bytes of the control page reserved for the writer lock (one word used).
+const WRITER_LOCK_LEN: u64 = 64;
+const _: () = assert!(
+    WRITER_LOCK_OFFSET + WRITER_LOCK_LEN <= super::CONTROL_OFFSET + super::FORMAT_PAGE
+);
 
-#[cfg(target_os = "linux")]
-const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() as u64 <= WRITER_LOCK_LEN);
+const HOLDER: u64 = (1 << 12) - 1;
+const WAITING: u64 = 1 << 12;
+const SHARED: u64 = 1 << 13;
+const SEQ_SHIFT: u32 = 14;
+
+const _: () = assert!(file::MAX_REGISTRATION as u64 == HOLDER);
 
 /// How the writer lock was acquired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Acquired {
     /// The previous holder released it.
     Normal,
-    /// The previous holder died holding it; the caller must check the store
-    /// for a half-made change (the control block's writer word says).
+    /// The kernel says the previous holder is gone (it died holding the
+    /// lock); the caller must check the store for a half-made change (the
+    /// control block's writer word says).
     OwnerDied,
 }
 
+/// Why the writer lock was not taken.
+#[derive(Debug)]
+pub(crate) enum LockError {
+    /// `Options::lock_timeout` passed while a live holder kept it.
+    TimedOut,
+    Io(io::Error),
+}
+
+/// A read-write handle's registration: the open file description whose
+/// OFD lock on slot `id` says the handle is open. Made by the process that
+/// uses it: after a `fork` the child registers anew through a description
+/// of its own (sharing the parent's would make the two one holder).
+#[derive(Debug)]
+pub(crate) struct Registration {
+    slot: file::Slot,
+    pid: u32,
+    /// A description of our own, when the arena's is not (after fork).
+    own: Option<File>,
+}
+
+impl Registration {
+    /// Register through `arena`'s file (or, in a forked child, through a
+    /// new description of the same file).
+    pub(crate) fn new(arena: &Arena) -> io::Result<Registration> {
+        let pid = std::process::id();
+        // The arena's description is ours unless we are a forked child of
+        // the process that opened it; then open our own.
+        let own = if arena.opener_pid() == pid {
+            None
+        } else {
+            Some(file::reopen(arena.file(), arena.path())?)
+        };
+        let avoid = arena.lock_word().map_or(0, |w| holder_of(w.load(Ordering::Relaxed)).id);
+        let slot = file::register(own.as_ref().unwrap_or(arena.file()), avoid)?;
+        Ok(Registration { slot, pid, own })
+    }
+
+    /// Whether this registration belongs to the calling process (false in
+    /// a child forked after it was made).
+    pub(crate) fn is_ours(&self) -> bool {
+        self.pid == std::process::id()
+    }
+
+    fn file<'a>(&'a self, arena: &'a Arena) -> &'a File {
+        self.own.as_ref().unwrap_or(arena.file())
+    }
+
+    /// The lock word after `w` is taken by this registration: the next
+    /// sequence, not waiting.
+    fn next(&self, w: u64) -> u64 {
+        let shared = if self.slot.exclusive { 0 } else { SHARED };
+        ((w >> SEQ_SHIFT).wrapping_add(1) << SEQ_SHIFT) | shared | self.slot.id as u64
+    }
+}
+
+/// The registration a lock word names as its holder.
+fn holder_of(w: u64) -> file::Slot {
+    file::Slot {
+        id: (w & HOLDER) as u16,
+        exclusive: w & SHARED == 0,
+    }
+}
+
+/// The lock word as it was when we took it: proof of holding, and what
+/// the release compares against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Held(u64);
+
 impl Arena {
-    fn lock_ptr(&self) -> io::Result<*mut libc::pthread_mutex_t> {
+    fn lock_word(&self) -> io::Result<&AtomicU64> {
         if self.mode() != MapMode::Shared {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 "the writer lock needs a shared read-write mapping",
             ));
         }
-        self.stable_ptr(WRITER_LOCK_OFFSET, WRITER_LOCK_LEN)
-            .map(|p| p as *mut libc::pthread_mutex_t)
+        self.atomics(WRITER_LOCK_OFFSET, 1)
+            .map(|w| &w[0])
             .map_err(|OutOfBounds| io::Error::other("writer lock outside the file"))
     }
 
-    /// (Re-)initialise the writer lock. Only the opener that holds the
-    /// exclusive file lock calls this: no other process maps the file, so
-    /// nobody can be inside the mutex.
+    /// Set the writer lock free (keeping its sequence). Only the opener
+    /// that is alone calls this: nobody else can hold it.
     pub(crate) fn init_writer_lock(&self) -> io::Result<()> {
-        let m = self.lock_ptr()?;
-        // SAFETY: `m` points at WRITER_LOCK_LEN writable bytes of the shared
-        // mapping, 8-aligned (page-aligned view base plus an 8-aligned
-        // offset), which stay mapped for the arena's life (`stable_ptr`).
-        // `attr` is a local that we initialise before use and destroy after.
-        // No other thread or process uses the mutex while we initialise it
-        // (the caller holds the exclusive file lock).
-        unsafe {
-            std::ptr::write_bytes(m as *mut u8, 0, WRITER_LOCK_LEN as usize);
-            let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
-            check(libc::pthread_mutexattr_init(attr.as_mut_ptr()))?;
-            let attr_p = attr.as_mut_ptr();
-            let res = check(libc::pthread_mutexattr_setpshared(
-                attr_p,
-                libc::PTHREAD_PROCESS_SHARED,
-            ))
-            .and_then(|()| {
-                check(libc::pthread_mutexattr_setrobust(
-                    attr_p,
-                    libc::PTHREAD_MUTEX_ROBUST,
-                ))
-            })
-            .and_then(|()| check(libc::pthread_mutex_init(m, attr_p)));
-            libc::pthread_mutexattr_destroy(attr_p);
-            res
-        }
-    }
-
-    /// Take the writer lock, blocking. The caller must call
-    /// [`unlock_writer`](Arena::unlock_writer) from the same thread.
-    pub(crate) fn lock_writer(&self) -> io::Result<Acquired> {
-        let m = self.lock_ptr()?;
-        // SAFETY: `m` is valid for the arena's life (see init_writer_lock);
-        // the mutex was initialised by the opener that found the store
-        // alone, before this process could map it. pthread_mutex_lock only
-        // accesses the mutex memory and this thread's robust list.
-        let rc = unsafe { libc::pthread_mutex_lock(m) };
-        match rc {
-            0 => Ok(Acquired::Normal),
-            libc::EOWNERDEAD => {
-                // We own it now. Mark it usable again at once; whether the
-                // store needs repair is the control block's business.
-                // SAFETY: as above; we hold the mutex.
-                check(unsafe { libc::pthread_mutex_consistent(m) })?;
-                Ok(Acquired::OwnerDied)
-            }
-            e => Err(io::Error::from_raw_os_error(e)),
-        }
-    }
-
-    /// Release the writer lock taken by this thread.
-    pub(crate) fn unlock_writer(&self) -> io::Result<()> {
-        let m = self.lock_ptr()?;
-        // SAFETY: as in lock_writer; the calling thread holds the mutex.
-        check(unsafe { libc::pthread_mutex_unlock(m) })
-    }
-}
-
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc == 0 {
+        let w = self.lock_word()?;
+        let seq = w.load(Ordering::Acquire) >> SEQ_SHIFT;
+        w.store(seq << SEQ_SHIFT, Ordering::Release);
         Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(rc))
+    }
+
+    /// Take the writer lock for registration `reg`, waiting until
+    /// `deadline` at most. The caller must release it with
+    /// [`unlock_writer`](Arena::unlock_writer).
+    #[inline]
+    pub(crate) fn lock_writer(
+        &self,
+        reg: &Registration,
+        deadline: Instant,
+    ) -> Result<(Held, Acquired), LockError> {
+        let word = self.lock_word().map_err(LockError::Io)?;
+        let w = word.load(Ordering::Relaxed);
+        if w & HOLDER == 0 {
+            let new = reg.next(w);
+            if word
+                .compare_exchange(w, new, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Ok((Held(new), Acquired::Normal));
+            }
+        }
+        self.lock_writer_slow(word, reg, deadline)
+    }
+
+    #[cold]
+    fn lock_writer_slow(
+        &self,
+        word: &AtomicU64,
+        reg: &Registration,
+        deadline: Instant,
+    ) -> Result<(Held, Acquired), LockError> {
+        const SPINS: u32 = 100;
+        const FIRST_NAP: Duration = Duration::from_millis(1);
+        const LONGEST_NAP: Duration = Duration::from_millis(50);
+        let mut spins = 0;
+        let mut nap = FIRST_NAP;
+        // The held word we last napped on: if it is unchanged after a nap,
+        // ask the kernel whether its holder is alive.
+        let mut napped_on = None;
+        loop {
+            let w = word.load(Ordering::Relaxed);
+            if w & HOLDER == 0 {
+                let new = reg.next(w);
+                if word
+                    .compare_exchange(w, new, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return Ok((Held(new), Acquired::Normal));
+                }
+                continue;
+            }
+            if spins < SPINS {
+                spins += 1;
+                if spins < SPINS / 2 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+                continue;
+            }
+            if napped_on == Some(w & !WAITING) {
+                let alive =
+                    file::registration_held(reg.file(self), holder_of(w)).map_err(LockError::Io)?;
+                if !alive {
+                    // Dead: take over, unless the word moved meanwhile.
+                    let new = reg.next(w);
+                    if word
+                        .compare_exchange(w, new, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        return Ok((Held(new), Acquired::OwnerDied));
+                    }
+                    continue;
+                }
+            } else {
+                napped_on = Some(w & !WAITING);
+                nap = FIRST_NAP;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(LockError::TimedOut);
+            }
+            if w & WAITING == 0
+                && word
+                    .compare_exchange(w, w | WAITING, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            futex_wait_low(word, (w | WAITING) as u32, nap.min(deadline - now));
+            nap = (nap * 2).min(LONGEST_NAP);
+        }
+    }
+
+    /// Release the writer lock taken as `held`. Fails, leaving the word
+    /// alone, if the word no longer names this acquisition (something
+    /// wrote into the file meanwhile).
+    #[inline]
+    pub(crate) fn unlock_writer(&self, held: Held) -> io::Result<()> {
+        let word = self.lock_word()?;
+        let mut w = word.load(Ordering::Relaxed);
+        loop {
+            if w & !WAITING != held.0 {
+                return Err(io::Error::other(format!(
+                    "the writer lock word changed while held (now {w:#x}, taken as {:#x})",
+                    held.0
+                )));
+            }
+            let free = held.0 & !(HOLDER | SHARED);
+            match word.compare_exchange_weak(w, free, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(now) => w = now,
+            }
+        }
+        if w & WAITING != 0 {
+            futex_wake_low(word);
+        }
+        Ok(())
+    }
+
+    /// Registration slot of the current holder of the writer lock (0: free).
+    #[cfg(test)]
+    pub(crate) fn writer_lock_holder(&self) -> u16 {
+        self.lock_word()
+            .map_or(0, |w| (w.load(Ordering::Relaxed) & HOLDER) as u16)
     }
 }
 
-/// Sleep while `*word == expected`, at most `timeout`. Returns early on a
-/// wake, a signal, or if the word already differs. Spurious returns are
-/// fine: callers re-check their condition.
-pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+/// The low half of a 64-bit word in the mapping, as the futex the kernel
+/// sleeps on (little-endian: the low half is at the word's address).
+fn low_half(word: &AtomicU64) -> *const u32 {
+    word.as_ptr() as *const u32
+}
+
+#[cfg(target_endian = "big")]
+compile_error!("the writer lock sleeps on the low half of its word: little-endian only");
+
+/// Sleep while the low half of `word` equals `expected`, at most `timeout`.
+fn futex_wait_low(word: &AtomicU64, expected: u32, timeout: Duration) {
+    // SAFETY: the pointer is the 4-aligned low half of a live, 8-aligned
+    // atomic word that outlives the call; the kernel only reads it,
+    // atomically. See futex_wait_ptr.
+    unsafe { futex_wait_ptr(low_half(word), expected, timeout) }
+}
+
+fn futex_wake_low(word: &AtomicU64) {
+    // SAFETY: FUTEX_WAKE uses the address only as the key.
+    unsafe { futex_wake_ptr(low_half(word)) }
+}
+
+/// # Safety
+/// `word` must point to a live, 4-aligned 32-bit word for the duration of
+/// the call.
+unsafe fn futex_wait_ptr(word: *const u32, expected: u32, timeout: Duration) {
     #[cfg(target_os = "linux")]
     {
         let ts = libc::timespec {
             tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
             tv_nsec: timeout.subsec_nanos() as libc::c_long,
         };
-        // SAFETY: `word` is a live, aligned AtomicU32 (in the mapping or
-        // anywhere else); FUTEX_WAIT only reads it, atomically, in the
-        // kernel; `ts` is a local that outlives the call. The shared (not
-        // PRIVATE) variant is required for a word in a shared file mapping.
+        // SAFETY: the caller vouches for `word`; FUTEX_WAIT only reads it,
+        // atomically, in the kernel; `ts` is a local that outlives the call.
+        // The shared (not PRIVATE) variant is required for a word in a
+        // shared file mapping.
         unsafe {
             libc::syscall(
                 libc::SYS_futex,
-                word.as_ptr(),
+                word,
                 libc::FUTEX_WAIT,
                 expected,
                 &ts as *const libc::timespec,
@@ -165,21 +343,21 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     #[cfg(not(target_os = "linux"))]
     {
         // No futex: sleep a little and let the caller re-check.
-        if word.load(std::sync::atomic::Ordering::Acquire) == expected {
-            std::thread::sleep(timeout.min(Duration::from_millis(1)));
-        }
+        let _ = (word, expected);
+        std::thread::sleep(timeout.min(Duration::from_millis(1)));
     }
 }
 
-/// Wake every waiter sleeping on `word`, in any process.
-pub(crate) fn futex_wake_all(word: &AtomicU32) {
+/// # Safety
+/// As for [`futex_wait_ptr`] (the kernel only uses the address as a key).
+unsafe fn futex_wake_ptr(word: *const u32) {
     #[cfg(target_os = "linux")]
-    // SAFETY: as in futex_wait; FUTEX_WAKE does not access the word's memory
-    // beyond using its address as the key.
+    // SAFETY: FUTEX_WAKE does not access the word's memory beyond using its
+    // address as the key.
     unsafe {
         libc::syscall(
             libc::SYS_futex,
-            word.as_ptr(),
+            word,
             libc::FUTEX_WAKE,
             i32::MAX,
             std::ptr::null::<libc::timespec>(),
@@ -191,10 +369,24 @@ pub(crate) fn futex_wake_all(word: &AtomicU32) {
     let _ = word;
 }
 
+/// Sleep while `*word == expected`, at most `timeout`. Returns early on a
+/// wake, a signal, or if the word already differs. Spurious returns are
+/// fine: callers re-check their condition.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    // SAFETY: `word` is a live, aligned AtomicU32 (in the mapping or
+    // anywhere else) borrowed for the call.
+    unsafe { futex_wait_ptr(word.as_ptr(), expected, timeout) }
+}
+
+/// Wake every waiter sleeping on `word`, in any process.
+pub(crate) fn futex_wake_all(word: &AtomicU32) {
+    // SAFETY: as in futex_wait.
+    unsafe { futex_wake_ptr(word.as_ptr()) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
     fn arena() -> (tempfile::TempDir, Arena) {
@@ -212,8 +404,24 @@ mod tests {
         (dir, a)
     }
 
+    /// A registration through a description of its own, as another
+    /// process (or another handle) would have.
+    fn other_handle(a: &Arena) -> Registration {
+        let own = file::reopen(a.file(), a.path()).unwrap();
+        let slot = file::register(&own, 0).unwrap();
+        Registration {
+            slot,
+            pid: std::process::id(),
+            own: Some(own),
+        }
+    }
+
+    fn soon(ms: u64) -> Instant {
+        Instant::now() + Duration::from_millis(ms)
+    }
+
     #[test]
-    fn lock_excludes_threads() {
+    fn lock_excludes_handles() {
         let (_d, a) = arena();
         a.init_writer_lock().unwrap();
         let a = Arc::new(a);
@@ -222,14 +430,16 @@ mod tests {
             .map(|_| {
                 let (a, c) = (a.clone(), counter.clone());
                 std::thread::spawn(move || {
+                    let reg = other_handle(&a);
                     for _ in 0..2000 {
-                        assert_eq!(a.lock_writer().unwrap(), Acquired::Normal);
+                        let (held, how) = a.lock_writer(&reg, soon(60_000)).unwrap();
+                        assert_eq!(how, Acquired::Normal);
                         // A non-atomic read-modify-write: lost updates show
                         // if the lock does not exclude.
                         let v = c.load(Ordering::Relaxed);
                         std::hint::spin_loop();
                         c.store(v + 1, Ordering::Relaxed);
-                        a.unlock_writer().unwrap();
+                        a.unlock_writer(held).unwrap();
                     }
                 })
             })
@@ -238,25 +448,84 @@ mod tests {
             h.join().unwrap();
         }
         assert_eq!(counter.load(Ordering::Relaxed), 8000);
+        assert_eq!(a.writer_lock_holder(), 0);
     }
 
     #[test]
-    fn owner_death_is_reported() {
+    fn dead_holder_is_taken_over() {
         let (_d, a) = arena();
         a.init_writer_lock().unwrap();
+        let dead = other_handle(&a);
+        let (_held, _) = a.lock_writer(&dead, soon(1000)).unwrap();
+        assert_eq!(a.writer_lock_holder(), dead.slot.id);
+        // Its description closes (the process died): the kernel drops its
+        // registration lock, and a waiter takes over.
+        drop(dead);
+        let me = other_handle(&a);
+        let (held, how) = a.lock_writer(&me, soon(10_000)).unwrap();
+        assert_eq!(how, Acquired::OwnerDied);
+        assert_eq!(a.writer_lock_holder(), me.slot.id);
+        a.unlock_writer(held).unwrap();
+        let (held, how) = a.lock_writer(&me, soon(1000)).unwrap();
+        assert_eq!(how, Acquired::Normal);
+        a.unlock_writer(held).unwrap();
+    }
+
+    #[test]
+    fn live_holder_is_waited_for_then_times_out() {
+        let (_d, a) = arena();
+        a.init_writer_lock().unwrap();
+        let holder = other_handle(&a);
+        let (held, _) = a.lock_writer(&holder, soon(1000)).unwrap();
+        let me = other_handle(&a);
+        let t = Instant::now();
+        assert!(matches!(
+            a.lock_writer(&me, soon(200)),
+            Err(LockError::TimedOut)
+        ));
+        assert!(t.elapsed() >= Duration::from_millis(200));
+        // Still the holder's: a live holder is never taken over.
+        assert_eq!(a.writer_lock_holder(), holder.slot.id);
+        // A release wakes a waiter.
         let a = Arc::new(a);
         let a2 = a.clone();
-        // A thread that exits holding the lock looks, to the kernel, like an
-        // owner that died.
-        std::thread::spawn(move || {
-            a2.lock_writer().unwrap();
-        })
-        .join()
-        .unwrap();
-        assert_eq!(a.lock_writer().unwrap(), Acquired::OwnerDied);
-        a.unlock_writer().unwrap();
-        assert_eq!(a.lock_writer().unwrap(), Acquired::Normal);
-        a.unlock_writer().unwrap();
+        let waiter = std::thread::spawn(move || {
+            let (h, how) = a2.lock_writer(&me, soon(30_000)).unwrap();
+            a2.unlock_writer(h).unwrap();
+            how
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        a.unlock_writer(held).unwrap();
+        assert_eq!(waiter.join().unwrap(), Acquired::Normal);
+    }
+
+    #[test]
+    fn hostile_words_never_crash_and_never_hang() {
+        let (_d, a) = arena();
+        let me = other_handle(&a);
+        let word = a.lock_word().unwrap();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..200u64 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let hostile = match i % 4 {
+                0 => u64::MAX,
+                1 => rng,
+                2 => me.slot.id as u64 | (rng & !HOLDER), // names our own slot
+                _ => rng & !HOLDER,                  // free, odd sequence
+            };
+            word.store(hostile, Ordering::SeqCst);
+            // Nobody else holds any slot: every named holder is dead.
+            let (held, _) = a.lock_writer(&me, soon(10_000)).unwrap();
+            a.unlock_writer(held).unwrap();
+        }
+        // A word changed under the holder: the release refuses rather than
+        // freeing someone else's lock.
+        let (held, _) = a.lock_writer(&me, soon(1000)).unwrap();
+        word.store(12345 << SEQ_SHIFT | 7, Ordering::SeqCst);
+        assert!(a.unlock_writer(held).is_err());
+        assert_eq!(a.writer_lock_holder(), 7);
     }
 
     #[test]

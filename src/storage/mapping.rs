@@ -122,6 +122,9 @@ pub(crate) struct Arena {
     len: AtomicU64,
     /// The OS page size, for msync alignment.
     os_page: u64,
+    /// The process that opened `file` (a forked child shares the open
+    /// file description, and with it the description's locks).
+    opener: u32,
 }
 
 /// Out-of-bounds access attempted; the caller turns it into `Corrupted`.
@@ -152,6 +155,7 @@ impl Arena {
             current: AtomicPtr::new(ptr),
             len: AtomicU64::new(file_len),
             os_page,
+            opener: std::process::id(),
         })
     }
 
@@ -266,30 +270,23 @@ impl Arena {
         Ok(self.len())
     }
 
-    /// A pointer to `[off, off+n)` in the *first* view, whose address never
-    /// changes while the arena lives: for objects whose address matters
-    /// across calls (the writer mutex sits on glibc's robust list by
-    /// address). The range must lie in the file header, below the initial
-    /// length.
-    pub(super) fn stable_ptr(&self, off: u64, n: u64) -> Result<*mut u8, OutOfBounds> {
-        let views = self.views.lock();
-        let first = views.first().ok_or(OutOfBounds)?;
-        let end = off.checked_add(n).ok_or(OutOfBounds)?;
-        if end > first.len || end > self.len() || off % 8 != 0 {
-            return Err(OutOfBounds);
-        }
-        // SAFETY: the range is inside the first view (checked above), so the
-        // offset pointer stays inside that mapping.
-        Ok(unsafe { first.ptr.add(off as usize) })
-    }
-
     /// The file has a new name (a compaction renamed it into place): the
     /// test hooks see it under that name from now on.
+    /// The file's path (as the store was opened, or renamed to).
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     pub(crate) fn set_path(&mut self, path: &std::path::Path) {
         self.path = path.to_path_buf();
     }
 
     /// The file (for the open-handle `flock`).
+    /// The process that opened the file (see `Registration`).
+    pub(crate) fn opener_pid(&self) -> u32 {
+        self.opener
+    }
+
     pub(crate) fn file(&self) -> &File {
         &self.file
     }

@@ -35,8 +35,13 @@ use bytemuck::{Pod, Zeroable};
 
 /// Magic number at the start of each meta copy.
 pub(crate) const MAGIC: [u8; 8] = *b"\x89MAPKV\r\n";
-/// The on-disk format version this build reads and writes.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The on-disk format version this build writes. Version 2 replaced the
+/// robust pthread mutex in the control page with the writer lock word and
+/// `flock` with OFD locks; the meta, index and records are as in version 1,
+/// which this build reads and upgrades (see `recovery::open_file`).
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The older version this build still opens (read-write, to upgrade it).
+pub(crate) const UPGRADABLE_VERSION: u32 = 1;
 /// Meta flag: the store was closed cleanly and the index is durable.
 pub(crate) const FLAG_CLEAN: u32 = 1;
 
@@ -108,7 +113,7 @@ impl Meta {
         if m.magic != MAGIC {
             return MetaRead::Foreign;
         }
-        if m.version != FORMAT_VERSION {
+        if m.version != FORMAT_VERSION && m.version != UPGRADABLE_VERSION {
             return MetaRead::Version(m.version);
         }
         if m.crc != m.checksum() || m.page_size != super::FORMAT_PAGE as u32 {

@@ -92,3 +92,25 @@ pub fn check_self(v: &[u8]) -> Result<(u64, u64), String> {
 }
 pub mod powerloss;
 pub mod procs;
+
+/// Hold the store's open lock exclusively, as an opener that is recovering
+/// the store does: an OFD write lock on byte 2^62 + 1 (docs/FORMAT.md),
+/// through a descriptor open for writing. Released when the file drops.
+pub fn hold_open_lock(path: &std::path::Path) -> std::fs::File {
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    // SAFETY: a zeroed flock is a valid value; F_OFD_SETLK reads the local.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = (1 << 62) + 1;
+    fl.l_len = 1;
+    // SAFETY: fcntl on our own descriptor with a pointer to a local.
+    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    f
+}
