@@ -1362,10 +1362,10 @@ impl Inner {
             let alone =
                 storage::file::open_lock(self.arena.file(), storage::file::OpenLock::Exclusive)
                     .map_err(|source| Error::Io {
-                    op: "lock file on close",
-                    path: self.path.clone(),
-                    source,
-                })?;
+                        op: "lock file on close",
+                        path: self.path.clone(),
+                        source,
+                    })?;
             if !alone {
                 return Ok(());
             }

@@ -267,11 +267,13 @@ fn lock_shared_within(file: &std::fs::File, timeout: std::time::Duration) -> std
 /// writer has opened since the last boot, or a process that is not mapkv
 /// at all: then the control block is stale, and nobody maintains it.)
 fn session_is_live(f: &std::fs::File, boot_id: &[u8; 16]) -> bool {
-    use crate::storage::control::{MOVED_MAGIC, MOVING_MAGIC};
     use crate::storage::control::SESSION_BOOT;
+    use crate::storage::control::{MOVED_MAGIC, MOVING_MAGIC};
     let at = SESSION_BOOT as usize;
     let mut b = [0u8; SESSION_BOOT as usize + 16];
-    if f.read_exact_at(&mut b, crate::storage::CONTROL_OFFSET).is_err() {
+    if f.read_exact_at(&mut b, crate::storage::CONTROL_OFFSET)
+        .is_err()
+    {
         return false;
     }
     let magic = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
@@ -544,7 +546,14 @@ pub(crate) fn durable_meta_and_copy(inner: &Inner) -> Result<(Meta, u64)> {
     let a = read(0);
     let m = meta::choose(a, read(META_B_OFFSET))
         .map_err(|_| inner.corrupt(0, "no valid meta copy while repairing the store"))?;
-    Ok((m, if a == MetaRead::Valid(m) { 0 } else { META_B_OFFSET }))
+    Ok((
+        m,
+        if a == MetaRead::Valid(m) {
+            0
+        } else {
+            META_B_OFFSET
+        },
+    ))
 }
 
 /// Whether the newest meta in the mapping says "closed cleanly".

@@ -87,7 +87,11 @@ fn child() {
                 .unwrap();
             db.insert(&key, b"acknowledged").unwrap();
             let released = marker.as_ref().unwrap().exists();
-            say(if released { "entered-after" } else { "entered-early" });
+            say(if released {
+                "entered-after"
+            } else {
+                "entered-early"
+            });
         }
         // Insert 500 keys, fork, and have both processes insert 500 more
         // through the handle opened before the fork.
@@ -154,7 +158,8 @@ impl Kid {
         let exe = std::env::current_exe().unwrap();
         let mut cmd = if unshare {
             let mut c = Command::new("unshare");
-            c.args(["--pid", "--fork", "--kill-child=SIGKILL"]).arg(&exe);
+            c.args(["--pid", "--fork", "--kill-child=SIGKILL"])
+                .arg(&exe);
             c
         } else {
             Command::new(&exe)
@@ -269,7 +274,11 @@ fn stopped_holder_times_out_others_and_is_never_robbed() {
         let joined = Options::new()
             .lock_timeout(Duration::from_secs(1))
             .open(&path);
-        assert!(matches!(joined, Err(Error::Timeout { .. })), "{:?}", joined.err());
+        assert!(
+            matches!(joined, Err(Error::Timeout { .. })),
+            "{:?}",
+            joined.err()
+        );
         assert!(t.elapsed() < Duration::from_secs(3));
         // Resume: the stopped writer finishes, and so do we.
         // SAFETY: signalling our own child.
@@ -277,10 +286,7 @@ fn stopped_holder_times_out_others_and_is_never_robbed() {
         kid.expect("done");
         kid.wait_ok();
         me.insert(format!("mine{round}"), b"v").unwrap();
-        assert_eq!(
-            me.get(&key).unwrap().as_deref(),
-            Some(&b"acknowledged"[..])
-        );
+        assert_eq!(me.get(&key).unwrap().as_deref(), Some(&b"acknowledged"[..]));
         assert!(me.get(format!("mine{round}")).unwrap().is_some());
     }
     me.check().unwrap();
@@ -302,7 +308,9 @@ fn pid_namespaces_never_let_two_writers_in() {
         .status()
         .is_ok_and(|s| s.success())
     {
-        eprintln!("SKIPPED: `unshare --pid --fork` is refused here (needs root or user namespaces)");
+        eprintln!(
+            "SKIPPED: `unshare --pid --fork` is refused here (needs root or user namespaces)"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -318,7 +326,11 @@ fn pid_namespaces_never_let_two_writers_in() {
         std::thread::sleep(Duration::from_millis(20));
         w2.kill();
         let mut w3 = Kid::spawn("enter", &path, &format!("w3-{round}"), Some(&marker), true);
-        assert_eq!(w3.next(), "entered-after", "round {round}: W3 entered while W1 held the lock");
+        assert_eq!(
+            w3.next(),
+            "entered-after",
+            "round {round}: W3 entered while W1 held the lock"
+        );
         w1.expect("done");
         w1.wait_ok();
         w3.wait_ok();
@@ -353,7 +365,7 @@ fn readers_cannot_lock_writers_out() {
     fl.l_whence = libc::SEEK_SET as libc::c_short;
     fl.l_start = 0;
     fl.l_len = 0; // to the end of all offsets
-    // SAFETY: as above, on our own descriptor.
+                  // SAFETY: as above, on our own descriptor.
     assert_eq!(
         unsafe { libc::fcntl(ro.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) },
         0

@@ -215,7 +215,11 @@ pub(crate) struct Slot {
 pub(crate) fn register(file: &File, avoid: u16) -> io::Result<Slot> {
     let n = MAX_REGISTRATION as u64;
     let start = random_u64() % n;
-    let ids = || (0..n).map(|i| ((start + i) % n + 1) as u16).filter(|&id| id != avoid);
+    let ids = || {
+        (0..n)
+            .map(|i| ((start + i) % n + 1) as u16)
+            .filter(|&id| id != avoid)
+    };
     for id in ids() {
         if ofd_set(file, REGISTRATION_BYTE + id as i64, Ofd::Write)? {
             return Ok(Slot {
@@ -246,7 +250,11 @@ pub(crate) fn register(file: &File, avoid: u16) -> io::Result<Slot> {
 /// through, so that its own registration does not count.
 pub(crate) fn registration_held(file: &File, slot: Slot) -> io::Result<bool> {
     // F_RDLCK conflicts only with write locks; F_WRLCK with any lock.
-    let probe = if slot.exclusive { Ofd::Read } else { Ofd::Write };
+    let probe = if slot.exclusive {
+        Ofd::Read
+    } else {
+        Ofd::Write
+    };
     ofd_conflict(file, REGISTRATION_BYTE + slot.id as i64, probe)
 }
 
@@ -465,7 +473,7 @@ mod tests {
         let reader = open_existing(&path, false).unwrap();
         let mut fl = flock_struct(Ofd::Read, 0);
         fl.l_len = 0; // every offset
-        // SAFETY: fcntl on our own descriptor with a local flock.
+                      // SAFETY: fcntl on our own descriptor with a local flock.
         assert_eq!(
             unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) },
             0

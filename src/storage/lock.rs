@@ -53,9 +53,8 @@ use super::WRITER_LOCK_OFFSET;
 
 /// Bytes of the control page reserved for the writer lock (one word used).
 const WRITER_LOCK_LEN: u64 = 64;
-const _: () = assert!(
-    WRITER_LOCK_OFFSET + WRITER_LOCK_LEN <= super::CONTROL_OFFSET + super::FORMAT_PAGE
-);
+const _: () =
+    assert!(WRITER_LOCK_OFFSET + WRITER_LOCK_LEN <= super::CONTROL_OFFSET + super::FORMAT_PAGE);
 
 const HOLDER: u64 = (1 << 12) - 1;
 const WAITING: u64 = 1 << 12;
@@ -107,7 +106,9 @@ impl Registration {
         } else {
             Some(file::reopen(arena.file(), arena.path())?)
         };
-        let avoid = arena.lock_word().map_or(0, |w| holder_of(w.load(Ordering::Relaxed)).id);
+        let avoid = arena
+            .lock_word()
+            .map_or(0, |w| holder_of(w.load(Ordering::Relaxed)).id);
         let slot = file::register(own.as_ref().unwrap_or(arena.file()), avoid)?;
         Ok(Registration { slot, pid, own })
     }
@@ -513,7 +514,7 @@ mod tests {
                 0 => u64::MAX,
                 1 => rng,
                 2 => me.slot.id as u64 | (rng & !HOLDER), // names our own slot
-                _ => rng & !HOLDER,                  // free, odd sequence
+                _ => rng & !HOLDER,                       // free, odd sequence
             };
             word.store(hostile, Ordering::SeqCst);
             // Nobody else holds any slot: every named holder is dead.
