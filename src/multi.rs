@@ -201,12 +201,15 @@ impl Db {
     /// therefore run more than once: keep side effects out of it. Cost: two
     /// extra atomic loads when no commit interferes; under a steady stream of
     /// commits, retries. After 64 tries a read-write handle takes the writer
-    /// lock for one last run, so it always finishes; a read-only handle
-    /// keeps retrying (backing off), for up to about a second.
+    /// lock for one last run (waiting for it up to `Options::lock_timeout`);
+    /// a read-only handle keeps retrying (backing off) for up to
+    /// `Options::lock_timeout`.
     ///
     /// # Errors
     /// Whatever `f` returns from a run that no commit disturbed;
-    /// [`Error::Locked`] if a read-only handle could not get a quiet moment.
+    /// [`Error::Locked`] if a read-only handle could not get a quiet moment,
+    /// [`Error::Timeout`] if a read-write handle could not get the writer
+    /// lock, within `Options::lock_timeout`.
     ///
     /// # Examples
     ///
@@ -256,7 +259,7 @@ impl Db {
                     Err(e) => return Err(e),
                 }
             }
-            if !i.cross && started.elapsed() > Duration::from_secs(1) {
+            if !i.cross && started.elapsed() > i.lock_timeout {
                 return Err(Error::Locked {
                     path: i.path.clone(),
                     detail: "commits kept landing (or a writer died mid-commit and no writer \

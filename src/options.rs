@@ -327,14 +327,25 @@ impl Options {
         self
     }
 
-    /// How long [`open`](Options::open) waits for another handle that holds
-    /// the store exclusively before it gives up with
-    /// [`Error::Locked`](crate::Error::Locked). Default 30 s.
+    /// The bound on every wait of this handle. Default 30 s.
     ///
-    /// Handles share a store freely; a handle holds it exclusively only
-    /// while it recovers the store after a crash (it was the first to open
-    /// it), or for its whole life if it is a read-only handle that had to
-    /// recover a crashed store in private memory.
+    /// - The writer lock, which every write, a read-write open that joins
+    ///   other handles, [`flush`](crate::Db::flush), [`close`](crate::Db::close),
+    ///   compaction and eviction take: when another writer (in any process,
+    ///   container or PID namespace) keeps it this long, the call gives up
+    ///   with [`Error::Timeout`](crate::Error::Timeout), which names that
+    ///   writer's pid. A writer that died is noticed within milliseconds
+    ///   and never waited for; one that is stopped or paused is never
+    ///   taken for dead.
+    /// - [`open`](Options::open) waiting for a handle that holds the store
+    ///   exclusively ([`Error::Locked`](crate::Error::Locked)). Handles
+    ///   share a store freely; a handle holds it exclusively only while it
+    ///   recovers the store after a crash (it was the first to open it),
+    ///   or for its whole life if it is a read-only handle that had to
+    ///   recover a crashed store in private memory.
+    /// - A write that finds a cache full waiting for an eviction, and
+    ///   [`read_consistent`](crate::Db::read_consistent) on a read-only
+    ///   handle waiting for a quiet moment.
     ///
     /// # Examples
     ///
