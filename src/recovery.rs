@@ -314,9 +314,11 @@ fn read_meta(f: &std::fs::File, len: u64, path: &Path) -> Result<(Meta, u64)> {
 fn init_file(f: &std::fs::File, opts: &Options) -> std::io::Result<()> {
     let log2 = index::log2cap_for(opts.expected_keys);
     let chunk = ARENA_START;
-    let table = record::index_table_start(chunk).expect("small offset");
+    let table = record::index_table_start(chunk).unwrap_or(chunk);
     let tail = table + (8u64 << log2);
-    let len = align_up(opts.initial_size.max(tail + GRANULE), GRANULE).expect("small length");
+    // Options clamp the initial size to the format's limit; saturate anyway
+    // (the limit below cuts it).
+    let len = align_up(opts.initial_size.max(tail + GRANULE), GRANULE).unwrap_or(u64::MAX);
     let limit = opts.size_limit();
     if tail > limit {
         return Err(std::io::Error::new(
