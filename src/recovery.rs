@@ -149,6 +149,11 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
         len = file.metadata().map_err(ioe("stat"))?.len();
     }
     let (meta, meta_copy) = read_meta(&file, len, path)?;
+    if !opts.read_only {
+        // Only now that the file is known to be a store: never allocate
+        // into a file that is something else.
+        fill_holes(&file, len, path)?;
+    }
     let corrupt = |offset, what: String| Error::Corrupted {
         path: path.to_path_buf(),
         offset,
@@ -203,6 +208,27 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
         meta_copy,
         boot_id: file::boot_id(),
         sole,
+    })
+}
+
+/// A writable open fills the file's holes (see `file::fill_holes`), or
+/// fails: a full disk is an `OutOfSpace` here, never a SIGBUS later.
+fn fill_holes(f: &std::fs::File, len: u64, path: &Path) -> Result<()> {
+    file::fill_holes(f, len).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => Error::OutOfSpace {
+            path: path.to_path_buf(),
+            wanted: len,
+            reason: format!(
+                "the file has holes (a sparse copy or restore?) and the filesystem cannot \
+                 allocate them ({e}); writing into a hole on a full disk would end in SIGBUS, \
+                 so the store is not opened for writing: free some space, or open it read-only"
+            ),
+        },
+        _ => Error::Io {
+            op: "allocate the file's holes",
+            path: path.to_path_buf(),
+            source: e,
+        },
     })
 }
 

@@ -91,3 +91,240 @@ fn extreme_options_never_panic() {
     }
     assert!(failures.is_empty(), "these options panicked: {failures:?}");
 }
+
+// ---------------------------------------------------------------------------
+// Helpers: privileges, children, a tmpfs of our own.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const NOBODY: u32 = 65534;
+
+/// The effective uid, from /proc (no unsafe code in the tests).
+fn euid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .expect("Uid line");
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+/// Whether this test can act as root; prints why not.
+fn root(test: &str) -> bool {
+    if euid() == 0 {
+        return true;
+    }
+    eprintln!("{test}: SKIPPED: needs root (euid is {}), to mount or switch users", euid());
+    false
+}
+
+/// The environment variable that makes `child_entry` run a role.
+const ROLE: &str = "MAPKV_TRUST_ROLE";
+
+/// Run this test binary again as a child that plays `role` on `path`
+/// (see `child_entry`), as `uid` if given.
+fn child(role: &str, path: &Path, uid: Option<u32>) -> Command {
+    let mut c = Command::new(std::env::current_exe().expect("current_exe"));
+    c.args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
+        .env(ROLE, role)
+        .env("MAPKV_TRUST_PATH", path);
+    if let Some(u) = uid {
+        // std drops supplementary groups when it sets the ids as root.
+        c.uid(u).gid(u);
+    }
+    c
+}
+
+fn run(mut c: Command) -> Output {
+    let out = c.output().expect("spawn child");
+    eprintln!(
+        "child: {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Not a test by itself: the body of the children the other tests spawn.
+#[test]
+fn child_entry() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let path = PathBuf::from(std::env::var("MAPKV_TRUST_PATH").unwrap());
+    let code = match role.as_str() {
+        // Open the sparse store on the full tmpfs and write into its holes.
+        "write_sparse" => match Options::new().open(&path) {
+            Err(e) => {
+                println!("open: Err: {e}");
+                0
+            }
+            Ok(db) => {
+                println!("open: Ok");
+                let mut res = Ok(());
+                for i in 0..400u32 {
+                    res = db.insert(i.to_le_bytes(), vec![7u8; 8 << 10]);
+                    if res.is_err() {
+                        break;
+                    }
+                }
+                println!("inserts: {res:?}");
+                0
+            }
+        },
+        // As another user: open the store, read and write it.
+        "use_store" => match Options::new().create(false).open(&path) {
+            Err(e) => {
+                println!("open: Err: {e}");
+                1
+            }
+            Ok(db) => {
+                let got = db.get(b"k0").map(|v| v.map(|v| v.to_vec()));
+                let put = db.insert(b"from-child", b"yes");
+                println!("get: {got:?}, insert: {put:?}");
+                (got.ok().flatten().as_deref() != Some(&b"v0"[..]) || put.is_err()) as i32
+            }
+        },
+        // As a user that is not the store's owner: compaction must refuse.
+        "compact" => match Options::new().create(false).open(&path) {
+            Err(e) => {
+                println!("open: Err: {e}");
+                1
+            }
+            Ok(db) => match db.compact() {
+                Err(mapkv::Error::Refused { reason, .. }) => {
+                    println!("compact: Refused: {reason}");
+                    0
+                }
+                other => {
+                    println!("compact: {other:?}");
+                    1
+                }
+            },
+        },
+        other => panic!("unknown role {other}"),
+    };
+    std::process::exit(code);
+}
+
+/// A tmpfs mounted on a temporary directory, unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `None` (with the reason printed) where mounting is refused.
+    fn mount(test: &str, size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
+            Ok(o) => {
+                eprintln!(
+                    "{test}: SKIPPED: mount -t tmpfs refused: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("{test}: SKIPPED: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // Busy (a child still running?): detach it at least.
+            let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1. No SIGBUS from holes.
+
+/// A sparse copy of a store on a full filesystem: a writer gets a clean
+/// error at open (the holes cannot be allocated), never a SIGBUS when its
+/// writes reach a hole.
+#[test]
+fn sparse_store_on_full_fs_is_an_error_not_sigbus() {
+    const TEST: &str = "sparse_store_on_full_fs_is_an_error_not_sigbus";
+    if !root(TEST) {
+        return;
+    }
+    let Some(fs) = Tmpfs::mount(TEST, "16m") else {
+        return;
+    };
+    let orig = fs.path().join("orig.mapkv");
+    let db = Options::new().initial_size(6 << 20).open(&orig).unwrap();
+    for i in 0..10u32 {
+        db.insert(i.to_le_bytes(), b"small").unwrap();
+    }
+    db.close().unwrap();
+    // The copy: everything past the log is zeros, so it becomes holes.
+    let sparse = fs.path().join("sparse.mapkv");
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&orig)
+        .arg(&sparse)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::remove_file(&orig).unwrap();
+    let md = std::fs::metadata(&sparse).unwrap();
+    assert!(
+        md.blocks() * 512 < md.len() / 2,
+        "the copy is not sparse: {} of {} bytes allocated",
+        md.blocks() * 512,
+        md.len()
+    );
+    // Fill the filesystem to the last block.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(fs.path().join("filler")).unwrap();
+        let chunk = vec![1u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    let out = run(child("write_sparse", &sparse, None));
+    assert_eq!(
+        out.status.signal(),
+        None,
+        "the writer died of a signal (SIGBUS is {})",
+        libc_sigbus()
+    );
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("open: Err") && stdout.contains("out of space") && stdout.contains("holes"),
+        "the open should fail, saying the holes cannot be allocated: {stdout}"
+    );
+    // With room again, the same store opens and keeps its data.
+    std::fs::remove_file(fs.path().join("filler")).unwrap();
+    let db = Db::open(&sparse).unwrap();
+    assert_eq!(db.get(3u32.to_le_bytes()).unwrap().as_deref(), Some(&b"small"[..]));
+    let md = std::fs::metadata(&sparse).unwrap();
+    assert!(md.blocks() * 512 >= md.len(), "the holes were filled");
+    db.close().unwrap();
+}
+
+fn libc_sigbus() -> i32 {
+    7
+}
