@@ -59,7 +59,12 @@ pub(crate) struct Shared {
     /// The current store. Readers `load` it without touching a reference
     /// count; an old store lives until its last reader lets go of it.
     pub(crate) current: ArcSwap<Inner>,
+    /// The real file's path, resolved once at open (symlinks followed):
+    /// following a move, compaction's new file and its rename all use it,
+    /// so a store opened through a symlink stays one store.
     pub(crate) path: PathBuf,
+    /// The path as the caller gave it ([`Db::path`]).
+    given: PathBuf,
     pub(crate) opts: Options,
     /// Serialises following a move.
     follow: Mutex<()>,
@@ -1400,7 +1405,9 @@ impl Db {
         Db::open_with(path.as_ref(), Options::default())
     }
 
-    pub(crate) fn open_with(path: &Path, opts: Options) -> Result<Db> {
+    pub(crate) fn open_with(given: &Path, opts: Options) -> Result<Db> {
+        let real = recovery::resolve(given)?;
+        let path = real.as_path();
         // A compaction may finish (rename the store) while we join the old
         // file: then open the name again.
         let mut tries = 0;
@@ -1421,6 +1428,7 @@ impl Db {
             shared: Arc::new(Shared {
                 current: ArcSwap::from_pointee(inner),
                 path: path.to_path_buf(),
+                given: given.to_path_buf(),
                 opts,
                 follow: Mutex::new(()),
                 background: Arc::new(AtomicBool::new(false)),
@@ -1890,7 +1898,7 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn path(&self) -> &Path {
-        &self.shared.path
+        &self.shared.given
     }
 
     /// Close this handle and report any error. Only the last clone closes;

@@ -328,3 +328,168 @@ fn sparse_store_on_full_fs_is_an_error_not_sigbus() {
 fn libc_sigbus() -> i32 {
     7
 }
+
+// ---------------------------------------------------------------------------
+// 2. Compaction keeps who can open the store.
+
+/// A directory others can enter (tempdirs are 0700).
+fn open_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+fn filled_store(path: &Path) {
+    let db = Db::open(path).unwrap();
+    for i in 0..500u32 {
+        db.insert(format!("k{i}"), format!("v{i}")).unwrap();
+    }
+    for i in 1..400u32 {
+        db.remove(format!("k{i}")).unwrap();
+    }
+    db.close().unwrap();
+}
+
+
+
+// ---------------------------------------------------------------------------
+// 3. Symlinks and hard links.
+
+/// A store opened through a symlink: compaction replaces the real file,
+/// the symlink still points at it, and handles opened through either name
+/// keep working.
+#[test]
+fn compaction_through_a_symlink_keeps_the_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    let real = dir.path().join("data/store.mapkv");
+    let link = dir.path().join("link.mapkv");
+    filled_store(&real);
+    std::os::unix::fs::symlink("data/store.mapkv", &link).unwrap();
+    let by_link = Db::open(&link).unwrap();
+    assert_eq!(by_link.path(), link.as_path(), "path() is the caller's");
+    let by_real = Db::open(&real).unwrap();
+    let before = std::fs::metadata(&real).unwrap().ino();
+    by_link.compact().unwrap();
+    let md = std::fs::symlink_metadata(&link).unwrap();
+    assert!(md.file_type().is_symlink(), "the symlink was replaced by a file");
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        Path::new("data/store.mapkv")
+    );
+    assert_ne!(std::fs::metadata(&real).unwrap().ino(), before, "not compacted");
+    // One store: a write through either handle is seen through the other
+    // and through a new handle by either name.
+    by_link.insert(b"after", b"1").unwrap();
+    by_real.insert(b"after2", b"2").unwrap();
+    assert_eq!(by_real.get(b"after").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(by_link.get(b"after2").unwrap().as_deref(), Some(&b"2"[..]));
+    by_real.compact().unwrap();
+    by_link.insert(b"after3", b"3").unwrap();
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    for name in [&link, &real] {
+        let db = Db::open(name).unwrap();
+        assert_eq!(db.get(b"k0").unwrap().as_deref(), Some(&b"v0"[..]));
+        assert_eq!(db.get(b"after3").unwrap().as_deref(), Some(&b"3"[..]));
+    }
+}
+
+
+// ---------------------------------------------------------------------------
+// 4. Open never loops.
+
+/// Open through a dangling symlink returns an error that says so, at
+/// once, and creates nothing. (It used to loop for ever.)
+#[test]
+fn dangling_symlink_is_an_error_not_a_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("link.mapkv");
+    let target = dir.path().join("missing.mapkv");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    for opts in [Options::new(), Options::new().create(false), Options::new().read_only(true)] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l = link.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(opts.open(&l).map(|_| ()));
+        });
+        let res = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("open did not return within 20 s");
+        let e = res.expect_err("open through a dangling symlink");
+        let msg = e.to_string();
+        assert!(
+            matches!(e, mapkv::Error::Io { .. }) && msg.contains("symlink") && msg.contains("does not exist"),
+            "{msg}"
+        );
+    }
+    assert!(!target.exists(), "the target was created");
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(names.len(), 1, "temporary files were left: {names:?}");
+}
+
+// ---------------------------------------------------------------------------
+// 5. Never adopt a file we did not create.
+
+fn empty_file(path: &Path, mode: u32) {
+    std::fs::write(path, b"").unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// An empty file more open than the requested mode is refused and left
+/// as it was; one that is no more open is adopted.
+#[test]
+fn empty_file_more_open_than_asked_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("squat.mapkv");
+    empty_file(&path, 0o666);
+    match Db::open(&path) {
+        Err(mapkv::Error::Refused { reason, .. }) => {
+            assert!(reason.contains("0666") && reason.contains("0600"), "{reason}")
+        }
+        Err(e) => panic!("expected Refused, got {e}"),
+        Ok(_) => panic!("a 0666 file was adopted"),
+    }
+    let md = std::fs::metadata(&path).unwrap();
+    assert_eq!((md.len(), md.mode() & 0o777), (0, 0o666), "the file was changed");
+    // Group read is more than the default 0600 ...
+    empty_file(&path, 0o640);
+    assert!(matches!(Db::open(&path), Err(mapkv::Error::Refused { .. })));
+    // ... but not more than a requested 0640.
+    let db = Options::new().mode(0o640).open(&path).unwrap();
+    db.insert(b"k", b"v").unwrap();
+    drop(db);
+    // Our own 0600 file: adopted, and stays 0600.
+    let own = dir.path().join("own.mapkv");
+    empty_file(&own, 0o600);
+    let db = Db::open(&own).unwrap();
+    db.insert(b"k", b"v").unwrap();
+    assert_eq!(std::fs::metadata(&own).unwrap().mode() & 0o777, 0o600);
+}
+
+/// As root: an empty file that belongs to another user is refused, even
+/// with a private mode.
+#[test]
+fn empty_file_of_another_user_is_refused() {
+    const TEST: &str = "empty_file_of_another_user_is_refused";
+    if !root(TEST) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("theirs.mapkv");
+    empty_file(&path, 0o600);
+    std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY)).unwrap();
+    match Db::open(&path) {
+        Err(mapkv::Error::Refused { reason, .. }) => {
+            assert!(reason.contains(&format!("uid {NOBODY}")), "{reason}")
+        }
+        Err(e) => panic!("expected Refused, got {e}"),
+        Ok(_) => panic!("another user's empty file was adopted"),
+    }
+    let md = std::fs::metadata(&path).unwrap();
+    assert_eq!((md.len(), md.uid()), (0, NOBODY), "the file was changed");
+}
+
+// ---------------------------------------------------------------------------
+// 6. `mapkv put --file` checks the size first.
+
