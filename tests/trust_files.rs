@@ -350,7 +350,63 @@ fn filled_store(path: &Path) {
     db.close().unwrap();
 }
 
+/// As root, compact a store that belongs to `nobody` with mode 0660: the
+/// new file keeps owner, group and mode, and `nobody` can still open it.
+#[test]
+fn compaction_keeps_owner_group_and_mode() {
+    const TEST: &str = "compaction_keeps_owner_group_and_mode";
+    if !root(TEST) {
+        return;
+    }
+    let dir = open_dir();
+    let path = dir.path().join("svc.mapkv");
+    filled_store(&path);
+    std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).unwrap();
+    let before = std::fs::metadata(&path).unwrap();
 
+    let db = Db::open(&path).unwrap();
+    db.compact().unwrap();
+    let after = std::fs::metadata(&path).unwrap();
+    assert_ne!(after.ino(), before.ino(), "compaction made a new file");
+    assert_eq!((after.uid(), after.gid()), (NOBODY, NOBODY), "owner and group");
+    assert_eq!(after.mode() & 0o7777, 0o660, "mode");
+    drop(db);
+
+    // The same users can open it: nobody reads and writes it.
+    let out = run(child("use_store", &path, Some(NOBODY)));
+    assert!(out.status.success(), "nobody can no longer use the store");
+    let db = Db::open(&path).unwrap();
+    assert_eq!(db.get(b"from-child").unwrap().as_deref(), Some(&b"yes"[..]));
+}
+
+/// A user who is not the store's owner cannot give the new file away:
+/// compaction refuses before copying anything and the store is unchanged.
+#[test]
+fn compaction_refuses_when_it_cannot_keep_the_owner() {
+    const TEST: &str = "compaction_refuses_when_it_cannot_keep_the_owner";
+    if !root(TEST) {
+        return;
+    }
+    let dir = open_dir();
+    // nobody may create the new file next to the store, but not own it as
+    // root.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let path = dir.path().join("shared.mapkv");
+    filled_store(&path);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let before = std::fs::metadata(&path).unwrap();
+    let out = run(child("compact", &path, Some(NOBODY)));
+    assert!(out.status.success(), "compaction by nobody was not refused");
+    let after = std::fs::metadata(&path).unwrap();
+    assert_eq!(after.ino(), before.ino(), "the store was replaced");
+    assert_eq!((after.uid(), after.mode() & 0o7777), (0, 0o666));
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "leftovers: {names:?}");
+}
 
 // ---------------------------------------------------------------------------
 // 3. Symlinks and hard links.
@@ -394,6 +450,36 @@ fn compaction_through_a_symlink_keeps_the_symlink() {
     }
 }
 
+/// A store with a second hard link is refused by compaction (renaming over
+/// one name would split it into two stores); nothing changes.
+#[test]
+fn compaction_refuses_a_store_with_two_hard_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.mapkv");
+    let b = dir.path().join("b.mapkv");
+    filled_store(&a);
+    std::fs::hard_link(&a, &b).unwrap();
+    let db = Db::open(&a).unwrap();
+    match db.compact() {
+        Err(mapkv::Error::Refused { reason, .. }) => {
+            assert!(reason.contains("hard link"), "{reason}")
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    db.insert(b"new", b"x").unwrap();
+    assert_eq!(
+        std::fs::metadata(&a).unwrap().ino(),
+        std::fs::metadata(&b).unwrap().ino(),
+        "the names were split"
+    );
+    let other = Db::open(&b).unwrap();
+    assert_eq!(other.get(b"new").unwrap().as_deref(), Some(&b"x"[..]));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "a compaction leftover was left"
+    );
+}
 
 // ---------------------------------------------------------------------------
 // 4. Open never loops.
