@@ -579,3 +579,35 @@ fn empty_file_of_another_user_is_refused() {
 // ---------------------------------------------------------------------------
 // 6. `mapkv put --file` checks the size first.
 
+/// A value file over the limit is refused by its length, at once, without
+/// reading it (it used to read all 4 GiB first).
+#[test]
+fn put_file_over_the_limit_is_refused_before_reading() {
+    let Some(exe) = option_env!("CARGO_BIN_EXE_mapkv") else {
+        eprintln!("put_file_over_the_limit_is_refused_before_reading: SKIPPED: built without the cli feature");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    // Sparse: no disk used.
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(mapkv::MAX_VALUE_LEN as u64 + 1)
+        .unwrap();
+    let store = dir.path().join("s.mapkv");
+    let started = std::time::Instant::now();
+    let out = Command::new(exe)
+        .arg("put")
+        .arg(&store)
+        .arg("key")
+        .arg("--file")
+        .arg(&big)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("at most") && stderr.contains("big"), "{stderr}");
+    assert!(took < Duration::from_secs(5), "took {took:?}: it read the file");
+    assert!(!store.exists(), "the store was created");
+}
