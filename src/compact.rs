@@ -202,7 +202,10 @@ impl Db {
     /// [`Error::ReadOnly`] on a read-only handle; [`Error::Locked`] if
     /// another compaction of this store is running; [`Error::OutOfSpace`]
     /// if the new file does not fit (the store is left as it was);
-    /// [`Error::Corrupted`] if a record fails its checks (nothing changes).
+    /// [`Error::Corrupted`] if a record fails its checks (nothing changes);
+    /// [`Error::Refused`] if the store file has a second hard link, or if
+    /// the new file cannot be given the old one's owner, group and mode
+    /// (only root may give a file to another user; nothing changes).
     ///
     /// # Examples
     ///

@@ -1378,8 +1378,12 @@ impl Db {
     /// untouched), [`Error::UnsupportedVersion`], [`Error::Corrupted`] if
     /// the store is damaged where it cannot be repaired, [`Error::Locked`]
     /// if another handle held it exclusively (while recovering it) for
-    /// longer than [`Options::lock_timeout`], [`Error::Io`]. Other handles
-    /// having it open is fine: this one joins them.
+    /// longer than [`Options::lock_timeout`], [`Error::Refused`] for an
+    /// existing empty file that is another user's or more open than
+    /// [`Options::mode`], [`Error::OutOfSpace`] if the file has holes (a
+    /// sparse copy) that the disk cannot fill, [`Error::Io`] (also for a
+    /// symlink whose target does not exist). Other handles having it open
+    /// is fine: this one joins them.
     ///
     /// # Examples
     ///

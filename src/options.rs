@@ -6,8 +6,7 @@ use crate::{Db, Result};
 
 /// The longest [`Options::lock_timeout`]: 100 years. Deadlines are
 /// `Instant::now() + timeout`, which must not overflow.
-const MAX_LOCK_TIMEOUT: std::time::Duration =
-    std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+const MAX_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// What an acknowledged write survives.
 ///
@@ -190,8 +189,11 @@ impl Options {
     }
 
     /// Create the file if it does not exist (default `true`). An existing
-    /// empty (0-byte) file is also initialised; any other existing file must
-    /// be a mapkv store.
+    /// empty (0-byte) file is also initialised, if it is the opener's own
+    /// and no more open than [`mode`](Options::mode) (else
+    /// [`Error::Refused`](crate::Error::Refused)); any other existing file
+    /// must be a mapkv store. A symlink whose target does not exist is an
+    /// error: mapkv does not create a store through it.
     ///
     /// # Examples
     ///

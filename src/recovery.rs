@@ -928,3 +928,23 @@ fn install(inner: &Inner, w: &mut Writer, scanned: Scanned, reuse: bool) -> Resu
     w.st = st;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `open_file` itself (not only `Db::open`, which resolves the path
+    /// first) stops at a dangling symlink instead of creating a file it
+    /// can never publish, again and again.
+    #[test]
+    fn open_file_through_a_dangling_symlink_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path().join("missing"), &link).unwrap();
+        let e = open_file(&link, &Options::default())
+            .map(|_| ())
+            .expect_err("a dangling symlink");
+        assert!(e.to_string().contains("symlink"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -229,7 +229,10 @@ fn free_bytes(file: &File) -> Option<u64> {
 pub(crate) fn fill_holes(file: &File, len: u64) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let Ok(len_i) = i64::try_from(len) else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "file too large"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "file too large",
+        ));
     };
     if len == 0 {
         return Ok(());
