@@ -1890,7 +1890,8 @@ impl Db {
         }
     }
 
-    /// The store's file.
+    /// The store's file, as the path given to open (a symlink stays a
+    /// symlink here; the handle uses the real file it named at open).
     ///
     /// # Examples
     ///
@@ -1901,6 +1902,8 @@ impl Db {
     /// assert_eq!(db.path(), path.as_path());
     /// # Ok::<(), mapkv::Error>(())
     /// ```
+    // The caller's path, on purpose: `shared.path` is the resolved one.
+    #[allow(clippy::misnamed_getters)]
     pub fn path(&self) -> &Path {
         &self.shared.given
     }

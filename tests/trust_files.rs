@@ -20,8 +20,12 @@ fn extreme_options_never_panic() {
     const SMALL: u64 = 64 << 20;
     let table: &[(&str, Set)] = &[
         ("initial_size(0)", |o| o.initial_size(0)),
-        ("initial_size(u64::MAX)", |o| o.initial_size(u64::MAX).max_size(SMALL)),
-        ("initial_size(1 << 63)", |o| o.initial_size(1 << 63).max_size(SMALL)),
+        ("initial_size(u64::MAX)", |o| {
+            o.initial_size(u64::MAX).max_size(SMALL)
+        }),
+        ("initial_size(1 << 63)", |o| {
+            o.initial_size(1 << 63).max_size(SMALL)
+        }),
         ("growth_step(0)", |o| o.growth_step(0)),
         ("growth_step(u64::MAX)", |o| o.growth_step(u64::MAX)),
         ("max_size(0)", |o| o.max_size(0)),
@@ -31,8 +35,12 @@ fn extreme_options_never_panic() {
         ("map_reserve(1 << 62)", |o| o.map_reserve(1 << 62)),
         ("capacity(0)", |o| o.capacity(0)),
         ("capacity(u64::MAX)", |o| o.capacity(u64::MAX)),
-        ("expected_keys(u64::MAX)", |o| o.expected_keys(u64::MAX).max_size(SMALL)),
-        ("expected_keys(1 << 40)", |o| o.expected_keys(1 << 40).max_size(SMALL)),
+        ("expected_keys(u64::MAX)", |o| {
+            o.expected_keys(u64::MAX).max_size(SMALL)
+        }),
+        ("expected_keys(1 << 40)", |o| {
+            o.expected_keys(1 << 40).max_size(SMALL)
+        }),
         ("evict_fraction(NaN)", |o| {
             o.capacity(1 << 20).evict_fraction(f64::NAN)
         }),
@@ -117,7 +125,10 @@ fn root(test: &str) -> bool {
     if euid() == 0 {
         return true;
     }
-    eprintln!("{test}: SKIPPED: needs root (euid is {}), to mount or switch users", euid());
+    eprintln!(
+        "{test}: SKIPPED: needs root (euid is {}), to mount or switch users",
+        euid()
+    );
     false
 }
 
@@ -253,7 +264,10 @@ impl Drop for Tmpfs {
             .is_ok_and(|s| s.success());
         if !ok {
             // Busy (a child still running?): detach it at least.
-            let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
         }
     }
 }
@@ -319,7 +333,10 @@ fn sparse_store_on_full_fs_is_an_error_not_sigbus() {
     // With room again, the same store opens and keeps its data.
     std::fs::remove_file(fs.path().join("filler")).unwrap();
     let db = Db::open(&sparse).unwrap();
-    assert_eq!(db.get(3u32.to_le_bytes()).unwrap().as_deref(), Some(&b"small"[..]));
+    assert_eq!(
+        db.get(3u32.to_le_bytes()).unwrap().as_deref(),
+        Some(&b"small"[..])
+    );
     let md = std::fs::metadata(&sparse).unwrap();
     assert!(md.blocks() * 512 >= md.len(), "the holes were filled");
     db.close().unwrap();
@@ -369,7 +386,11 @@ fn compaction_keeps_owner_group_and_mode() {
     db.compact().unwrap();
     let after = std::fs::metadata(&path).unwrap();
     assert_ne!(after.ino(), before.ino(), "compaction made a new file");
-    assert_eq!((after.uid(), after.gid()), (NOBODY, NOBODY), "owner and group");
+    assert_eq!(
+        (after.uid(), after.gid()),
+        (NOBODY, NOBODY),
+        "owner and group"
+    );
     assert_eq!(after.mode() & 0o7777, 0o660, "mode");
     drop(db);
 
@@ -428,12 +449,19 @@ fn compaction_through_a_symlink_keeps_the_symlink() {
     let before = std::fs::metadata(&real).unwrap().ino();
     by_link.compact().unwrap();
     let md = std::fs::symlink_metadata(&link).unwrap();
-    assert!(md.file_type().is_symlink(), "the symlink was replaced by a file");
+    assert!(
+        md.file_type().is_symlink(),
+        "the symlink was replaced by a file"
+    );
     assert_eq!(
         std::fs::read_link(&link).unwrap(),
         Path::new("data/store.mapkv")
     );
-    assert_ne!(std::fs::metadata(&real).unwrap().ino(), before, "not compacted");
+    assert_ne!(
+        std::fs::metadata(&real).unwrap().ino(),
+        before,
+        "not compacted"
+    );
     // One store: a write through either handle is seen through the other
     // and through a new handle by either name.
     by_link.insert(b"after", b"1").unwrap();
@@ -442,7 +470,10 @@ fn compaction_through_a_symlink_keeps_the_symlink() {
     assert_eq!(by_link.get(b"after2").unwrap().as_deref(), Some(&b"2"[..]));
     by_real.compact().unwrap();
     by_link.insert(b"after3", b"3").unwrap();
-    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
     for name in [&link, &real] {
         let db = Db::open(name).unwrap();
         assert_eq!(db.get(b"k0").unwrap().as_deref(), Some(&b"v0"[..]));
@@ -492,7 +523,11 @@ fn dangling_symlink_is_an_error_not_a_loop() {
     let link = dir.path().join("link.mapkv");
     let target = dir.path().join("missing.mapkv");
     std::os::unix::fs::symlink(&target, &link).unwrap();
-    for opts in [Options::new(), Options::new().create(false), Options::new().read_only(true)] {
+    for opts in [
+        Options::new(),
+        Options::new().create(false),
+        Options::new().read_only(true),
+    ] {
         let (tx, rx) = std::sync::mpsc::channel();
         let l = link.clone();
         std::thread::spawn(move || {
@@ -504,12 +539,17 @@ fn dangling_symlink_is_an_error_not_a_loop() {
         let e = res.expect_err("open through a dangling symlink");
         let msg = e.to_string();
         assert!(
-            matches!(e, mapkv::Error::Io { .. }) && msg.contains("symlink") && msg.contains("does not exist"),
+            matches!(e, mapkv::Error::Io { .. })
+                && msg.contains("symlink")
+                && msg.contains("does not exist"),
             "{msg}"
         );
     }
     assert!(!target.exists(), "the target was created");
-    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(names.len(), 1, "temporary files were left: {names:?}");
 }
@@ -531,13 +571,20 @@ fn empty_file_more_open_than_asked_is_refused() {
     empty_file(&path, 0o666);
     match Db::open(&path) {
         Err(mapkv::Error::Refused { reason, .. }) => {
-            assert!(reason.contains("0666") && reason.contains("0600"), "{reason}")
+            assert!(
+                reason.contains("0666") && reason.contains("0600"),
+                "{reason}"
+            )
         }
         Err(e) => panic!("expected Refused, got {e}"),
         Ok(_) => panic!("a 0666 file was adopted"),
     }
     let md = std::fs::metadata(&path).unwrap();
-    assert_eq!((md.len(), md.mode() & 0o777), (0, 0o666), "the file was changed");
+    assert_eq!(
+        (md.len(), md.mode() & 0o777),
+        (0, 0o666),
+        "the file was changed"
+    );
     // Group read is more than the default 0600 ...
     empty_file(&path, 0o640);
     assert!(matches!(Db::open(&path), Err(mapkv::Error::Refused { .. })));
@@ -607,7 +654,13 @@ fn put_file_over_the_limit_is_refused_before_reading() {
     let took = started.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("at most") && stderr.contains("big"), "{stderr}");
-    assert!(took < Duration::from_secs(5), "took {took:?}: it read the file");
+    assert!(
+        stderr.contains("at most") && stderr.contains("big"),
+        "{stderr}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?}: it read the file"
+    );
     assert!(!store.exists(), "the store was created");
 }
