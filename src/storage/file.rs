@@ -222,10 +222,11 @@ fn free_bytes(file: &File) -> Option<u64> {
 /// that no store into the mapping has to allocate: a sparse file (from
 /// `cp --sparse`, `rsync -S`, a restore) on a full disk would otherwise
 /// raise SIGBUS at the first store into a hole. Cheap when there is no
-/// hole: the allocated size and `SEEK_HOLE` are asked first, and only if
-/// either shows a hole (or cannot tell) is `posix_fallocate` run over the
-/// whole length, which fills the holes and leaves the data and the length
-/// as they are.
+/// hole: only if the allocated size (`st_blocks`) is less than the length
+/// is `posix_fallocate` run over the whole length, which fills the holes
+/// and leaves the data and the length as they are. (`SEEK_HOLE` is no
+/// help: ext4 reports preallocated, unwritten blocks, which every mapkv
+/// file has past its log, as holes.)
 pub(crate) fn fill_holes(file: &File, len: u64) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let Ok(len_i) = i64::try_from(len) else {
@@ -234,17 +235,7 @@ pub(crate) fn fill_holes(file: &File, len: u64) -> io::Result<()> {
             "file too large",
         ));
     };
-    if len == 0 {
-        return Ok(());
-    }
-    let allocated = file.metadata()?.blocks().saturating_mul(512);
-    let fd = file.as_raw_fd();
-    // SAFETY: lseek on our own descriptor; no memory passed.
-    let hole = unsafe { libc::lseek(fd, 0, libc::SEEK_HOLE) };
-    // SAFETY: as above; mapkv does not use the file offset, but leave it
-    // where it was found (0) all the same.
-    unsafe { libc::lseek(fd, 0, libc::SEEK_SET) };
-    if allocated >= len && hole >= len_i {
+    if len == 0 || file.metadata()?.blocks().saturating_mul(512) >= len {
         return Ok(());
     }
     fallocate_range(file, 0, len_i)
