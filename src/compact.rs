@@ -202,7 +202,10 @@ impl Db {
     /// [`Error::ReadOnly`] on a read-only handle; [`Error::Locked`] if
     /// another compaction of this store is running; [`Error::OutOfSpace`]
     /// if the new file does not fit (the store is left as it was);
-    /// [`Error::Corrupted`] if a record fails its checks (nothing changes).
+    /// [`Error::Corrupted`] if a record fails its checks (nothing changes);
+    /// [`Error::Refused`] if the store file has a second hard link, or if
+    /// the new file cannot be given the old one's owner, group and mode
+    /// (only root may give a file to another user; nothing changes).
     ///
     /// # Examples
     ///
@@ -300,6 +303,7 @@ impl Db {
             });
         }
         old.check_writable()?;
+        let owner = owner_of(&old)?;
         let lock = CompactLock::take(&old)?;
         if !old.is_current() {
             // Another compaction finished just before we took the lock.
@@ -398,6 +402,12 @@ impl Db {
                 return Err(e);
             }
         };
+        // Before anything is copied: the new file gets the old one's owner,
+        // group and mode, or the compaction does not happen.
+        if let Err(e) = owner.give_to(&new, &old.path) {
+            discard(new, &tmp);
+            return Err(e);
+        }
         let result = (|| {
             let mut copied = 0u64;
             for chunk in live.chunks(per as usize) {
@@ -584,6 +594,72 @@ impl Db {
             generation: generation as u32,
         });
         Ok(o)
+    }
+}
+
+/// Who can open the store: the old file's owner, group and mode, which the
+/// new file must keep.
+struct Owner {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+}
+
+/// The store file's owner, group and mode. Refuses a store with a second
+/// hard link: the rename would replace one name only, and the two names
+/// would then be two different stores.
+fn owner_of(old: &Inner) -> Result<Owner> {
+    use std::os::unix::fs::MetadataExt;
+    let md = old
+        .arena
+        .file()
+        .metadata()
+        .map_err(|source| io_err(&old.path, "stat", source))?;
+    if md.nlink() > 1 {
+        return Err(Error::Refused {
+            path: old.path.clone(),
+            reason: format!(
+                "the store file has {} hard links; compaction replaces the file under one name \
+                 only, which would split it into two stores: remove the other links first",
+                md.nlink()
+            ),
+        });
+    }
+    Ok(Owner {
+        uid: md.uid(),
+        gid: md.gid(),
+        mode: md.mode() & 0o7777,
+    })
+}
+
+impl Owner {
+    /// Give the compaction's new file this owner, group and mode (chown
+    /// first: it may clear the set-id bits, which chmod then restores).
+    /// A process that may not (EPERM: only root can give a file away)
+    /// gets `Error::Refused`.
+    fn give_to(&self, new: &Inner, store: &Path) -> Result<()> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let f = new.arena.file();
+        let refuse = |what: String, e: std::io::Error| Error::Refused {
+            path: store.to_path_buf(),
+            reason: format!(
+                "compaction would change who can open the store: its new file cannot get {what} \
+                 ({e}); compact it as the store's owner or as root"
+            ),
+        };
+        let md = f
+            .metadata()
+            .map_err(|source| io_err(&new.path, "stat", source))?;
+        if (md.uid(), md.gid()) != (self.uid, self.gid) {
+            std::os::unix::fs::fchown(f, Some(self.uid), Some(self.gid)).map_err(|e| {
+                refuse(
+                    format!("the owner uid {} and group gid {}", self.uid, self.gid),
+                    e,
+                )
+            })?;
+        }
+        f.set_permissions(std::fs::Permissions::from_mode(self.mode))
+            .map_err(|e| refuse(format!("the mode {:04o}", self.mode), e))
     }
 }
 

@@ -59,7 +59,12 @@ pub(crate) struct Shared {
     /// The current store. Readers `load` it without touching a reference
     /// count; an old store lives until its last reader lets go of it.
     pub(crate) current: ArcSwap<Inner>,
+    /// The real file's path, resolved once at open (symlinks followed):
+    /// following a move, compaction's new file and its rename all use it,
+    /// so a store opened through a symlink stays one store.
     pub(crate) path: PathBuf,
+    /// The path as the caller gave it ([`Db::path`]).
+    given: PathBuf,
     pub(crate) opts: Options,
     /// Serialises following a move.
     follow: Mutex<()>,
@@ -1442,8 +1447,12 @@ impl Db {
     /// untouched), [`Error::UnsupportedVersion`], [`Error::Corrupted`] if
     /// the store is damaged where it cannot be repaired, [`Error::Locked`]
     /// if another handle held it exclusively (while recovering it) for
-    /// longer than [`Options::lock_timeout`], [`Error::Io`]. Other handles
-    /// having it open is fine: this one joins them.
+    /// longer than [`Options::lock_timeout`], [`Error::Refused`] for an
+    /// existing empty file that is another user's or more open than
+    /// [`Options::mode`], [`Error::OutOfSpace`] if the file has holes (a
+    /// sparse copy) that the disk cannot fill, [`Error::Io`] (also for a
+    /// symlink whose target does not exist). Other handles having it open
+    /// is fine: this one joins them.
     ///
     /// # Examples
     ///
@@ -1469,7 +1478,9 @@ impl Db {
         Db::open_with(path.as_ref(), Options::default())
     }
 
-    pub(crate) fn open_with(path: &Path, opts: Options) -> Result<Db> {
+    pub(crate) fn open_with(given: &Path, opts: Options) -> Result<Db> {
+        let real = recovery::resolve(given)?;
+        let path = real.as_path();
         // A compaction may finish (rename the store) while we join the old
         // file: then open the name again.
         let mut follows = Follows::new(opts.lock_timeout);
@@ -1490,6 +1501,7 @@ impl Db {
             shared: Arc::new(Shared {
                 current: ArcSwap::from_pointee(inner),
                 path: path.to_path_buf(),
+                given: given.to_path_buf(),
                 opts,
                 follow: Mutex::new(()),
                 background: Arc::new(AtomicBool::new(false)),
@@ -2032,7 +2044,8 @@ impl Db {
         }
     }
 
-    /// The store's file.
+    /// The store's file, as the path given to open (a symlink stays a
+    /// symlink here; the handle uses the real file it named at open).
     ///
     /// # Examples
     ///
@@ -2043,8 +2056,10 @@ impl Db {
     /// assert_eq!(db.path(), path.as_path());
     /// # Ok::<(), mapkv::Error>(())
     /// ```
+    // The caller's path, on purpose: `shared.path` is the resolved one.
+    #[allow(clippy::misnamed_getters)]
     pub fn path(&self) -> &Path {
-        &self.shared.path
+        &self.shared.given
     }
 
     /// Close this handle and report any error. Only the last clone closes;

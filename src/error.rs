@@ -64,6 +64,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// mapkv refused to go on because doing so would change who can read
+    /// or write the store: an existing empty file it did not create (owned
+    /// by another user, or more open than `Options::mode`), a compaction
+    /// that cannot give the new file the old one's owner, group and mode,
+    /// or a store with a second hard link. Nothing was changed.
+    #[error("{path}: refused: {reason}")]
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// Why, and what to do about it.
+        reason: String,
+    },
+
     /// The file is a mapkv store of a format version this build cannot read.
     #[error("{path}: mapkv format version {found} is not supported (this build reads version {supported})")]
     UnsupportedVersion {

@@ -4,6 +4,10 @@ use std::path::Path;
 
 use crate::{Db, Result};
 
+/// The longest [`Options::lock_timeout`]: 100 years. Deadlines are
+/// `Instant::now() + timeout`, which must not overflow.
+const MAX_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// What an acknowledged write survives.
 ///
 /// | mode | survives |
@@ -185,8 +189,11 @@ impl Options {
     }
 
     /// Create the file if it does not exist (default `true`). An existing
-    /// empty (0-byte) file is also initialised; any other existing file must
-    /// be a mapkv store.
+    /// empty (0-byte) file is also initialised, if it is the opener's own
+    /// and no more open than [`mode`](Options::mode) (else
+    /// [`Error::Refused`](crate::Error::Refused)); any other existing file
+    /// must be a mapkv store. A symlink whose target does not exist is an
+    /// error: mapkv does not create a store through it.
     ///
     /// # Examples
     ///
@@ -205,6 +212,10 @@ impl Options {
     }
 
     /// Length of a newly created file, rounded up to 64 KiB (default 1 MiB).
+    /// Clamped to the format's limit (512 GiB) and to
+    /// [`max_size`](Options::max_size). The disk blocks are reserved when the
+    /// file is created: a size the disk cannot hold fails the open with
+    /// [`Error::OutOfSpace`](crate::Error::OutOfSpace).
     ///
     /// # Examples
     ///
@@ -216,12 +227,13 @@ impl Options {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn initial_size(mut self, bytes: u64) -> Options {
-        self.initial_size = bytes;
+        self.initial_size = bytes.min(crate::storage::MAX_FILE_LEN);
         self
     }
 
     /// Growth doubles the file until a step would exceed this, then grows by
-    /// this much (default 1 GiB). Rounded up to 64 KiB.
+    /// this much (default 1 GiB). Rounded up to 64 KiB; any value works
+    /// (growth never goes past [`max_size`](Options::max_size)).
     ///
     /// # Examples
     ///
@@ -267,7 +279,14 @@ impl Options {
     }
 
     /// Permission bits for a newly created file (default `0o600`: only the
-    /// owner can read or write it; the umask still applies).
+    /// owner can read or write it; the umask still applies). Bits above
+    /// `0o7777` are ignored.
+    ///
+    /// It also bounds which existing empty file mapkv adopts as a new
+    /// store: only one owned by the opener's effective user and no more
+    /// open to group and others than `mode`; any other is refused with
+    /// [`Error::Refused`](crate::Error::Refused) (someone else may have
+    /// made it to read what the store will hold).
     ///
     /// # Examples
     ///
@@ -281,7 +300,7 @@ impl Options {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn mode(mut self, mode: u32) -> Options {
-        self.mode = mode;
+        self.mode = mode & 0o7777;
         self
     }
 
@@ -306,7 +325,8 @@ impl Options {
     /// Address space to reserve for the mapping up front (default 16 GiB;
     /// no memory or disk is used for it). The file grows in place up to this
     /// size; past it the file is mapped again at twice the size, and the old
-    /// mapping stays until the store is closed.
+    /// mapping stays until the store is closed. Clamped to 512 GiB, the
+    /// largest file the format allows.
     ///
     /// # Examples
     ///
@@ -323,7 +343,7 @@ impl Options {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn map_reserve(mut self, bytes: u64) -> Options {
-        self.map_reserve = bytes;
+        self.map_reserve = bytes.min(crate::storage::MAX_FILE_LEN);
         self
     }
 
@@ -347,6 +367,9 @@ impl Options {
     ///   [`read_consistent`](crate::Db::read_consistent) on a read-only
     ///   handle waiting for a quiet moment.
     ///
+    /// Longer than 100 years (such as `Duration::MAX`) is clamped to 100
+    /// years: wait for ever, in practice.
+    ///
     /// # Examples
     ///
     /// ```
@@ -362,7 +385,7 @@ impl Options {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn lock_timeout(mut self, timeout: std::time::Duration) -> Options {
-        self.lock_timeout = timeout;
+        self.lock_timeout = timeout.min(MAX_LOCK_TIMEOUT);
         self
     }
 
@@ -370,7 +393,7 @@ impl Options {
     /// the log dead (overwritten or removed data, old index tables) and the
     /// log is over 1 MiB, a background thread runs [`Db::compact`]. `None`
     /// (the default) never compacts by itself. Values are clamped to
-    /// 0.1..=0.95.
+    /// 0.1..=0.95; NaN means `None`.
     ///
     /// The thread compacts online: readers never wait, writers wait only
     /// for the final catch-up. Compaction rewrites the live data into a new
@@ -386,7 +409,7 @@ impl Options {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn auto_compact(mut self, fraction: Option<f64>) -> Options {
-        self.auto_compact = fraction.map(|f| f.clamp(0.1, 0.95));
+        self.auto_compact = fraction.filter(|f| !f.is_nan()).map(|f| f.clamp(0.1, 0.95));
         self
     }
 
@@ -433,7 +456,8 @@ impl Options {
     }
 
     /// Cache mode: the share of the capacity an eviction frees (default
-    /// 0.1; clamped to 0.02..=0.5). Each eviction rewrites the entries that
+    /// 0.1; clamped to 0.02..=0.5; NaN means the default). Each eviction
+    /// rewrites the entries that
     /// stay, so a smaller share means fewer entries lost per eviction but
     /// more copying per byte written: about `(1 - f) / f` bytes copied per
     /// byte inserted.

@@ -99,7 +99,11 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
             source,
         }
     };
+    // Bounded: each pass either opens the file or creates it (and another
+    // process may remove it again before we open it).
+    let mut attempts = 0;
     let file = loop {
+        attempts += 1;
         // A read-only handle still opens the file for writing when it may:
         // it then maps it read-write to register as a waiter for change
         // notifications (the only store it ever makes). See Db::wait_for_change.
@@ -114,6 +118,12 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
             Err(e)
                 if e.kind() == std::io::ErrorKind::NotFound && opts.create && !opts.read_only =>
             {
+                if let Some(e) = dangling_symlink(path) {
+                    return Err(e);
+                }
+                if attempts > OPEN_ATTEMPTS {
+                    return Err(ioe("open (the file was created, but kept disappearing before it could be opened)")(e));
+                }
                 let (f, tmp) = file::create_temp(path, opts.mode).map_err(ioe("create file"))?;
                 if let Err(e) = init_file(&f, opts) {
                     let _ = std::fs::remove_file(&tmp);
@@ -123,7 +133,7 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
                 // If another process created the file first, open theirs.
                 file::publish(&tmp, path).map_err(ioe("publish new file"))?;
             }
-            Err(e) => return Err(ioe("open")(e)),
+            Err(e) => return Err(dangling_symlink(path).unwrap_or_else(|| ioe("open")(e))),
         }
     };
     let md = file.metadata().map_err(ioe("stat"))?;
@@ -155,6 +165,7 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
                 reason: "the file is empty".into(),
             });
         }
+        adoptable(&md, opts, path)?;
         init_file(&file, opts).map_err(ioe("initialise empty file"))?;
         len = file.metadata().map_err(ioe("stat"))?.len();
     }
@@ -180,6 +191,11 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
                          that finds it alone",
             });
         }
+    }
+    if !opts.read_only {
+        // Only now that the file is known to be a store: never allocate
+        // into a file that is something else.
+        fill_holes(&file, len, path)?;
     }
     let corrupt = |offset, what: String| Error::Corrupted {
         path: path.to_path_buf(),
@@ -239,6 +255,121 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
         sole,
         live,
         upgrade,
+    })
+}
+
+/// The real path of the store at `path`, resolved once at open: symlinks
+/// followed to the real file (or, if nothing is there yet, the real
+/// directory joined with the name). Compaction renames its new file over
+/// this path, so a symlink at the caller's path keeps pointing at the store.
+pub(crate) fn resolve(path: &Path) -> Result<std::path::PathBuf> {
+    let io = |source| Error::Io {
+        op: "resolve the path",
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::canonicalize(path) {
+        Ok(real) => Ok(real),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(e) = dangling_symlink(path) {
+                return Err(e);
+            }
+            // Nothing there yet: the real directory, and the name.
+            let (Some(name), Some(dir)) = (path.file_name(), path.parent()) else {
+                return Ok(path.to_path_buf());
+            };
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            match std::fs::canonicalize(dir) {
+                Ok(d) => Ok(d.join(name)),
+                // A missing directory: the open reports it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(path.to_path_buf()),
+                Err(e) => Err(io(e)),
+            }
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// How many times `open_file` creates the file because it was missing
+/// before it gives up.
+const OPEN_ATTEMPTS: u32 = 8;
+
+/// If `path` is a symlink whose target does not exist, the error that
+/// says so. (Creating the target through it would put the store somewhere
+/// the caller did not name; `link` refuses to replace the symlink, so the
+/// open would never find the file it made.)
+fn dangling_symlink(path: &Path) -> Option<Error> {
+    let md = std::fs::symlink_metadata(path).ok()?;
+    if !md.file_type().is_symlink() || std::fs::metadata(path).is_ok() {
+        return None;
+    }
+    let target = std::fs::read_link(path)
+        .map(|t| t.display().to_string())
+        .unwrap_or_else(|_| "?".into());
+    Some(Error::Io {
+        op: "open",
+        path: path.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("the path is a symlink to {target}, which does not exist (mapkv does not create a store through a dangling symlink)"),
+        ),
+    })
+}
+
+/// Whether an existing empty file may become a store: only if it is the
+/// opener's own (effective uid) and no more open to group and others than
+/// `Options::mode`. Anything else may have been put there by someone else
+/// to read or change what the store will hold.
+fn adoptable(md: &std::fs::Metadata, opts: &Options, path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let me = file::euid();
+    let refuse = |reason: String| Error::Refused {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if md.uid() != me {
+        return Err(refuse(format!(
+            "the file is empty and owned by uid {}, not by this process's uid {me}: \
+             mapkv makes an existing empty file into a store only if it is the opener's own \
+             (someone else may have created it to read the store); remove it, or create it as this user",
+            md.uid()
+        )));
+    }
+    let mode = md.mode() & 0o7777;
+    let extra = mode & 0o077 & !(opts.mode & 0o077);
+    if extra != 0 || mode & 0o7000 != 0 {
+        return Err(refuse(format!(
+            "the file is empty and its mode {mode:04o} is more open than the requested {:04o}: \
+             mapkv makes an existing empty file into a store only if group and others get no more \
+             than asked for; chmod it or remove it",
+            opts.mode
+        )));
+    }
+    Ok(())
+}
+
+/// A writable open fills the file's holes (see `file::fill_holes`), or
+/// fails: a full disk is an `OutOfSpace` here, never a SIGBUS later.
+fn fill_holes(f: &std::fs::File, len: u64, path: &Path) -> Result<()> {
+    file::fill_holes(f, len).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => Error::OutOfSpace {
+            path: path.to_path_buf(),
+            wanted: len,
+            reason: format!(
+                "the file has holes (a sparse copy or restore?) and the filesystem cannot \
+                 allocate them ({e}); writing into a hole on a full disk would end in SIGBUS, \
+                 so the store is not opened for writing: free some space, or open it read-only"
+            ),
+        },
+        _ => Error::Io {
+            op: "allocate the file's holes",
+            path: path.to_path_buf(),
+            source: e,
+        },
     })
 }
 
@@ -371,9 +502,11 @@ fn read_meta(f: &std::fs::File, len: u64, path: &Path) -> Result<(Meta, u64)> {
 fn init_file(f: &std::fs::File, opts: &Options) -> std::io::Result<()> {
     let log2 = index::log2cap_for(opts.expected_keys);
     let chunk = ARENA_START;
-    let table = record::index_table_start(chunk).expect("small offset");
+    let table = record::index_table_start(chunk).unwrap_or(chunk);
     let tail = table + (8u64 << log2);
-    let len = align_up(opts.initial_size.max(tail + GRANULE), GRANULE).expect("small length");
+    // Options clamp the initial size to the format's limit; saturate anyway
+    // (the limit below cuts it).
+    let len = align_up(opts.initial_size.max(tail + GRANULE), GRANULE).unwrap_or(u64::MAX);
     let limit = opts.size_limit();
     if tail > limit {
         return Err(std::io::Error::new(
@@ -866,4 +999,24 @@ fn install(inner: &Inner, w: &mut Writer, scanned: Scanned, reuse: bool) -> Resu
     st.index_used = n;
     w.st = st;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `open_file` itself (not only `Db::open`, which resolves the path
+    /// first) stops at a dangling symlink instead of creating a file it
+    /// can never publish, again and again.
+    #[test]
+    fn open_file_through_a_dangling_symlink_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path().join("missing"), &link).unwrap();
+        let e = open_file(&link, &Options::default())
+            .map(|_| ())
+            .expect_err("a dangling symlink");
+        assert!(e.to_string().contains("symlink"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 }

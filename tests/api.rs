@@ -343,8 +343,16 @@ fn expected_keys_presizes_the_index() {
 
 #[test]
 fn empty_existing_file_is_initialised() {
+    use std::os::unix::fs::OpenOptionsExt;
     let (_d, path) = store();
-    std::fs::File::create(&path).unwrap();
+    // Our own, and no more open than the default mode 0600: adopted (see
+    // tests/trust_files.rs for the files that are refused).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap();
     let db = Db::open(&path).unwrap();
     db.insert(b"k", b"v").unwrap();
     assert_eq!(db.get(b"k").unwrap().unwrap(), &b"v"[..]);

@@ -551,18 +551,25 @@ fn put(
     let value = match (value, from_file) {
         (Some(v), _) => cx.arg("VALUE", v)?,
         (None, Some(p)) => {
-            std::fs::read(&p).map_err(|e| Fail::error(format!("{}: {e}", p.display())))?
+            let what = p.display().to_string();
+            let f = std::fs::File::open(&p).map_err(|e| Fail::error(format!("{what}: {e}")))?;
+            // Refuse an oversized file by its length, before reading any
+            // of it; `read_limited` catches the ones whose length says
+            // nothing (pipes, devices).
+            let len = f
+                .metadata()
+                .map_err(|e| Fail::error(format!("{what}: {e}")))?
+                .len();
+            if len > mapkv::MAX_VALUE_LEN as u64 {
+                return Err(too_large(&what, len, true));
+            }
+            read_limited(f, &what)?
         }
         (None, None) => {
             if io::stdin().is_terminal() {
                 eprintln!("mapkv: reading the value from standard input (end it with Ctrl-D)");
             }
-            let mut v = Vec::new();
-            io::stdin()
-                .lock()
-                .read_to_end(&mut v)
-                .map_err(|e| Fail::error(format!("reading standard input: {e}")))?;
-            v
+            read_limited(io::stdin().lock(), "standard input")?
         }
     };
     let db = cx.open_write(file, true)?;
@@ -572,6 +579,29 @@ fn put(
         print_json(&json!({"ok": true, "key": b64(&key), "value_len": value.len()}))?;
     }
     Ok(())
+}
+
+/// Read a value to its end, but never more than one byte past the largest
+/// value a store takes.
+fn read_limited(r: impl Read, what: &str) -> Res<Vec<u8>> {
+    let mut v = Vec::new();
+    r.take(mapkv::MAX_VALUE_LEN as u64 + 1)
+        .read_to_end(&mut v)
+        .map_err(|e| Fail::error(format!("reading {what}: {e}")))?;
+    if v.len() > mapkv::MAX_VALUE_LEN {
+        return Err(too_large(what, mapkv::MAX_VALUE_LEN as u64, false));
+    }
+    Ok(v)
+}
+
+/// The refusal of a value over the limit: `len` bytes, or more if it
+/// was only read up to the limit (`exact` false).
+fn too_large(what: &str, len: u64, exact: bool) -> Fail {
+    let more = if exact { "" } else { "more than " };
+    Fail::error(format!(
+        "{what}: the value would be {more}{len} bytes, but a value is at most {} bytes; nothing was written",
+        mapkv::MAX_VALUE_LEN
+    ))
 }
 
 fn del(cx: &Ctx, file: &Path, key: OsString) -> Res {

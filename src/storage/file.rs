@@ -308,20 +308,25 @@ pub(crate) fn reopen(file: &File, path: &Path) -> io::Result<File> {
 /// We call `posix_fallocate` directly rather than `fs2::FileExt::allocate`:
 /// posix_fallocate returns its error number instead of setting errno, and
 /// fs2 0.4 reads errno, which turns ENOSPC into an unrelated error. Where the
-/// filesystem cannot allocate (EOPNOTSUPP), we fall back to `set_len`.
-/// On failure the file length is put back to `old_len`.
+/// filesystem cannot allocate (EOPNOTSUPP), this fails: extending the file
+/// without blocks would leave a hole, and a store into a hole on a full disk
+/// is a SIGBUS. A request that is larger than the filesystem's free space is
+/// refused up front (ENOSPC) rather than filling the disk for everyone and
+/// failing at the end. On failure the file length is put back to `old_len`.
 pub(crate) fn allocate(file: &File, old_len: u64, new_len: u64) -> io::Result<()> {
-    let len = i64::try_from(new_len - old_len)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "growth too large"))?;
-    // SAFETY: plain syscall wrapper on our own descriptor; no memory passed.
-    let rc = unsafe {
-        libc::posix_fallocate(file.as_raw_fd(), old_len as libc::off_t, len as libc::off_t)
-    };
-    let res = match rc {
-        0 => Ok(()),
-        libc::EOPNOTSUPP | libc::ENOSYS => file.set_len(new_len),
-        e => Err(io::Error::from_raw_os_error(e)),
-    };
+    let len = new_len
+        .checked_sub(old_len)
+        .and_then(|n| i64::try_from(n).ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "growth too large"))?;
+    let start = i64::try_from(old_len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+    if len == 0 {
+        return Ok(());
+    }
+    if free_bytes(file).is_some_and(|free| len as u64 > free) {
+        return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+    }
+    let res = fallocate_range(file, start, len);
     if let Err(e) = res {
         // posix_fallocate may leave the size changed on failure; nobody maps
         // past old_len yet, so putting it back is safe.
@@ -331,6 +336,72 @@ pub(crate) fn allocate(file: &File, old_len: u64, new_len: u64) -> io::Result<()
         return Err(e);
     }
     Ok(())
+}
+
+/// `posix_fallocate(fd, start, len)`, with its error number as an
+/// `io::Error`; EOPNOTSUPP and ENOSYS get a message that says why mapkv
+/// needs it.
+fn fallocate_range(file: &File, start: i64, len: i64) -> io::Result<()> {
+    // SAFETY: plain syscall wrapper on our own open descriptor; no memory
+    // is passed, and both arguments are non-negative `off_t`s.
+    let rc = unsafe {
+        libc::posix_fallocate(file.as_raw_fd(), start as libc::off_t, len as libc::off_t)
+    };
+    match rc {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::ENOSYS => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "the filesystem cannot reserve disk blocks ({}); mapkv does not leave \
+                 holes in the file, because a store into a hole on a full disk is a SIGBUS",
+                io::Error::from_raw_os_error(rc)
+            ),
+        )),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Bytes the filesystem holding `file` has free, if it says.
+fn free_bytes(file: &File) -> Option<u64> {
+    // SAFETY: an all-zero `statvfs` is a valid value for fstatvfs to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatvfs on our own descriptor writes only into `st`, a local
+    // that outlives the call.
+    let rc = unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) };
+    if rc != 0 || st.f_frsize == 0 {
+        return None;
+    }
+    Some((st.f_bfree as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Make sure every block below `len` (the file's length) is allocated, so
+/// that no store into the mapping has to allocate: a sparse file (from
+/// `cp --sparse`, `rsync -S`, a restore) on a full disk would otherwise
+/// raise SIGBUS at the first store into a hole. Cheap when there is no
+/// hole: only if the allocated size (`st_blocks`) is less than the length
+/// is `posix_fallocate` run over the whole length, which fills the holes
+/// and leaves the data and the length as they are. (`SEEK_HOLE` is no
+/// help: ext4 reports preallocated, unwritten blocks, which every mapkv
+/// file has past its log, as holes.)
+pub(crate) fn fill_holes(file: &File, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(len_i) = i64::try_from(len) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "file too large",
+        ));
+    };
+    if len == 0 || file.metadata()?.blocks().saturating_mul(512) >= len {
+        return Ok(());
+    }
+    fallocate_range(file, 0, len_i)
+}
+
+/// The effective user id of this process.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions, touches no memory of ours and
+    // cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// 16 bytes that identify the running kernel boot.
