@@ -311,13 +311,18 @@ impl Db {
         let c = old.control()?;
         let (st0, _) = c.snapshot(1_000_000);
         let len_before = old.arena.len();
+        // Its counters size allocations and the new file: never more than
+        // the file can hold, whatever the control block says.
+        // (The file may have grown in another process since this handle
+        // last looked: ask for its length now.)
+        let st0 = crate::db::bounded(st0, old.arena.refresh().unwrap_or(len_before));
 
         // Live entries of the current table, as of now; entries that have
         // expired are left behind (that is their space coming back).
         let (ot, d0) = old.table_at(st0.index_desc)?;
         let capacity = c.capacity();
         let now = now_ms();
-        let mut live = Vec::with_capacity(st0.live_keys as usize);
+        let mut live = Vec::with_capacity(st0.live_keys.min(d0.capacity()) as usize);
         let mut expired = 0u64;
         // Headers are scattered over the log: keep the loads of the next
         // slots' headers in flight while this one is read.
@@ -375,7 +380,7 @@ impl Db {
             let budget = ((capacity as f64) * (1.0 - fraction)) as u64;
             let overhead = storage::ARENA_START + 2 * 4096 + d0.bytes();
             let keep = budget.saturating_sub(overhead);
-            let total: u64 = live.iter().map(|e| e.len).sum();
+            let total = live.iter().fold(0u64, |a, e| a.saturating_add(e.len));
             let need = total.saturating_sub(keep).max(min_free);
             evicted = select_for_eviction(&mut live, need);
         }
@@ -482,8 +487,11 @@ impl Db {
             // The cache counters move with the store.
             let [ev, ex, runs] = c.cache_counters();
             let is_evict = matches!(plan, Plan::Evict { .. }) as u64;
-            new.control()?
-                .set_cache_counters([ev + evicted, ex + expired, runs + is_evict]);
+            new.control()?.set_cache_counters([
+                ev.saturating_add(evicted),
+                ex.saturating_add(expired),
+                runs.saturating_add(is_evict),
+            ]);
             c.set_magic(MOVING_MAGIC);
             if let Err(source) = std::fs::rename(&tmp, &self.shared.path) {
                 c.set_magic(crate::storage::control::CONTROL_MAGIC);

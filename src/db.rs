@@ -468,6 +468,25 @@ impl From<TableFull> for Error {
     }
 }
 
+/// The smallest record: a header and an empty key (an upper bound on how
+/// many keys a log of a given length can hold).
+pub(crate) const MIN_RECORD_LEN: u64 = HEADER_LEN;
+
+/// `st` with every counter clamped to what a file of `file_len` bytes can
+/// hold. The control block may hold anything (another process, a crash, an
+/// attacker): a counter read from it drives a choice or an allocation only
+/// after passing through here (or `recovery::plausible`).
+pub(crate) fn bounded(mut st: State, file_len: u64) -> State {
+    st.tail = st.tail.min(file_len).min(storage::MAX_FILE_LEN);
+    let log = st.tail.saturating_sub(ARENA_START);
+    st.live_bytes = st.live_bytes.min(log);
+    st.live_keys = st.live_keys.min(log / MIN_RECORD_LEN);
+    let slots = Desc::decode(st.index_desc).map_or(0, |d| d.capacity());
+    st.index_used = st.index_used.min(slots);
+    st.live_keys = st.live_keys.min(slots);
+    st
+}
+
 impl Inner {
     pub(crate) fn corrupt(&self, offset: u64, what: impl Into<String>) -> Error {
         Error::Corrupted {
@@ -546,13 +565,35 @@ impl Inner {
         g.w.dur = c.durable();
         let dirty = c.writer() != 0;
         c.set_writer(self.pid);
-        if dirty || !consistent {
+        if dirty || !consistent || !self.trustworthy(&st, &g.w.dur) {
             let _r = self.recovering();
             recovery::repair_live(self, &mut g.w)?;
         } else {
             g.w.st = st;
         }
         Ok(g)
+    }
+
+    /// Whether the writer state read from the control block can be
+    /// written on: its counters and offsets within what the file holds,
+    /// the durable bookkeeping at or below them. If not (a hostile or
+    /// damaged word), the writer repairs the store from the log first
+    /// instead of appending at an offset the file never gave it. A few
+    /// compares; the file's length is looked up again only when the tail
+    /// seems to be past it (another process grew the file).
+    fn trustworthy(&self, st: &State, dur: &Durable) -> bool {
+        let plausible = recovery::plausible(self, st)
+            || (st.tail > self.arena.len()
+                && self.arena.refresh().is_ok()
+                && recovery::plausible(self, st));
+        plausible
+            && dur.tail % 8 == 0
+            && dur.tail >= ARENA_START
+            && dur.tail <= st.tail
+            && seq_of(dur.seq_gen) <= seq_of(st.seq_gen)
+            && dur.len <= storage::MAX_FILE_LEN
+            && (dur.synced_copy == META_A_OFFSET || dur.synced_copy == META_B_OFFSET)
+            && dur.meta_seq <= u64::MAX / 4
     }
 
     /// Whether the store's path now names a different file than ours.
@@ -1759,7 +1800,16 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn len(&self) -> u64 {
-        self.inner().control().map(|c| c.live_keys()).unwrap_or(0)
+        let i = self.inner();
+        let Ok(c) = i.control() else {
+            return 0;
+        };
+        // Never more keys than the log could hold.
+        let log = c
+            .tail()
+            .min(storage::MAX_FILE_LEN)
+            .saturating_sub(ARENA_START);
+        c.live_keys().min(log / MIN_RECORD_LEN)
     }
 
     /// Whether the store has no keys.
@@ -1845,8 +1895,9 @@ impl Db {
     /// ```
     pub fn stats(&self) -> Stats {
         let i = self.inner();
+        let file_len = i.arena.refresh().unwrap_or_else(|_| i.arena.len());
         let (st, dur) = match i.control() {
-            Ok(c) => (c.snapshot(1000).0, c.durable()),
+            Ok(c) => (bounded(c.snapshot(1000).0, file_len), c.durable()),
             Err(_) => (State::default(), Durable::default()),
         };
         let d = Desc::decode(st.index_desc);
@@ -1861,7 +1912,7 @@ impl Db {
                 .saturating_sub(index_bytes),
             index_bytes,
             used_bytes,
-            file_len: i.arena.refresh().unwrap_or_else(|_| i.arena.len()),
+            file_len,
             index_capacity: cap,
             index_used: st.index_used,
             index_load: if cap > 0 {

@@ -438,6 +438,7 @@ pub(crate) fn recover(
 /// switches readers to it. Then bumps the generation, durably, so that bytes
 /// the dead writer left past the new tail can never join a later commit.
 pub(crate) fn repair_live(inner: &Inner, w: &mut Writer) -> Result<()> {
+    sane_durable(inner, w, u64::MAX)?;
     let c = inner.control()?;
     let (st, consistent) = c.snapshot(1);
     let replayed = consistent
@@ -466,8 +467,49 @@ pub(crate) fn repair_live(inner: &Inner, w: &mut Writer) -> Result<()> {
         w.st.generation = w.st.generation.max(generation);
     }
     w.st.generation = (w.st.generation + 1) & 0xffff;
+    sane_durable(inner, w, w.st.tail)?;
     publish(inner, w);
     inner.write_meta(w, 0, true)?;
+    Ok(())
+}
+
+/// The writer's durable bookkeeping comes from the control block, which
+/// may hold anything: if it names a log tail outside `ARENA_START..=upto`
+/// or the file, a meta copy that does not exist or an impossible sequence
+/// number, take it from the newest valid meta copy in the mapping instead
+/// (what the file itself says is durable), so that the next meta written
+/// never names more log than there is.
+fn sane_durable(inner: &Inner, w: &mut Writer, upto: u64) -> Result<()> {
+    let d = &w.dur;
+    let len = inner.arena.len();
+    let ok = d.tail % 8 == 0
+        && d.tail >= ARENA_START
+        && d.tail <= len.min(upto)
+        && d.len <= crate::storage::MAX_FILE_LEN
+        && (d.synced_copy == 0 || d.synced_copy == META_B_OFFSET)
+        && d.meta_seq <= u64::MAX / 4;
+    if ok {
+        return Ok(());
+    }
+    let read = |off: u64| -> MetaRead {
+        let mut b = [0u8; META_LEN];
+        match inner.arena.read(off, &mut b) {
+            Ok(()) => Meta::decode(&b),
+            Err(_) => MetaRead::Foreign,
+        }
+    };
+    let a = read(0);
+    let m = meta::choose(a, read(META_B_OFFSET))
+        .map_err(|_| inner.corrupt(0, "no valid meta copy while repairing the store"))?;
+    w.dur.tail = m.tail.min(upto);
+    w.dur.seq_gen = m.seq_gen;
+    w.dur.len = m.file_len.min(len);
+    w.dur.meta_seq = m.meta_seq;
+    w.dur.synced_copy = if a == MetaRead::Valid(m) {
+        0
+    } else {
+        META_B_OFFSET
+    };
     Ok(())
 }
 
@@ -532,7 +574,7 @@ fn publish(inner: &Inner, w: &Writer) {
 }
 
 /// Basic bounds of a state read from the file.
-fn plausible(inner: &Inner, st: &State) -> bool {
+pub(crate) fn plausible(inner: &Inner, st: &State) -> bool {
     let len = inner.arena.len();
     let Some(d) = Desc::decode(st.index_desc) else {
         return false;
