@@ -1604,7 +1604,7 @@ impl Inner {
         // Readers count hits for eviction only in cache mode, and only
         // where they may write the mapping.
         inner.cache = inner.control().is_ok_and(|c| c.capacity() != 0);
-        inner.count_hits = inner.cache && mode == MapMode::Shared;
+        inner.count_hits = inner.cache && mode == MapMode::Shared && !opts.read_only;
         inner.closed = AtomicBool::new(false);
         Ok(inner)
     }

@@ -91,16 +91,10 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
         }
     };
     let file = loop {
-        // A read-only handle still opens the file for writing when it may:
-        // it then maps it read-write to register as a waiter for change
-        // notifications (the only store it ever makes). See Db::wait_for_change.
-        let attempt = match file::open_existing(path, true) {
-            Err(e) if opts.read_only && e.kind() != std::io::ErrorKind::NotFound => {
-                file::open_existing(path, false)
-            }
-            other => other,
-        };
-        match attempt {
+        // A read-only handle opens the file read-only and maps it so: it
+        // never writes the file, not even a hit count or a waiter count
+        // (the kernel holds it to that). See Db::wait_for_change.
+        match file::open_existing(path, !opts.read_only) {
             Ok(f) => break f,
             Err(e)
                 if e.kind() == std::io::ErrorKind::NotFound && opts.create && !opts.read_only =>

@@ -248,3 +248,84 @@ impl Lossy for std::process::Child {
         s
     }
 }
+
+/// The file's bytes and modification time.
+fn fingerprint(path: &Path) -> (Vec<u8>, std::time::SystemTime) {
+    let md = std::fs::metadata(path).unwrap();
+    (std::fs::read(path).unwrap(), md.modified().unwrap())
+}
+
+/// A read-only handle never writes the file, in any mode: gets (hits and
+/// misses; in cache mode a read-write handle would count the hits in the
+/// slots), iteration, statistics, a check, a wait for a change that times
+/// out, and close leave every byte and the mtime as they were.
+#[test]
+fn a_read_only_handle_leaves_the_file_byte_for_byte_unchanged() {
+    for cache in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ro.mapkv");
+        let o = Options::new();
+        let db = if cache { o.capacity(1 << 20) } else { o }
+            .open(&path)
+            .unwrap();
+        fill(&db, 0, 500, 100).unwrap();
+        db.insert_with_ttl("short", "lived", Duration::from_millis(1))
+            .unwrap();
+        db.close().unwrap();
+        let before = fingerprint(&path);
+        // Let the clock move past the mtime's granularity, so that a write
+        // would show in it.
+        std::thread::sleep(Duration::from_millis(20));
+
+        let ro = Options::new().read_only(true).open(&path).unwrap();
+        for round in 0..3 {
+            for i in 0..600u32 {
+                let got = ro.get(format!("key-{i}")).unwrap();
+                assert_eq!(got.is_some(), i < 500, "round {round} key {i}");
+            }
+        }
+        assert!(ro.get("short").unwrap().is_none());
+        assert_eq!(ro.iter().count(), 500);
+        let _ = ro.get_many(&["key-1", "absent"]).unwrap();
+        let _ = ro.stats();
+        let _ = ro.cache_stats();
+        ro.check().unwrap();
+        let seq = ro.commit_seq();
+        let waited = Instant::now();
+        assert_eq!(ro.wait_for_change(seq, Duration::from_millis(50)), seq);
+        assert!(waited.elapsed() >= Duration::from_millis(50));
+        assert!(ro.insert("k", "v").is_err());
+        ro.close().unwrap();
+
+        let after = fingerprint(&path);
+        assert!(
+            before.0 == after.0,
+            "cache {cache}: a read-only handle changed the file's bytes (first at {:?})",
+            before.0.iter().zip(&after.0).position(|(a, b)| a != b)
+        );
+        assert_eq!(before.1, after.1, "cache {cache}: mtime changed");
+    }
+}
+
+/// A read-only handle still sees changes promptly without registering as
+/// a waiter: a commit from a read-write handle wakes its wait within a few
+/// milliseconds (it polls with bounded futex waits).
+#[test]
+fn a_read_only_waiter_sees_a_commit_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wait.mapkv");
+    let db = Db::open(&path).unwrap();
+    let ro = Options::new().read_only(true).open(&path).unwrap();
+    let seq = ro.commit_seq();
+    let w = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        db.insert("news", "!").unwrap();
+        Instant::now()
+    });
+    let now = ro.wait_for_change(seq, Duration::from_secs(10));
+    let woke = Instant::now();
+    let committed = w.join().unwrap();
+    assert!(now > seq);
+    assert!(woke.duration_since(committed) < Duration::from_millis(500));
+    assert_eq!(ro.get("news").unwrap().as_deref(), Some(&b"!"[..]));
+}
