@@ -107,6 +107,8 @@ pub(crate) enum Plan {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
     off: u64,
+    /// Its slot word when the compaction started (for the tag check).
+    word: u64,
     /// Its slot in the old table.
     slot: usize,
     /// Hits counted since it was written or last kept (0..=3), when the
@@ -269,15 +271,25 @@ impl Db {
     /// One compaction or eviction at a time per handle; if another one
     /// moved the store meanwhile, start over on the new file.
     fn run(&self, progress: &mut dyn FnMut(u64, u64), plan: Plan) -> Result<CompactReport> {
+        self.repair_if_suspect();
         let Some(_one) = self.shared.compacting.try_lock() else {
             return Err(Error::Locked {
                 path: self.shared.path.clone(),
                 detail: "another compaction of this store is running",
             });
         };
+        let mut repaired = false;
         for _ in 0..5 {
             match self.compact_once(progress, plan) {
                 Err(Error::Moved) => continue,
+                // A slot that disagrees with the log: rebuild the index
+                // from the log and start again.
+                Err(e @ Error::Corrupted { .. }) if !repaired => {
+                    repaired = true;
+                    if !self.repair_after(&e) {
+                        return Err(e);
+                    }
+                }
                 r => return r,
             }
         }
@@ -356,6 +368,7 @@ impl Db {
             let len = crate::log::record::record_len(h.key_len as usize, h.val_len as usize);
             live.push(Entry {
                 off,
+                word: w,
                 slot,
                 hits: freq,
                 freq,
@@ -410,7 +423,7 @@ impl Db {
                 for e in chunk.iter().take(AHEAD) {
                     old.arena.prefetch(e.off, 256);
                 }
-                for (i, &Entry { off, .. }) in chunk.iter().enumerate() {
+                for (i, &Entry { off, word, .. }) in chunk.iter().enumerate() {
                     if let Some(e) = chunk.get(i + AHEAD) {
                         old.arena.prefetch(e.off, 256);
                     }
@@ -418,7 +431,15 @@ impl Db {
                     if h.kind != KIND_PUT {
                         return Err(old.corrupt(off, "live slot points at a non-put record"));
                     }
-                    bufs.push((h, old.read_record(off, &h)?));
+                    let b = old.read_record(off, &h)?;
+                    let key = &b[..h.key_len as usize];
+                    if !index::same_tag(word, index::hash(old.hash_seed, key)) {
+                        return Err(old.corrupt(
+                            off,
+                            "a slot's tag does not match the key of the record it points at",
+                        ));
+                    }
+                    bufs.push((h, b));
                 }
                 let ops: Vec<Op<'_>> = bufs.iter().map(|(h, b)| put_op(h, b)).collect();
                 new.commit(&ops)?;
@@ -430,6 +451,15 @@ impl Db {
                 }
                 copied += chunk.len() as u64;
                 progress(copied, n);
+            }
+            // Two slots of the old table for one key (one of them stale):
+            // the copy holds fewer keys than it copied.
+            let keys = new.control()?.live_keys();
+            if keys != copied {
+                return Err(old.corrupt(
+                    d0.start,
+                    format!("the index holds {copied} live slots for {keys} distinct keys"),
+                ));
             }
             // Catch up without the lock while much is left.
             let mut pos = st0.tail;

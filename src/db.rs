@@ -72,6 +72,9 @@ pub(crate) struct Shared {
     /// cross-process compaction lock is per open file description, which
     /// clones share, so it cannot tell them apart.
     pub(crate) compacting: Mutex<()>,
+    /// A read through this handle met a slot that disagrees with the log:
+    /// the next write rebuilds the index first (see `repair`).
+    pub(crate) index_suspect: AtomicBool,
 }
 
 /// How many times an operation follows the store to a new file before it
@@ -95,7 +98,7 @@ impl Db {
     /// reports a move, and then the read follows and runs again).
     #[inline]
     pub(crate) fn read<R>(&self, f: impl FnMut(&Inner) -> Result<R>) -> Result<R> {
-        self.following(f)
+        self.following(f).map_err(|e| self.note_damage(e))
     }
 
     /// Run a write against the current store; if the store moved to a new
@@ -108,8 +111,18 @@ impl Db {
     pub(crate) fn write<R>(&self, mut f: impl FnMut(&Inner) -> Result<R>) -> Result<R> {
         let mut attempt = 0;
         let mut deadline = None;
+        let mut repaired = false;
+        self.repair_if_suspect();
         loop {
             match self.following(&mut f) {
+                // A slot that disagrees with the log: rebuild the index
+                // from the log and run once more.
+                Err(e @ Error::Corrupted { .. }) if !repaired => {
+                    repaired = true;
+                    if !self.repair_after(&e) {
+                        return Err(e);
+                    }
+                }
                 Err(Error::Full { wanted, size }) => {
                     attempt += 1;
                     let until = *deadline.get_or_insert_with(|| {
@@ -468,6 +481,9 @@ impl From<TableFull> for Error {
     }
 }
 
+/// The start of the poison cause a failed index update leaves.
+const INDEX_UPDATE_FAILED: &str = "index update failed";
+
 /// The smallest record: a header and an empty key (an upper bound on how
 /// many keys a log of a given length can hold).
 pub(crate) const MIN_RECORD_LEN: u64 = HEADER_LEN;
@@ -817,6 +833,10 @@ impl Inner {
     }
 
     /// Mark recovery as running until the guard drops.
+    pub(crate) fn recovering_guard(&self) -> impl Drop + '_ {
+        self.recovering()
+    }
+
     fn recovering(&self) -> impl Drop + '_ {
         struct Recovering<'a>(&'a AtomicBool);
         impl Drop for Recovering<'_> {
@@ -891,6 +911,24 @@ impl Inner {
             });
         }
         Ok(())
+    }
+
+    /// Whether the handle refuses writes because an index update failed
+    /// midway (a slot that disagrees with the log), which rebuilding the
+    /// index from the log fixes.
+    pub(crate) fn poisoned_by_index(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+            && self.poison_cause.lock().starts_with(INDEX_UPDATE_FAILED)
+    }
+
+    /// After the index was rebuilt from the log: lift a poison that a
+    /// failed index update set (and only that one).
+    pub(crate) fn unpoison_index(&self) {
+        let mut cause = self.poison_cause.lock();
+        if cause.starts_with(INDEX_UPDATE_FAILED) {
+            cause.clear();
+            self.poisoned.store(false, Ordering::Release);
+        }
     }
 
     /// Record a sync failure: the handle refuses writes from now on.
@@ -1177,7 +1215,7 @@ impl Inner {
         // control block odd, so that the next open rebuilds the index from
         // the log, and refuse further writes on this handle.
         if let Err(e) = res {
-            *self.poison_cause.lock() = format!("index update failed: {e}");
+            *self.poison_cause.lock() = format!("{INDEX_UPDATE_FAILED}: {e}");
             self.poisoned.store(true, Ordering::Release);
             return Err(e);
         }
@@ -1467,6 +1505,7 @@ impl Db {
                 background: Arc::new(AtomicBool::new(false)),
                 hits: Default::default(),
                 compacting: Mutex::new(()),
+                index_suspect: AtomicBool::new(false),
             }),
         })
     }

@@ -508,7 +508,7 @@ fn sane_durable(inner: &Inner, w: &mut Writer, upto: u64) -> Result<()> {
 }
 
 /// The newest valid meta, read from the mapping.
-fn durable_meta(inner: &Inner) -> Result<Meta> {
+pub(crate) fn durable_meta(inner: &Inner) -> Result<Meta> {
     let read = |off: u64| -> MetaRead {
         let mut b = [0u8; META_LEN];
         match inner.arena.read(off, &mut b) {
@@ -552,13 +552,13 @@ pub(crate) fn join(inner: &Inner) -> Result<()> {
 
 /// Make the control block odd: a crash from here until `publish` makes the
 /// next open rebuild instead of trusting a half-changed index.
-fn mark_changing(inner: &Inner) {
+pub(crate) fn mark_changing(inner: &Inner) {
     if let Ok(c) = inner.control() {
         c.begin();
     }
 }
 
-fn publish(inner: &Inner, w: &Writer) {
+pub(crate) fn publish(inner: &Inner, w: &Writer) {
     if let Some(d) = Desc::decode(w.st.index_desc) {
         inner.arena.advise_hugepage(d.start, d.bytes());
     }
@@ -719,16 +719,18 @@ fn heap_table(log2: u32) -> Vec<std::sync::atomic::AtomicU64> {
 }
 
 /// The result of scanning the whole log: the live index in heap memory.
-struct Scanned {
-    heap: Vec<std::sync::atomic::AtomicU64>,
+pub(crate) struct Scanned {
+    pub(crate) heap: Vec<std::sync::atomic::AtomicU64>,
     log2: u32,
-    st: State,
+    pub(crate) st: State,
     chunks: Vec<Desc>,
+    /// Where and why the valid log ends.
+    pub(crate) stop: crate::log::Stop,
 }
 
 /// Read-only first half of a rebuild: verify the whole log and build the
 /// index in heap memory.
-fn scan_log(inner: &Inner, meta: &Meta) -> Result<Scanned> {
+pub(crate) fn scan_log(inner: &Inner, meta: &Meta) -> Result<Scanned> {
     let mut log2 = MIN_LOG2CAP;
     let mut heap = heap_table(log2);
     let mut st = State {
@@ -780,6 +782,7 @@ fn scan_log(inner: &Inner, meta: &Meta) -> Result<Scanned> {
         log2,
         st,
         chunks,
+        stop,
     })
 }
 
@@ -789,12 +792,13 @@ fn scan_log(inner: &Inner, meta: &Meta) -> Result<Scanned> {
 ///
 /// `reuse` allows an existing chunk; a live repair passes `false`, because
 /// readers in other processes may be reading any old table.
-fn install(inner: &Inner, w: &mut Writer, scanned: Scanned, reuse: bool) -> Result<()> {
+pub(crate) fn install(inner: &Inner, w: &mut Writer, scanned: Scanned, reuse: bool) -> Result<()> {
     let Scanned {
         heap,
         log2,
         mut st,
         chunks,
+        ..
     } = scanned;
     let target = chunks
         .iter()
