@@ -731,7 +731,7 @@ fn check(cx: &Ctx, file: &Path) -> Res {
             let mut msg = e.to_string();
             if what.as_deref().is_some_and(|w| w.contains("the log verifies")) {
                 msg.push_str(&format!(
-                    "\nmapkv: hint: run 'mapkv repair {}' to rebuild the index from the log",
+                    " (run 'mapkv repair {}' to rebuild the index from the log)",
                     file.display()
                 ));
             }
