@@ -168,10 +168,7 @@ fn check_index(
     for word in t.live_words() {
         let off = index::word_offset(word);
         if !offsets.insert(off) {
-            return Err(inner.corrupt(
-                d.start,
-                format!("two slots point at the record at {off}"),
-            ));
+            return Err(inner.corrupt(d.start, format!("two slots point at the record at {off}")));
         }
         let h = inner.header_at(off)?;
         let key = inner.read_key(off, &h)?;

@@ -790,6 +790,7 @@ mod tests {
             .enumerate()
             .map(|(i, &freq)| Entry {
                 off: 100 + 10 * i as u64,
+                word: 0,
                 slot: i,
                 hits: freq,
                 freq,

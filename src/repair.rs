@@ -118,9 +118,7 @@ impl Db {
     /// handle may write, rebuild the index from the log. Returns whether
     /// the operation should run again.
     pub(crate) fn repair_after(&self, e: &Error) -> bool {
-        matches!(e, Error::Corrupted { .. })
-            && !self.shared.opts.read_only
-            && self.repair().is_ok()
+        matches!(e, Error::Corrupted { .. }) && !self.shared.opts.read_only && self.repair().is_ok()
     }
 }
 

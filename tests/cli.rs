@@ -744,7 +744,13 @@ fn damage_slot(path: &Path, nth: usize) {
 fn damaged_store() -> (tempfile::TempDir, std::path::PathBuf) {
     let (d, path) = store();
     let input: String = (0..2_000)
-        .map(|i| format!("{{\"key\":\"{}\",\"value\":\"{}\"}}\n", b64(format!("k{i}").as_bytes()), b64(b"v")))
+        .map(|i| {
+            format!(
+                "{{\"key\":\"{}\",\"value\":\"{}\"}}\n",
+                b64(format!("k{i}").as_bytes()),
+                b64(b"v")
+            )
+        })
         .collect();
     ok(["load", p(&path)], Some(input.as_bytes()));
     damage_slot(&path, 500);
@@ -765,9 +771,15 @@ fn check_suggests_repair_and_repair_fixes_the_index() {
 
     let r = ok(["repair", p(&path)], None);
     let text = r.text();
-    assert!(text.contains("kept 2,000 live keys") || text.contains("kept 2000 live keys"), "{text}");
+    assert!(
+        text.contains("kept 2,000 live keys") || text.contains("kept 2000 live keys"),
+        "{text}"
+    );
     // The bad slot, and the key it no longer leads to.
-    assert!(text.contains("2 slots of the old index disagreed"), "{text}");
+    assert!(
+        text.contains("2 slots of the old index disagreed"),
+        "{text}"
+    );
     assert!(text.contains("dropped: nothing"), "{text}");
     ok(["check", p(&path)], None);
     assert_eq!(ok(["dump", p(&path)], None).lines().len(), 2_000);
@@ -789,7 +801,11 @@ fn dump_salvage_skips_damaged_entries_and_exits_non_zero() {
     let r = mapkv(["dump", "--salvage", p(&path)], None);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert_eq!(r.lines().len(), 1_999, "every other entry is dumped");
-    assert!(r.stderr.contains("skipped damaged entry at offset"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("skipped damaged entry at offset"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("skipped 1 entry"), "{}", r.stderr);
     assert_eq!(std::fs::read(&path).unwrap(), before);
     // On a healthy store it is a plain dump.

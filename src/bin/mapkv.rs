@@ -729,7 +729,10 @@ fn check(cx: &Ctx, file: &Path) -> Res {
                 }))?;
             }
             let mut msg = e.to_string();
-            if what.as_deref().is_some_and(|w| w.contains("the log verifies")) {
+            if what
+                .as_deref()
+                .is_some_and(|w| w.contains("the log verifies"))
+            {
                 msg.push_str(&format!(
                     " (run 'mapkv repair {}' to rebuild the index from the log)",
                     file.display()
@@ -791,7 +794,9 @@ fn dump(cx: &Ctx, file: &Path, salvage: bool) -> Res {
             let (k, v) = match item {
                 Ok(kv) => kv,
                 Err(mapkv::Error::Corrupted { offset, what, .. }) if salvage => {
-                    pb.suspend(|| eprintln!("mapkv: skipped damaged entry at offset {offset}: {what}"));
+                    pb.suspend(|| {
+                        eprintln!("mapkv: skipped damaged entry at offset {offset}: {what}")
+                    });
                     skipped += 1;
                     continue;
                 }
@@ -854,7 +859,11 @@ fn repair(cx: &Ctx, file: &Path) -> Res {
             ui::plural(r.index_mismatches, "slot"),
         )?;
         for d in &r.dropped {
-            writeln!(out, "  dropped: damaged log item at offset {}: {}", d.offset, d.what)?;
+            writeln!(
+                out,
+                "  dropped: damaged log item at offset {}: {}",
+                d.offset, d.what
+            )?;
         }
         if r.dropped.is_empty() {
             writeln!(out, "  dropped: nothing")?;
@@ -862,10 +871,7 @@ fn repair(cx: &Ctx, file: &Path) -> Res {
         out.flush()?;
     }
     if !r.dropped.is_empty() {
-        return Err(Fail {
-            code: 1,
-            msg: None,
-        });
+        return Err(Fail { code: 1, msg: None });
     }
     Ok(())
 }
