@@ -163,6 +163,7 @@ impl Db {
         };
         if let Ok(c) = i.control() {
             let (st, _) = c.snapshot(1000);
+            let st = crate::db::bounded(st, i.arena.refresh().unwrap_or(s.file_len));
             let [evictions, expirations, runs] = c.cache_counters();
             s.capacity = c.capacity();
             s.used_bytes = st.tail;

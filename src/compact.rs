@@ -107,6 +107,8 @@ pub(crate) enum Plan {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
     off: u64,
+    /// Its slot word when the compaction started (for the tag check).
+    word: u64,
     /// Its slot in the old table.
     slot: usize,
     /// Hits counted since it was written or last kept (0..=3), when the
@@ -272,15 +274,25 @@ impl Db {
     /// One compaction or eviction at a time per handle; if another one
     /// moved the store meanwhile, start over on the new file.
     fn run(&self, progress: &mut dyn FnMut(u64, u64), plan: Plan) -> Result<CompactReport> {
+        self.repair_if_suspect();
         let Some(_one) = self.shared.compacting.try_lock() else {
             return Err(Error::Locked {
                 path: self.shared.path.clone(),
                 detail: "another compaction of this store is running",
             });
         };
+        let mut repaired = false;
         for _ in 0..5 {
             match self.compact_once(progress, plan) {
                 Err(Error::Moved) => continue,
+                // A slot that disagrees with the log: rebuild the index
+                // from the log and start again.
+                Err(e @ Error::Corrupted { .. }) if !repaired => {
+                    repaired = true;
+                    if !self.repair_after(&e) {
+                        return Err(e);
+                    }
+                }
                 r => return r,
             }
         }
@@ -315,13 +327,18 @@ impl Db {
         let c = old.control()?;
         let (st0, _) = c.snapshot(1_000_000);
         let len_before = old.arena.len();
+        // Its counters size allocations and the new file: never more than
+        // the file can hold, whatever the control block says.
+        // (The file may have grown in another process since this handle
+        // last looked: ask for its length now.)
+        let st0 = crate::db::bounded(st0, old.arena.refresh().unwrap_or(len_before));
 
         // Live entries of the current table, as of now; entries that have
         // expired are left behind (that is their space coming back).
         let (ot, d0) = old.table_at(st0.index_desc)?;
         let capacity = c.capacity();
         let now = now_ms();
-        let mut live = Vec::with_capacity(st0.live_keys as usize);
+        let mut live = Vec::with_capacity(st0.live_keys.min(d0.capacity()) as usize);
         let mut expired = 0u64;
         // Headers are scattered over the log: keep the loads of the next
         // slots' headers in flight while this one is read.
@@ -355,6 +372,7 @@ impl Db {
             let len = crate::log::record::record_len(h.key_len as usize, h.val_len as usize);
             live.push(Entry {
                 off,
+                word: w,
                 slot,
                 hits: freq,
                 freq,
@@ -379,7 +397,7 @@ impl Db {
             let budget = ((capacity as f64) * (1.0 - fraction)) as u64;
             let overhead = storage::ARENA_START + 2 * 4096 + d0.bytes();
             let keep = budget.saturating_sub(overhead);
-            let total: u64 = live.iter().map(|e| e.len).sum();
+            let total = live.iter().fold(0u64, |a, e| a.saturating_add(e.len));
             let need = total.saturating_sub(keep).max(min_free);
             evicted = select_for_eviction(&mut live, need);
         }
@@ -415,7 +433,7 @@ impl Db {
                 for e in chunk.iter().take(AHEAD) {
                     old.arena.prefetch(e.off, 256);
                 }
-                for (i, &Entry { off, .. }) in chunk.iter().enumerate() {
+                for (i, &Entry { off, word, .. }) in chunk.iter().enumerate() {
                     if let Some(e) = chunk.get(i + AHEAD) {
                         old.arena.prefetch(e.off, 256);
                     }
@@ -423,7 +441,15 @@ impl Db {
                     if h.kind != KIND_PUT {
                         return Err(old.corrupt(off, "live slot points at a non-put record"));
                     }
-                    bufs.push((h, old.read_record(off, &h)?));
+                    let b = old.read_record(off, &h)?;
+                    let key = &b[..h.key_len as usize];
+                    if !index::same_tag(word, index::hash(old.hash_seed, key)) {
+                        return Err(old.corrupt(
+                            off,
+                            "a slot's tag does not match the key of the record it points at",
+                        ));
+                    }
+                    bufs.push((h, b));
                 }
                 let ops: Vec<Op<'_>> = bufs.iter().map(|(h, b)| put_op(h, b)).collect();
                 new.commit(&ops)?;
@@ -435,6 +461,15 @@ impl Db {
                 }
                 copied += chunk.len() as u64;
                 progress(copied, n);
+            }
+            // Two slots of the old table for one key (one of them stale):
+            // the copy holds fewer keys than it copied.
+            let keys = new.control()?.live_keys();
+            if keys != copied {
+                return Err(old.corrupt(
+                    d0.start,
+                    format!("the index holds {copied} live slots for {keys} distinct keys"),
+                ));
             }
             // Catch up without the lock while much is left.
             let mut pos = st0.tail;
@@ -492,8 +527,11 @@ impl Db {
             // The cache counters move with the store.
             let [ev, ex, runs] = c.cache_counters();
             let is_evict = matches!(plan, Plan::Evict { .. }) as u64;
-            new.control()?
-                .set_cache_counters([ev + evicted, ex + expired, runs + is_evict]);
+            new.control()?.set_cache_counters([
+                ev.saturating_add(evicted),
+                ex.saturating_add(expired),
+                runs.saturating_add(is_evict),
+            ]);
             c.set_magic(MOVING_MAGIC);
             if let Err(source) = std::fs::rename(&tmp, &self.shared.path) {
                 c.set_magic(crate::storage::control::CONTROL_MAGIC);
@@ -828,6 +866,7 @@ mod tests {
             .enumerate()
             .map(|(i, &freq)| Entry {
                 off: 100 + 10 * i as u64,
+                word: 0,
                 slot: i,
                 hits: freq,
                 freq,

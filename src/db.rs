@@ -77,6 +77,9 @@ pub(crate) struct Shared {
     /// cross-process compaction lock is per open file description, which
     /// clones share, so it cannot tell them apart.
     pub(crate) compacting: Mutex<()>,
+    /// A read through this handle met a slot that disagrees with the log:
+    /// the next write rebuilds the index first (see `repair`).
+    pub(crate) index_suspect: AtomicBool,
 }
 
 /// How long an operation keeps following the store to new files (each
@@ -122,7 +125,7 @@ impl Db {
     /// reports a move, and then the read follows and runs again).
     #[inline]
     pub(crate) fn read<R>(&self, f: impl FnMut(&Inner) -> Result<R>) -> Result<R> {
-        self.following(f)
+        self.following(f).map_err(|e| self.note_damage(e))
     }
 
     /// Run a write against the current store; if the store moved to a new
@@ -135,8 +138,18 @@ impl Db {
     pub(crate) fn write<R>(&self, mut f: impl FnMut(&Inner) -> Result<R>) -> Result<R> {
         let mut attempt = 0;
         let mut deadline = None;
+        let mut repaired = false;
+        self.repair_if_suspect();
         loop {
             match self.following(&mut f) {
+                // A slot that disagrees with the log: rebuild the index
+                // from the log and run once more.
+                Err(e @ Error::Corrupted { .. }) if !repaired => {
+                    repaired = true;
+                    if !self.repair_after(&e) {
+                        return Err(e);
+                    }
+                }
                 Err(Error::Full { wanted, size }) => {
                     attempt += 1;
                     let until = *deadline.get_or_insert_with(|| {
@@ -500,6 +513,28 @@ impl From<TableFull> for Error {
     }
 }
 
+/// The start of the poison cause a failed index update leaves.
+const INDEX_UPDATE_FAILED: &str = "index update failed";
+
+/// The smallest record: a header and an empty key (an upper bound on how
+/// many keys a log of a given length can hold).
+pub(crate) const MIN_RECORD_LEN: u64 = HEADER_LEN;
+
+/// `st` with every counter clamped to what a file of `file_len` bytes can
+/// hold. The control block may hold anything (another process, a crash, an
+/// attacker): a counter read from it drives a choice or an allocation only
+/// after passing through here (or `recovery::plausible`).
+pub(crate) fn bounded(mut st: State, file_len: u64) -> State {
+    st.tail = st.tail.min(file_len).min(storage::MAX_FILE_LEN);
+    let log = st.tail.saturating_sub(ARENA_START);
+    st.live_bytes = st.live_bytes.min(log);
+    st.live_keys = st.live_keys.min(log / MIN_RECORD_LEN);
+    let slots = Desc::decode(st.index_desc).map_or(0, |d| d.capacity());
+    st.index_used = st.index_used.min(slots);
+    st.live_keys = st.live_keys.min(slots);
+    st
+}
+
 impl Inner {
     pub(crate) fn corrupt(&self, offset: u64, what: impl Into<String>) -> Error {
         Error::Corrupted {
@@ -564,7 +599,7 @@ impl Inner {
         g.w.dur = c.durable();
         let dirty = c.writer() != 0;
         c.set_writer(self.pid);
-        if dirty || !consistent {
+        if dirty || !consistent || !self.trustworthy(&st, &g.w.dur) {
             let _r = self.recovering();
             recovery::repair_live(self, &mut g.w)?;
         } else {
@@ -626,6 +661,28 @@ impl Inner {
             w,
             held: Some(held),
         })
+    }
+
+    /// Whether the writer state read from the control block can be
+    /// written on: its counters and offsets within what the file holds,
+    /// the durable bookkeeping at or below them. If not (a hostile or
+    /// damaged word), the writer repairs the store from the log first
+    /// instead of appending at an offset the file never gave it. A few
+    /// compares; the file's length is looked up again only when the tail
+    /// seems to be past it (another process grew the file).
+    fn trustworthy(&self, st: &State, dur: &Durable) -> bool {
+        let plausible = recovery::plausible(self, st)
+            || (st.tail > self.arena.len()
+                && self.arena.refresh().is_ok()
+                && recovery::plausible(self, st));
+        plausible
+            && dur.tail % 8 == 0
+            && dur.tail >= ARENA_START
+            && dur.tail <= st.tail
+            && seq_of(dur.seq_gen) <= seq_of(st.seq_gen)
+            && dur.len <= storage::MAX_FILE_LEN
+            && (dur.synced_copy == META_A_OFFSET || dur.synced_copy == META_B_OFFSET)
+            && dur.meta_seq <= u64::MAX / 4
     }
 
     /// Whether the store's path now names a different file than ours.
@@ -849,6 +906,10 @@ impl Inner {
     }
 
     /// Mark recovery as running until the guard drops.
+    pub(crate) fn recovering_guard(&self) -> impl Drop + '_ {
+        self.recovering()
+    }
+
     fn recovering(&self) -> impl Drop + '_ {
         struct Recovering<'a>(&'a AtomicBool);
         impl Drop for Recovering<'_> {
@@ -923,6 +984,24 @@ impl Inner {
             });
         }
         Ok(())
+    }
+
+    /// Whether the handle refuses writes because an index update failed
+    /// midway (a slot that disagrees with the log), which rebuilding the
+    /// index from the log fixes.
+    pub(crate) fn poisoned_by_index(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+            && self.poison_cause.lock().starts_with(INDEX_UPDATE_FAILED)
+    }
+
+    /// After the index was rebuilt from the log: lift a poison that a
+    /// failed index update set (and only that one).
+    pub(crate) fn unpoison_index(&self) {
+        let mut cause = self.poison_cause.lock();
+        if cause.starts_with(INDEX_UPDATE_FAILED) {
+            cause.clear();
+            self.poisoned.store(false, Ordering::Release);
+        }
     }
 
     /// Record a sync failure: the handle refuses writes from now on.
@@ -1209,7 +1288,7 @@ impl Inner {
         // control block odd, so that the next open rebuilds the index from
         // the log, and refuse further writes on this handle.
         if let Err(e) = res {
-            *self.poison_cause.lock() = format!("index update failed: {e}");
+            *self.poison_cause.lock() = format!("{INDEX_UPDATE_FAILED}: {e}");
             self.poisoned.store(true, Ordering::Release);
             return Err(e);
         }
@@ -1507,6 +1586,7 @@ impl Db {
                 background: Arc::new(AtomicBool::new(false)),
                 hits: Default::default(),
                 compacting: Mutex::new(()),
+                index_suspect: AtomicBool::new(false),
             }),
         })
     }
@@ -1609,7 +1689,7 @@ impl Inner {
         // Readers count hits for eviction only in cache mode, and only
         // where they may write the mapping.
         inner.cache = inner.control().is_ok_and(|c| c.capacity() != 0);
-        inner.count_hits = inner.cache && mode == MapMode::Shared;
+        inner.count_hits = inner.cache && mode == MapMode::Shared && !opts.read_only;
         inner.closed = AtomicBool::new(false);
         Ok(inner)
     }
@@ -1925,7 +2005,16 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn len(&self) -> u64 {
-        self.inner().control().map(|c| c.live_keys()).unwrap_or(0)
+        let i = self.inner();
+        let Ok(c) = i.control() else {
+            return 0;
+        };
+        // Never more keys than the log could hold.
+        let log = c
+            .tail()
+            .min(storage::MAX_FILE_LEN)
+            .saturating_sub(ARENA_START);
+        c.live_keys().min(log / MIN_RECORD_LEN)
     }
 
     /// Whether the store has no keys.
@@ -2011,8 +2100,9 @@ impl Db {
     /// ```
     pub fn stats(&self) -> Stats {
         let i = self.inner();
+        let file_len = i.arena.refresh().unwrap_or_else(|_| i.arena.len());
         let (st, dur) = match i.control() {
-            Ok(c) => (c.snapshot(1000).0, c.durable()),
+            Ok(c) => (bounded(c.snapshot(1000).0, file_len), c.durable()),
             Err(_) => (State::default(), Durable::default()),
         };
         let d = Desc::decode(st.index_desc);
@@ -2027,7 +2117,7 @@ impl Db {
                 .saturating_sub(index_bytes),
             index_bytes,
             used_bytes,
-            file_len: i.arena.refresh().unwrap_or_else(|_| i.arena.len()),
+            file_len,
             index_capacity: cap,
             index_used: st.index_used,
             index_load: if cap > 0 {

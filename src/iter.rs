@@ -28,7 +28,7 @@ use crate::{Db, Result, Value};
 /// # Ok::<(), mapkv::Error>(())
 /// ```
 pub struct Iter<'a> {
-    _db: std::marker::PhantomData<&'a Db>,
+    db: &'a Db,
     /// The store as it was when the iterator was made: after a compaction
     /// moves the store, the iterator finishes on the old file (which stays
     /// mapped, and unchanged, while the iterator holds it).
@@ -61,7 +61,7 @@ impl<'a> Iter<'a> {
             Err(e) => (None, Some(e)),
         };
         Iter {
-            _db: std::marker::PhantomData,
+            db,
             inner,
             desc,
             slot: 0,
@@ -77,14 +77,14 @@ impl Iterator for Iter<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         if let Some(e) = self.failed.take() {
-            return Some(Err(e));
+            return Some(Err(self.db.note_damage(e)));
         }
         let inner = &*self.inner;
         let t = match inner.table_at(self.desc?) {
             Ok((t, _)) => t,
             Err(e) => {
                 self.desc = None;
-                return Some(Err(e));
+                return Some(Err(self.db.note_damage(e)));
             }
         };
         while let Some(w) = t.word_at(self.slot) {
@@ -107,6 +107,14 @@ impl Iterator for Iter<'_> {
             let item = inner.header_at(off).and_then(|h| {
                 let mut buf = inner.read_record(off, &h)?;
                 let k = h.key_len as usize;
+                // A slot whose tag is not its key's lies about where the
+                // key lives: the index disagrees with the log.
+                if !index::same_tag(w, index::hash(inner.hash_seed, &buf[..k])) {
+                    return Err(inner.corrupt(
+                        off,
+                        "a slot's tag does not match the key of the record it points at",
+                    ));
+                }
                 if h.has_ttl() && !crate::db::strip_ttl(&mut buf, k) {
                     return Ok(None); // expired: skipped
                 }
@@ -116,7 +124,7 @@ impl Iterator for Iter<'_> {
             match item {
                 Ok(None) => continue,
                 Ok(Some(kv)) => return Some(Ok(kv)),
-                Err(e) => return Some(Err(e)),
+                Err(e) => return Some(Err(self.db.note_damage(e))),
             }
         }
         None

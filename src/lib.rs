@@ -58,6 +58,7 @@ mod log;
 mod multi;
 mod options;
 mod recovery;
+mod repair;
 #[allow(unsafe_code)]
 mod storage;
 #[doc(hidden)]
@@ -76,4 +77,5 @@ pub use log::record::{MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use multi::ReadView;
 pub use options::{Durability, Options};
 pub use recovery::OpenKind;
+pub use repair::{Dropped, RepairReport};
 pub use value::Value;

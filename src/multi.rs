@@ -127,8 +127,9 @@ impl Db {
     ///
     /// No polling on Linux: waiters sleep on a futex in the shared mapping
     /// and every commit wakes them (writers make that system call only while
-    /// someone waits). A read-only handle that could not open the file for
-    /// writing cannot register as a waiter, and re-checks every 2 ms instead.
+    /// someone waits). A read-only handle never writes the file, so it does
+    /// not register as a waiter: it sleeps on the same futex for at most
+    /// 2 ms at a time and re-checks.
     ///
     /// Several commits may land before the waiter runs: compare what you
     /// read with what you had, not the number of wake-ups.
@@ -163,7 +164,8 @@ impl Db {
             else {
                 return since;
             };
-            let can_register = i.arena.mode() == MapMode::Shared;
+            // Registering is a store into the file: read-only handles poll.
+            let can_register = i.arena.mode() == MapMode::Shared && !i.read_only;
             if can_register {
                 c.waiters().fetch_add(1, Ordering::SeqCst);
             }

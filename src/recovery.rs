@@ -104,16 +104,10 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
     let mut attempts = 0;
     let file = loop {
         attempts += 1;
-        // A read-only handle still opens the file for writing when it may:
-        // it then maps it read-write to register as a waiter for change
-        // notifications (the only store it ever makes). See Db::wait_for_change.
-        let attempt = match file::open_existing(path, true) {
-            Err(e) if opts.read_only && e.kind() != std::io::ErrorKind::NotFound => {
-                file::open_existing(path, false)
-            }
-            other => other,
-        };
-        match attempt {
+        // A read-only handle opens the file read-only and maps it so: it
+        // never writes the file, not even a hit count or a waiter count
+        // (the kernel holds it to that). See Db::wait_for_change.
+        match file::open_existing(path, !opts.read_only) {
             Ok(f) => break f,
             Err(e)
                 if e.kind() == std::io::ErrorKind::NotFound && opts.create && !opts.read_only =>
@@ -628,6 +622,7 @@ pub(crate) fn recover(
 /// switches readers to it. Then bumps the generation, durably, so that bytes
 /// the dead writer left past the new tail can never join a later commit.
 pub(crate) fn repair_live(inner: &Inner, w: &mut Writer) -> Result<()> {
+    sane_durable(inner, w, u64::MAX)?;
     let c = inner.control()?;
     let (st, consistent) = c.snapshot(1);
     let replayed = consistent
@@ -656,13 +651,41 @@ pub(crate) fn repair_live(inner: &Inner, w: &mut Writer) -> Result<()> {
         w.st.generation = w.st.generation.max(generation);
     }
     w.st.generation = (w.st.generation + 1) & 0xffff;
+    sane_durable(inner, w, w.st.tail)?;
     publish(inner, w);
     inner.write_meta(w, 0, true)?;
     Ok(())
 }
 
+/// The writer's durable bookkeeping comes from the control block, which
+/// may hold anything: if it names a log tail outside `ARENA_START..=upto`
+/// or the file, a meta copy that does not exist or an impossible sequence
+/// number, take it from the newest valid meta copy in the mapping instead
+/// (what the file itself says is durable), so that the next meta written
+/// never names more log than there is.
+fn sane_durable(inner: &Inner, w: &mut Writer, upto: u64) -> Result<()> {
+    let d = &w.dur;
+    let len = inner.arena.len();
+    let ok = d.tail % 8 == 0
+        && d.tail >= ARENA_START
+        && d.tail <= len.min(upto)
+        && d.len <= crate::storage::MAX_FILE_LEN
+        && (d.synced_copy == 0 || d.synced_copy == META_B_OFFSET)
+        && d.meta_seq <= u64::MAX / 4;
+    if ok {
+        return Ok(());
+    }
+    let (m, copy) = durable_meta_and_copy(inner)?;
+    w.dur.tail = m.tail.min(upto);
+    w.dur.seq_gen = m.seq_gen;
+    w.dur.len = m.file_len.min(len);
+    w.dur.meta_seq = m.meta_seq;
+    w.dur.synced_copy = copy;
+    Ok(())
+}
+
 /// The newest valid meta, read from the mapping.
-fn durable_meta(inner: &Inner) -> Result<Meta> {
+pub(crate) fn durable_meta(inner: &Inner) -> Result<Meta> {
     durable_meta_and_copy(inner).map(|(m, _)| m)
 }
 
@@ -721,13 +744,13 @@ pub(crate) fn join(inner: &Inner) -> Result<()> {
 
 /// Make the control block odd: a crash from here until `publish` makes the
 /// next open rebuild instead of trusting a half-changed index.
-fn mark_changing(inner: &Inner) {
+pub(crate) fn mark_changing(inner: &Inner) {
     if let Ok(c) = inner.control() {
         c.begin();
     }
 }
 
-fn publish(inner: &Inner, w: &Writer) {
+pub(crate) fn publish(inner: &Inner, w: &Writer) {
     if let Some(d) = Desc::decode(w.st.index_desc) {
         inner.arena.advise_hugepage(d.start, d.bytes());
     }
@@ -737,7 +760,7 @@ fn publish(inner: &Inner, w: &Writer) {
 }
 
 /// Basic bounds of a state read from the file.
-fn plausible(inner: &Inner, st: &State) -> bool {
+pub(crate) fn plausible(inner: &Inner, st: &State) -> bool {
     let len = inner.arena.len();
     let Some(d) = Desc::decode(st.index_desc) else {
         return false;
@@ -888,16 +911,18 @@ fn heap_table(log2: u32) -> Vec<std::sync::atomic::AtomicU64> {
 }
 
 /// The result of scanning the whole log: the live index in heap memory.
-struct Scanned {
-    heap: Vec<std::sync::atomic::AtomicU64>,
+pub(crate) struct Scanned {
+    pub(crate) heap: Vec<std::sync::atomic::AtomicU64>,
     log2: u32,
-    st: State,
+    pub(crate) st: State,
     chunks: Vec<Desc>,
+    /// Where and why the valid log ends.
+    pub(crate) stop: crate::log::Stop,
 }
 
 /// Read-only first half of a rebuild: verify the whole log and build the
 /// index in heap memory.
-fn scan_log(inner: &Inner, meta: &Meta) -> Result<Scanned> {
+pub(crate) fn scan_log(inner: &Inner, meta: &Meta) -> Result<Scanned> {
     let mut log2 = MIN_LOG2CAP;
     let mut heap = heap_table(log2);
     let mut st = State {
@@ -949,6 +974,7 @@ fn scan_log(inner: &Inner, meta: &Meta) -> Result<Scanned> {
         log2,
         st,
         chunks,
+        stop,
     })
 }
 
@@ -958,12 +984,13 @@ fn scan_log(inner: &Inner, meta: &Meta) -> Result<Scanned> {
 ///
 /// `reuse` allows an existing chunk; a live repair passes `false`, because
 /// readers in other processes may be reading any old table.
-fn install(inner: &Inner, w: &mut Writer, scanned: Scanned, reuse: bool) -> Result<()> {
+pub(crate) fn install(inner: &Inner, w: &mut Writer, scanned: Scanned, reuse: bool) -> Result<()> {
     let Scanned {
         heap,
         log2,
         mut st,
         chunks,
+        ..
     } = scanned;
     let target = chunks
         .iter()

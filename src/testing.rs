@@ -107,3 +107,9 @@ pub(crate) fn fire(path: &Path, op: IoOp, phase: Phase) -> io::Result<()> {
         _ => Ok(()),
     }
 }
+
+/// File offset of the control block (the live, shared state words; see
+/// docs/FORMAT.md), for tests and fuzz targets that change its words under
+/// a live handle.
+#[doc(hidden)]
+pub const CONTROL_OFFSET: u64 = crate::storage::CONTROL_OFFSET;

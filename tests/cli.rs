@@ -723,3 +723,97 @@ fn stats_shows_a_caches_capacity_and_put_keeps_to_it() {
         "y".repeat(1000)
     );
 }
+
+/// Damage the live slot that comes `nth` in slot order in the index of a
+/// cleanly closed store (past the 64 the open samples): its offset points
+/// past the end of the file. Meta offsets from docs/FORMAT.md.
+fn damage_slot(path: &Path, nth: usize) {
+    use std::os::unix::fs::FileExt;
+    let b = std::fs::read(path).unwrap();
+    let le = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let meta = if le(16) >= le(4096 + 16) { 0 } else { 4096 };
+    let desc = le(meta + 88);
+    let start = (desc & !4095) as usize;
+    let live: Vec<usize> = (0..1usize << (desc & 4095))
+        .map(|i| start + 8 * i)
+        .filter(|&at| le(at) > 1)
+        .collect();
+    let at = live[nth];
+    let bad = le(at) | ((1 << 36) - 1);
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&bad.to_le_bytes(), at as u64).unwrap();
+}
+
+/// A store with 2,000 keys and one bad slot past the open's sample.
+fn damaged_store() -> (tempfile::TempDir, std::path::PathBuf) {
+    let (d, path) = store();
+    let input: String = (0..2_000)
+        .map(|i| {
+            format!(
+                "{{\"key\":\"{}\",\"value\":\"{}\"}}\n",
+                b64(format!("k{i}").as_bytes()),
+                b64(b"v")
+            )
+        })
+        .collect();
+    ok(["load", p(&path)], Some(input.as_bytes()));
+    damage_slot(&path, 500);
+    (d, path)
+}
+
+/// `check` on a store whose log verifies but whose index does not says
+/// so and suggests `mapkv repair`; `repair` rebuilds the index, reports
+/// what it kept and dropped, and then `check` and `dump` pass.
+#[test]
+fn check_suggests_repair_and_repair_fixes_the_index() {
+    let (_d, path) = damaged_store();
+    let r = fails(1, ["check", p(&path)]);
+    assert!(r.stderr.contains("the log verifies"), "{}", r.stderr);
+    assert!(r.stderr.contains("mapkv repair"), "{}", r.stderr);
+    // Plain dump stops at the damage.
+    fails(2, ["dump", p(&path)]);
+
+    let r = ok(["repair", p(&path)], None);
+    let text = r.text();
+    assert!(
+        text.contains("kept 2,000 live keys") || text.contains("kept 2000 live keys"),
+        "{text}"
+    );
+    // The bad slot, and the key it no longer leads to.
+    assert!(
+        text.contains("2 slots of the old index disagreed"),
+        "{text}"
+    );
+    assert!(text.contains("dropped: nothing"), "{text}");
+    ok(["check", p(&path)], None);
+    assert_eq!(ok(["dump", p(&path)], None).lines().len(), 2_000);
+
+    // JSON, on a healthy store: nothing to fix.
+    let j = ok(["--json", "repair", p(&path)], None).json();
+    assert_eq!(j["keys"], 2_000);
+    assert_eq!(j["index_mismatches"], 0);
+    assert_eq!(j["dropped"].as_array().unwrap().len(), 0);
+}
+
+/// `dump --salvage` writes every entry it can, lists the damaged ones
+/// (with their offsets) on stderr and exits 1; it writes nothing to the
+/// file (it opens the store read-only).
+#[test]
+fn dump_salvage_skips_damaged_entries_and_exits_non_zero() {
+    let (_d, path) = damaged_store();
+    let before = std::fs::read(&path).unwrap();
+    let r = mapkv(["dump", "--salvage", p(&path)], None);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.lines().len(), 1_999, "every other entry is dumped");
+    assert!(
+        r.stderr.contains("skipped damaged entry at offset"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("skipped 1 entry"), "{}", r.stderr);
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    // On a healthy store it is a plain dump.
+    ok(["repair", p(&path)], None);
+    let r = ok(["dump", "--salvage", p(&path)], None);
+    assert_eq!(r.lines().len(), 2_000);
+}

@@ -45,7 +45,7 @@ This round-trips any bytes; 'mapkv load' reads it back. Other fields are
 ignored; empty lines are skipped.";
 
 /// Inspect and edit mapkv stores: get, put, del, scan, stats, check,
-/// dump, load, compact and watch.
+/// dump, load, compact, repair and watch.
 #[derive(Parser, Debug)]
 #[command(name = "mapkv", version, after_help = AFTER_HELP)]
 struct Cli {
@@ -161,8 +161,27 @@ enum Cmd {
     ///
     /// The order is unspecified. A progress bar shows on stderr when it is
     /// a terminal.
+    ///
+    /// With --salvage, entries that fail their checks are skipped and
+    /// listed on stderr (with their offsets), the others are written, and
+    /// the exit status is 1 if anything was skipped.
     #[command(after_help = DUMP_FORMAT)]
     Dump {
+        /// The store's file.
+        file: PathBuf,
+        /// Skip damaged entries (listed on stderr) instead of stopping at
+        /// the first one; exit status 1 if any was skipped.
+        #[arg(long)]
+        salvage: bool,
+    },
+    /// Rebuild the index from the log, which is the truth.
+    ///
+    /// Verifies every record of the log, builds a new index table from it
+    /// and switches to it (online: other processes keep reading). Reports
+    /// what it kept (keys, bytes) and what it dropped (damaged log items,
+    /// with offsets). Use it when 'mapkv check' says the log verifies but
+    /// the index does not. Exit status 1 if anything was dropped.
+    Repair {
         /// The store's file.
         file: PathBuf,
     },
@@ -341,7 +360,8 @@ fn run(cli: Cli) -> Res {
         } => scan(&cx, &file, prefix, limit, keys_only),
         Cmd::Stats { file } => stats(&cx, &file),
         Cmd::Check { file } => check(&cx, &file),
-        Cmd::Dump { file } => dump(&cx, &file),
+        Cmd::Dump { file, salvage } => dump(&cx, &file, salvage),
+        Cmd::Repair { file } => repair(&cx, &file),
         Cmd::Load { file, input, batch } => load(&cx, &file, input, batch),
         Cmd::Compact { file } => compact(&cx, &file),
         Cmd::Watch {
@@ -738,9 +758,19 @@ fn check(cx: &Ctx, file: &Path) -> Res {
                     "what": what,
                 }))?;
             }
+            let mut msg = e.to_string();
+            if what
+                .as_deref()
+                .is_some_and(|w| w.contains("the log verifies"))
+            {
+                msg.push_str(&format!(
+                    " (run 'mapkv repair {}' to rebuild the index from the log)",
+                    file.display()
+                ));
+            }
             return Err(Fail {
                 code: if offset.is_some() { 1 } else { 2 },
-                msg: Some(e.to_string()),
+                msg: Some(msg),
             });
         }
     };
@@ -783,14 +813,25 @@ fn check(cx: &Ctx, file: &Path) -> Res {
     Ok(())
 }
 
-fn dump(cx: &Ctx, file: &Path) -> Res {
+fn dump(cx: &Ctx, file: &Path, salvage: bool) -> Res {
     let db = cx.open_read(file)?;
     let pb = ui::progress(Some(db.len()), false, "dumping");
     let mut out = stdout();
     let mut n = 0u64;
+    let mut skipped = 0u64;
     let result = (|| -> Res {
         for item in db.iter() {
-            let (k, v) = item?;
+            let (k, v) = match item {
+                Ok(kv) => kv,
+                Err(mapkv::Error::Corrupted { offset, what, .. }) if salvage => {
+                    pb.suspend(|| {
+                        eprintln!("mapkv: skipped damaged entry at offset {offset}: {what}")
+                    });
+                    skipped += 1;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             serde_json::to_writer(&mut out, &json!({"key": b64(&k), "value": b64(&v)}))
                 .map_err(io::Error::from)?;
             out.write_all(b"\n")?;
@@ -805,11 +846,62 @@ fn dump(cx: &Ctx, file: &Path) -> Res {
     pb.finish_and_clear();
     result?;
     db.close()?;
+    let entries = |n| ui::plural(n, "entry").replace("entrys", "entries");
+    if skipped > 0 {
+        return Err(Fail::negative(format!(
+            "dumped {}, skipped {} that failed their checks (listed above); \
+             if 'mapkv check' says the log verifies, 'mapkv repair' rebuilds the index",
+            entries(n),
+            entries(skipped)
+        )));
+    }
     if io::stderr().is_terminal() {
-        eprintln!(
-            "mapkv: dumped {}",
-            ui::plural(n, "entry").replace("entrys", "entries")
-        );
+        eprintln!("mapkv: dumped {}", entries(n));
+    }
+    Ok(())
+}
+
+fn repair(cx: &Ctx, file: &Path) -> Res {
+    let db = cx.open_write(file, false)?;
+    let pb = ui::progress(None, false, "repairing");
+    let r = db.repair();
+    pb.finish_and_clear();
+    let r = r?;
+    db.close()?;
+    if cx.json {
+        print_json(&json!({
+            "keys": r.keys,
+            "live_bytes": r.live_bytes,
+            "tail": r.tail,
+            "index_mismatches": r.index_mismatches,
+            "dropped": r.dropped.iter().map(|d| json!({"offset": d.offset, "what": d.what})).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        let mut out = stdout();
+        writeln!(
+            out,
+            "repaired {}: index rebuilt from the log; kept {} live keys ({} of live records), \
+             log verified up to offset {}; {} of the old index disagreed with the log",
+            file.display(),
+            ui::count(r.keys),
+            ui::size(r.live_bytes),
+            ui::count(r.tail),
+            ui::plural(r.index_mismatches, "slot"),
+        )?;
+        for d in &r.dropped {
+            writeln!(
+                out,
+                "  dropped: damaged log item at offset {}: {}",
+                d.offset, d.what
+            )?;
+        }
+        if r.dropped.is_empty() {
+            writeln!(out, "  dropped: nothing")?;
+        }
+        out.flush()?;
+    }
+    if !r.dropped.is_empty() {
+        return Err(Fail { code: 1, msg: None });
     }
     Ok(())
 }

@@ -219,9 +219,14 @@ impl<'a> Control<'a> {
     }
 
     /// Cache mode: the bound on the file's length in bytes (0: none).
-    /// Every writer checks it before growing the file.
+    /// Every writer checks it before growing the file. Clamped to what a
+    /// file can be (the word may hold anything): at most `MAX_FILE_LEN`,
+    /// and, if set, at least `MIN_CAPACITY`.
     pub(crate) fn capacity(&self) -> u64 {
-        self.w(CAPACITY).load(Ordering::Acquire)
+        match self.w(CAPACITY).load(Ordering::Acquire) {
+            0 => 0,
+            c => c.clamp(super::MIN_CAPACITY, super::MAX_FILE_LEN),
+        }
     }
 
     pub(crate) fn set_capacity(&self, bytes: u64) {

@@ -1,0 +1,173 @@
+//! `control_words`: control-block words changed to anything while a handle
+//! holds the store open (so the control block is live and no open resets
+//! it), between and during operations, compactions and evictions.
+//!
+//! Nothing is compared with a model: the file is damaged on purpose. Every
+//! call must return (`Ok` or an `Err`); a panic, an abort (a huge
+//! allocation) or a hang (libFuzzer's timeout) is a failure.
+//!
+//! Only the state words at offsets 8..=160 of the control block are
+//! changed, except 120 (`writer`) and 128 (`writers`), which belong to the
+//! writer lock's bookkeeping.
+
+#![no_main]
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Duration;
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use mapkv::testing::CONTROL_OFFSET;
+use mapkv::Options;
+
+/// Offsets (in the control block) of the words that may be changed.
+const WORDS: [u64; 18] = [
+    8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 136, 144, 152, 160,
+];
+const MAX_OPS: usize = 48;
+
+#[derive(Arbitrary, Debug)]
+enum Value {
+    Zero,
+    One,
+    Pow39,
+    Pow60,
+    Max,
+    /// The word's current value plus or minus a little.
+    Nudge(i16),
+    Any(u64),
+}
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Poke { word: u8, value: Value },
+    Insert { key: u8, len: u16 },
+    Remove { key: u8 },
+    Get { key: u8 },
+    Fill { n: u8 },
+    Iter,
+    Stats,
+    Check,
+    Compact,
+    /// Compact while another thread keeps changing a word.
+    CompactWhilePoking { word: u8, value: Value },
+    Repair,
+    Reopen,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    cache: bool,
+    ops: Vec<Op>,
+}
+
+fn word(i: u8) -> u64 {
+    WORDS[i as usize % WORDS.len()]
+}
+
+fn poke(path: &Path, off: u64, v: &Value) {
+    let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(path) else {
+        return;
+    };
+    let at = CONTROL_OFFSET + off;
+    let mut cur = [0u8; 8];
+    let _ = f.read_exact_at(&mut cur, at);
+    let cur = u64::from_le_bytes(cur);
+    let v = match *v {
+        Value::Zero => 0,
+        Value::One => 1,
+        Value::Pow39 => 1 << 39,
+        Value::Pow60 => 1 << 60,
+        Value::Max => u64::MAX,
+        Value::Nudge(d) => cur.wrapping_add(d as i64 as u64),
+        Value::Any(x) => x,
+    };
+    let _ = f.write_all_at(&v.to_le_bytes(), at);
+}
+
+fn opts(cache: bool) -> Options {
+    let o = Options::new().lock_timeout(Duration::from_millis(200));
+    if cache {
+        o.capacity(256 << 10)
+    } else {
+        o
+    }
+}
+
+fuzz_target!(|input: Input| {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cw.mapkv");
+    let Ok(holder) = opts(input.cache).open(&path) else {
+        return;
+    };
+    for i in 0..64u32 {
+        let _ = holder.insert(i.to_le_bytes(), [i as u8; 64]);
+    }
+    let mut db = holder.clone();
+    for op in input.ops.iter().take(MAX_OPS) {
+        match op {
+            Op::Poke { word: w, value } => poke(&path, word(*w), value),
+            Op::Insert { key, len } => {
+                let _ = db.insert([*key], vec![*key; (*len as usize) % 4096]);
+            }
+            Op::Remove { key } => {
+                let _ = db.remove([*key]);
+            }
+            Op::Get { key } => {
+                let _ = db.get([*key]);
+            }
+            Op::Fill { n } => {
+                // Enough to make a cache evict.
+                for i in 0..(*n as u32) * 8 {
+                    if db.insert((1000 + i).to_le_bytes(), [7u8; 512]).is_err() {
+                        break;
+                    }
+                }
+            }
+            Op::Iter => {
+                for item in db.iter().take(10_000) {
+                    let _ = item;
+                }
+            }
+            Op::Stats => {
+                let _ = (db.len(), db.is_empty(), db.stats(), db.cache_stats());
+            }
+            Op::Check => {
+                let _ = db.check();
+            }
+            Op::Compact => {
+                let _ = db.compact();
+            }
+            Op::CompactWhilePoking { word: w, value } => {
+                let off = word(*w);
+                let stop = std::sync::atomic::AtomicBool::new(false);
+                std::thread::scope(|s| {
+                    s.spawn(|| {
+                        for _ in 0..50 {
+                            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                break;
+                            }
+                            poke(&path, off, value);
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                    });
+                    let _ = db.compact();
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                });
+            }
+            Op::Repair => {
+                let _ = db.repair();
+            }
+            Op::Reopen => {
+                // Another handle joins the live, damaged store.
+                if let Ok(d) = opts(input.cache).open(&path) {
+                    db = d;
+                }
+            }
+        }
+    }
+    let _ = db.len();
+    drop(db);
+    let _ = holder.close();
+});
