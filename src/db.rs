@@ -298,9 +298,9 @@ pub(crate) struct Inner {
     pid: u64,
     /// How long a wait for the writer lock may last.
     pub(crate) lock_timeout: std::time::Duration,
-    /// Whether this handle holds the exclusive open lock (it is alone, or
-    /// it is a read-only handle that recovered in private memory and keeps
-    /// writers out until it closes).
+    /// Whether this handle holds the exclusive open lock (it is alone:
+    /// only between a sole writer's open and its stepping down, and at a
+    /// close that finds it alone).
     exclusive: AtomicBool,
     poisoned: AtomicBool,
     poison_cause: Mutex<String>,
@@ -1659,15 +1659,22 @@ impl Inner {
                 source,
             }
         };
+        if inner.cross {
+            // Registered from the start, so that every opener sees a writer
+            // has the store open (the kernel's word) as soon as it can open.
+            let reg = Registration::new(&inner.arena).map_err(ioe("register as a writer"))?;
+            inner.writer.get_mut().reg = Some(reg);
+        }
         let opened = if live {
             inner.join_session(&meta, &opts)?
         } else if mode == MapMode::Private {
             // Read-only, on a store that needs recovery, and no writer has
-            // it open: recover in private memory (keeping the exclusive
-            // lock, if this handle could take it, until closed).
+            // it open: recover in private memory. (A read-only handle opens
+            // the file read-only, so it never holds the open lock
+            // exclusively: a writer may start a session meanwhile.)
             let mut w = inner.writer.lock();
             let _r = inner.recovering();
-            recovery::recover(&inner, &mut w, &meta, boot_id)?
+            recovery::recover(&inner, &mut w, &meta, boot_id, true)?
         } else if opts.read_only {
             // Read-only on a cleanly closed store whose control block
             // matches its meta: share the live mapping.
@@ -1755,7 +1762,9 @@ impl Inner {
             let c = self.control()?;
             let opened = {
                 let _r = self.recovering();
-                recovery::recover(self, w, meta, boot_id)?
+                // Not alone, readers may be in the current table: a rebuild
+                // writes a new one.
+                recovery::recover(self, w, meta, boot_id, sole)?
             };
             // The capacity given now, or the store's (0: not a cache).
             c.set_capacity(opts.capacity.unwrap_or(meta.capacity as u64 * GRANULE));
@@ -1796,7 +1805,11 @@ impl Inner {
             return Ok(Some(opened));
         }
         let mut g = self.take_lock()?;
-        if self.control()?.is_session_of(&boot_id) {
+        // Did another writer start a session while we waited? (Its
+        // registration says it is still there; our own does not count.)
+        if self.control()?.is_session_of(&boot_id)
+            && storage::file::writer_registered(self.arena.file()).map_err(ioe("lock"))?
+        {
             return Ok(None);
         }
         // Re-read under the lock: a session that started and ended while

@@ -171,9 +171,9 @@ pub enum Error {
 
     /// Another handle (in this or another process) held the store
     /// exclusively for longer than `Options::lock_timeout`: it was
-    /// recovering the store after a crash, or it is a read-only handle that
-    /// recovered a crashed store in private memory. (Handles normally share
-    /// a store; this is not "another process has it open".)
+    /// recovering the store after a crash. Or the store is in format 1 and
+    /// a process (an older mapkv) has it open. (Handles normally share a
+    /// store; this is not "another process has it open".)
     #[error("{path}: the store is locked by another handle ({detail})")]
     Locked {
         /// The file.

@@ -360,9 +360,7 @@ impl Options {
     /// - [`open`](Options::open) waiting for a handle that holds the store
     ///   exclusively ([`Error::Locked`](crate::Error::Locked)). Handles
     ///   share a store freely; a handle holds it exclusively only while it
-    ///   recovers the store after a crash (it was the first to open it),
-    ///   or for its whole life if it is a read-only handle that had to
-    ///   recover a crashed store in private memory.
+    ///   recovers the store after a crash (it was the first to open it).
     /// - A write that finds a cache full waiting for an eviction, and
     ///   [`read_consistent`](crate::Db::read_consistent) on a read-only
     ///   handle waiting for a quiet moment.

@@ -64,8 +64,10 @@ pub enum OpenKind {
     /// The index was rebuilt from the log (after an OS crash or power loss,
     /// or because a check failed).
     Rebuilt,
-    /// Another handle (in this or another process) had the store open: this
-    /// one joined its live state, with nothing to recover.
+    /// A read-write handle (in this or another process) had the store
+    /// open: this one joined its live state, with nothing to recover. (A
+    /// writer that finds only read-only handles starts the session itself,
+    /// and reports how it found the store: `Clean`, `Replayed`, `Rebuilt`.)
     Joined,
 }
 
@@ -232,7 +234,12 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
     // meta; otherwise it recovers in private memory and keeps the exclusive
     // lock (writers wait) until it closes.
     let boot_id = file::boot_id();
-    let live = !sole && session_is_live(&file, &boot_id);
+    // Live: a writer of this boot's session still has the store open (its
+    // registration is the kernel's word). Otherwise nobody maintains the
+    // control block, however recent it looks.
+    let live = !sole
+        && session_is_live(&file, &boot_id)
+        && file::writer_registered(&file).map_err(ioe("lock"))?;
     let mode = if !opts.read_only {
         MapMode::Shared
     } else if live || clean_and_current(&file, &meta) {
@@ -569,11 +576,14 @@ fn state_of(meta: &Meta) -> State {
 }
 
 /// Bring the index in line with the log; fills `w.st` and the control block.
+/// `reuse_tables`: a rebuild may write into an existing index table (no
+/// other handle can be reading it); otherwise it writes a new one.
 pub(crate) fn recover(
     inner: &Inner,
     w: &mut Writer,
     meta: &Meta,
     boot: [u8; 16],
+    reuse_tables: bool,
 ) -> Result<OpenKind> {
     let rw = inner.arena.mode() == MapMode::Shared;
     let clean = state_of(meta);
@@ -608,7 +618,7 @@ pub(crate) fn recover(
         inner.write_meta(w, 0, true)?;
     }
     mark_changing(inner);
-    install(inner, w, scanned, true)?;
+    install(inner, w, scanned, reuse_tables)?;
     w.st.generation = next_gen;
     publish(inner, w);
     Ok(OpenKind::Rebuilt)

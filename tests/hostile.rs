@@ -8,9 +8,10 @@
 //! that an abort (a failed allocation) or a hang is caught as a failure of
 //! that pair; inside the child, each value runs under `catch_unwind`.
 //!
-//! Only the state words at offsets 8..=160 of the control block are
-//! changed, except 120 (`writer`) and 128 (`writers`), which belong to the
-//! writer lock's bookkeeping.
+//! Every word mapkv reads from the control block is changed, the writer
+//! lock's too: a lock word that names a live handle's registration makes
+//! writers time out (after the 500 ms `lock_timeout` used here), one that
+//! names nobody is taken over and repaired.
 
 mod common;
 
@@ -41,10 +42,16 @@ const WORDS: &[(u64, &str)] = &[
     (96, "durable_len"),
     (104, "meta_seq"),
     (112, "synced_copy"),
+    (120, "writer"),
+    (128, "writers"),
     (136, "capacity"),
     (144, "evicted"),
     (152, "expired"),
     (160, "evict_runs"),
+    (168, "session_boot"),
+    (176, "session_boot+8"),
+    (264, "waiters"),
+    (512, "writer_lock"),
 ];
 
 /// The extreme values every word gets, then two random ones.

@@ -6,9 +6,12 @@
 //! call must return (`Ok` or an `Err`); a panic, an abort (a huge
 //! allocation) or a hang (libFuzzer's timeout) is a failure.
 //!
-//! Only the state words at offsets 8..=160 of the control block are
-//! changed, except 120 (`writer`) and 128 (`writers`), which belong to the
-//! writer lock's bookkeeping.
+//! Every word of the control block that mapkv reads is changed: the state
+//! words at offsets 8..=160, the writer's pid and the writer count (120,
+//! 128), the session boot id (168, 176), the futex waiter count (264) and
+//! the writer lock word (512). A lock word that names a live handle's
+//! registration makes writers time out (`lock_timeout` is 200 ms here); one
+//! that names nobody is taken over and repaired.
 
 #![no_main]
 
@@ -22,8 +25,9 @@ use mapkv::testing::CONTROL_OFFSET;
 use mapkv::Options;
 
 /// Offsets (in the control block) of the words that may be changed.
-const WORDS: [u64; 18] = [
-    8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 136, 144, 152, 160,
+const WORDS: [u64; 24] = [
+    8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128, 136, 144, 152, 160, 168,
+    176, 264, 512,
 ];
 const MAX_OPS: usize = 48;
 

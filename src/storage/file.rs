@@ -143,10 +143,11 @@ fn ofd_set(file: &File, at: i64, kind: Ofd) -> io::Result<bool> {
 }
 
 /// Whether an open file description other than `file`'s holds a lock on
-/// byte `at` that conflicts with `kind` (`Write`: any lock; `Read`: a
+/// bytes `at..at + len` that conflicts with `kind` (`Write`: any lock; `Read`: a
 /// write lock). Asks the kernel (F_OFD_GETLK); takes nothing.
-fn ofd_conflict(file: &File, at: i64, kind: Ofd) -> io::Result<bool> {
+fn ofd_conflict(file: &File, at: i64, len: i64, kind: Ofd) -> io::Result<bool> {
     let mut fl = flock_struct(kind, at);
+    fl.l_len = len;
     // SAFETY: as in ofd_set; F_OFD_GETLK writes the conflicting lock (or
     // F_UNLCK) into the local `flock`.
     let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
@@ -255,7 +256,21 @@ pub(crate) fn registration_held(file: &File, slot: Slot) -> io::Result<bool> {
     } else {
         Ofd::Write
     };
-    ofd_conflict(file, REGISTRATION_BYTE + slot.id as i64, probe)
+    ofd_conflict(file, REGISTRATION_BYTE + slot.id as i64, 1, probe)
+}
+
+/// Whether any read-write handle (other than through `file`) has the store
+/// open under an exclusive registration: one `F_OFD_GETLK` over every
+/// registration byte. (Shared registrations, made only while someone
+/// read-locks every slot, are not seen: then the answer is no, and the
+/// caller treats the store as having no writer, which is the safe side.)
+pub(crate) fn writer_registered(file: &File) -> io::Result<bool> {
+    ofd_conflict(
+        file,
+        REGISTRATION_BYTE + 1,
+        MAX_REGISTRATION as i64,
+        Ofd::Read,
+    )
 }
 
 /// Format 1 stores were shared under `flock`: before upgrading one to this
