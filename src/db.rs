@@ -88,7 +88,10 @@ pub(crate) struct Shared {
 /// that a storm of evictions delays an operation but does not fail it.
 pub(crate) struct Follows {
     n: u32,
-    until: std::time::Instant,
+    timeout: std::time::Duration,
+    /// Set at the first follow (reads that never follow never look at the
+    /// clock).
+    until: Option<std::time::Instant>,
 }
 
 const MIN_FOLLOWS: u32 = 8;
@@ -97,14 +100,17 @@ impl Follows {
     pub(crate) fn new(timeout: std::time::Duration) -> Follows {
         Follows {
             n: 0,
-            until: std::time::Instant::now() + timeout,
+            timeout,
+            until: None,
         }
     }
 
     /// Whether to follow once more.
     pub(crate) fn again(&mut self) -> bool {
         self.n += 1;
-        self.n <= MIN_FOLLOWS || std::time::Instant::now() < self.until
+        let now = std::time::Instant::now();
+        let until = *self.until.get_or_insert_with(|| now + self.timeout);
+        self.n <= MIN_FOLLOWS || now < until
     }
 }
 
@@ -612,19 +618,21 @@ impl Inner {
     /// (the caller starts a session, or checks it next). Bounded by
     /// `lock_timeout` in all.
     pub(crate) fn take_lock(&self) -> Result<WriteGuard<'_>> {
-        let started = std::time::Instant::now();
-        let deadline = started + self.lock_timeout;
         let timeout = |what, holder| Error::Timeout {
             path: self.path.clone(),
             what,
-            waited: started.elapsed(),
+            waited: self.lock_timeout,
             holder,
         };
-        let Some(mut w) = self.writer.try_lock_until(deadline) else {
-            return Err(timeout(
-                "the writer lock (another thread of this process holds it)",
-                None,
-            ));
+        // No clock unless we have to wait.
+        let mut w = match self.writer.try_lock() {
+            Some(w) => w,
+            None => self.writer.try_lock_for(self.lock_timeout).ok_or_else(|| {
+                timeout(
+                    "the writer lock (another thread of this process holds it)",
+                    None,
+                )
+            })?,
         };
         if !self.cross {
             return Ok(WriteGuard {
@@ -645,7 +653,7 @@ impl Inner {
             );
         }
         let reg = w.reg.as_ref().expect("registered just above");
-        let held = match self.arena.lock_writer(reg, deadline) {
+        let held = match self.arena.lock_writer(reg, self.lock_timeout) {
             Ok((held, _how)) => held,
             Err(LockError::TimedOut) => {
                 let pid = self.control().map_or(0, |c| c.writer());

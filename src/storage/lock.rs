@@ -89,7 +89,8 @@ pub(crate) enum LockError {
 #[derive(Debug)]
 pub(crate) struct Registration {
     slot: file::Slot,
-    pid: u32,
+    /// The fork generation of the process that made it (see `forks`).
+    made_in: u64,
     /// A description of our own, when the arena's is not (after fork).
     own: Option<File>,
 }
@@ -98,10 +99,10 @@ impl Registration {
     /// Register through `arena`'s file (or, in a forked child, through a
     /// new description of the same file).
     pub(crate) fn new(arena: &Arena) -> io::Result<Registration> {
-        let pid = std::process::id();
+        let made_in = forks();
         // The arena's description is ours unless we are a forked child of
         // the process that opened it; then open our own.
-        let own = if arena.opener_pid() == pid {
+        let own = if arena.opener_pid() == std::process::id() {
             None
         } else {
             Some(file::reopen(arena.file(), arena.path())?)
@@ -110,13 +111,16 @@ impl Registration {
             .lock_word()
             .map_or(0, |w| holder_of(w.load(Ordering::Relaxed)).id);
         let slot = file::register(own.as_ref().unwrap_or(arena.file()), avoid)?;
-        Ok(Registration { slot, pid, own })
+        Ok(Registration { slot, made_in, own })
     }
 
     /// Whether this registration belongs to the calling process (false in
     /// a child forked after it was made).
+    #[inline]
     pub(crate) fn is_ours(&self) -> bool {
-        self.pid == std::process::id()
+        // Not getpid(): that is a system call (glibc stopped caching it),
+        // and this runs on every commit.
+        self.made_in == forks()
     }
 
     fn file<'a>(&'a self, arena: &'a Arena) -> &'a File {
@@ -137,6 +141,27 @@ fn holder_of(w: u64) -> file::Slot {
         id: (w & HOLDER) as u16,
         exclusive: w & SHARED == 0,
     }
+}
+
+/// How many times this process's ancestry forked since mapkv first looked:
+/// a child's count differs from its parent's (a `pthread_atfork` child
+/// handler bumps it), so a registration knows the process that made it
+/// without a system call.
+fn forks() -> u64 {
+    static FORKS: AtomicU64 = AtomicU64::new(0);
+    static HOOKED: std::sync::Once = std::sync::Once::new();
+    extern "C" fn in_child() {
+        FORKS.fetch_add(1, Ordering::Relaxed);
+    }
+    HOOKED.call_once(|| {
+        // SAFETY: registers a handler that only does an atomic add (which
+        // is async-signal-safe, as a handler run in the child of a fork
+        // must be); no prepare or parent handler.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(in_child));
+        }
+    });
+    FORKS.load(Ordering::Relaxed)
 }
 
 /// The lock word as it was when we took it: proof of holding, and what
@@ -166,14 +191,14 @@ impl Arena {
         Ok(())
     }
 
-    /// Take the writer lock for registration `reg`, waiting until
-    /// `deadline` at most. The caller must release it with
+    /// Take the writer lock for registration `reg`, waiting `timeout` at
+    /// most. The caller must release it with
     /// [`unlock_writer`](Arena::unlock_writer).
     #[inline]
     pub(crate) fn lock_writer(
         &self,
         reg: &Registration,
-        deadline: Instant,
+        timeout: Duration,
     ) -> Result<(Held, Acquired), LockError> {
         let word = self.lock_word().map_err(LockError::Io)?;
         let w = word.load(Ordering::Relaxed);
@@ -186,7 +211,7 @@ impl Arena {
                 return Ok((Held(new), Acquired::Normal));
             }
         }
-        self.lock_writer_slow(word, reg, deadline)
+        self.lock_writer_slow(word, reg, timeout)
     }
 
     #[cold]
@@ -194,8 +219,9 @@ impl Arena {
         &self,
         word: &AtomicU64,
         reg: &Registration,
-        deadline: Instant,
+        timeout: Duration,
     ) -> Result<(Held, Acquired), LockError> {
+        let deadline = Instant::now() + timeout;
         const SPINS: u32 = 100;
         const FIRST_NAP: Duration = Duration::from_millis(1);
         const LONGEST_NAP: Duration = Duration::from_millis(50);
@@ -412,13 +438,13 @@ mod tests {
         let slot = file::register(&own, 0).unwrap();
         Registration {
             slot,
-            pid: std::process::id(),
+            made_in: forks(),
             own: Some(own),
         }
     }
 
-    fn soon(ms: u64) -> Instant {
-        Instant::now() + Duration::from_millis(ms)
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
     }
 
     #[test]
@@ -433,7 +459,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let reg = other_handle(&a);
                     for _ in 0..2000 {
-                        let (held, how) = a.lock_writer(&reg, soon(60_000)).unwrap();
+                        let (held, how) = a.lock_writer(&reg, secs(60)).unwrap();
                         assert_eq!(how, Acquired::Normal);
                         // A non-atomic read-modify-write: lost updates show
                         // if the lock does not exclude.
@@ -457,17 +483,17 @@ mod tests {
         let (_d, a) = arena();
         a.init_writer_lock().unwrap();
         let dead = other_handle(&a);
-        let (_held, _) = a.lock_writer(&dead, soon(1000)).unwrap();
+        let (_held, _) = a.lock_writer(&dead, secs(1)).unwrap();
         assert_eq!(a.writer_lock_holder(), dead.slot.id);
         // Its description closes (the process died): the kernel drops its
         // registration lock, and a waiter takes over.
         drop(dead);
         let me = other_handle(&a);
-        let (held, how) = a.lock_writer(&me, soon(10_000)).unwrap();
+        let (held, how) = a.lock_writer(&me, secs(10)).unwrap();
         assert_eq!(how, Acquired::OwnerDied);
         assert_eq!(a.writer_lock_holder(), me.slot.id);
         a.unlock_writer(held).unwrap();
-        let (held, how) = a.lock_writer(&me, soon(1000)).unwrap();
+        let (held, how) = a.lock_writer(&me, secs(1)).unwrap();
         assert_eq!(how, Acquired::Normal);
         a.unlock_writer(held).unwrap();
     }
@@ -477,11 +503,11 @@ mod tests {
         let (_d, a) = arena();
         a.init_writer_lock().unwrap();
         let holder = other_handle(&a);
-        let (held, _) = a.lock_writer(&holder, soon(1000)).unwrap();
+        let (held, _) = a.lock_writer(&holder, secs(1)).unwrap();
         let me = other_handle(&a);
         let t = Instant::now();
         assert!(matches!(
-            a.lock_writer(&me, soon(200)),
+            a.lock_writer(&me, Duration::from_millis(200)),
             Err(LockError::TimedOut)
         ));
         assert!(t.elapsed() >= Duration::from_millis(200));
@@ -491,7 +517,7 @@ mod tests {
         let a = Arc::new(a);
         let a2 = a.clone();
         let waiter = std::thread::spawn(move || {
-            let (h, how) = a2.lock_writer(&me, soon(30_000)).unwrap();
+            let (h, how) = a2.lock_writer(&me, secs(30)).unwrap();
             a2.unlock_writer(h).unwrap();
             how
         });
@@ -518,12 +544,12 @@ mod tests {
             };
             word.store(hostile, Ordering::SeqCst);
             // Nobody else holds any slot: every named holder is dead.
-            let (held, _) = a.lock_writer(&me, soon(10_000)).unwrap();
+            let (held, _) = a.lock_writer(&me, secs(10)).unwrap();
             a.unlock_writer(held).unwrap();
         }
         // A word changed under the holder: the release refuses rather than
         // freeing someone else's lock.
-        let (held, _) = a.lock_writer(&me, soon(1000)).unwrap();
+        let (held, _) = a.lock_writer(&me, secs(1)).unwrap();
         word.store(12345 << SEQ_SHIFT | 7, Ordering::SeqCst);
         assert!(a.unlock_writer(held).is_err());
         assert_eq!(a.writer_lock_holder(), 7);
