@@ -135,6 +135,16 @@ impl Registration {
     }
 }
 
+/// Move the lock word from `w` (as read) to taken by `reg`; `None` if it
+/// changed meanwhile.
+#[inline]
+fn take(word: &AtomicU64, w: u64, reg: &Registration) -> Option<Held> {
+    let new = reg.next(w);
+    word.compare_exchange(w, new, Ordering::Acquire, Ordering::Relaxed)
+        .ok()
+        .map(|_| Held(new))
+}
+
 /// The registration a lock word names as its holder.
 fn holder_of(w: u64) -> file::Slot {
     file::Slot {
@@ -203,12 +213,8 @@ impl Arena {
         let word = self.lock_word().map_err(LockError::Io)?;
         let w = word.load(Ordering::Relaxed);
         if w & HOLDER == 0 {
-            let new = reg.next(w);
-            if word
-                .compare_exchange(w, new, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
-                return Ok((Held(new), Acquired::Normal));
+            if let Some(held) = take(word, w, reg) {
+                return Ok((held, Acquired::Normal));
             }
         }
         self.lock_writer_slow(word, reg, timeout)
@@ -233,12 +239,8 @@ impl Arena {
         loop {
             let w = word.load(Ordering::Relaxed);
             if w & HOLDER == 0 {
-                let new = reg.next(w);
-                if word
-                    .compare_exchange(w, new, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    return Ok((Held(new), Acquired::Normal));
+                if let Some(held) = take(word, w, reg) {
+                    return Ok((held, Acquired::Normal));
                 }
                 continue;
             }
@@ -256,12 +258,8 @@ impl Arena {
                     file::registration_held(reg.file(self), holder_of(w)).map_err(LockError::Io)?;
                 if !alive {
                     // Dead: take over, unless the word moved meanwhile.
-                    let new = reg.next(w);
-                    if word
-                        .compare_exchange(w, new, Ordering::Acquire, Ordering::Relaxed)
-                        .is_ok()
-                    {
-                        return Ok((Held(new), Acquired::OwnerDied));
+                    if let Some(held) = take(word, w, reg) {
+                        return Ok((held, Acquired::OwnerDied));
                     }
                     continue;
                 }
