@@ -98,7 +98,9 @@ impl Db {
 
     /// A read or write through this handle met damage (`e`): remember that
     /// the index may disagree with the log, so that the next write repairs
-    /// it first. Returns `e`.
+    /// it first. Returns `e`. Out of line: reads only come here on errors.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn note_damage(&self, e: Error) -> Error {
         if matches!(e, Error::Corrupted { .. }) {
             self.shared.index_suspect.store(true, Ordering::Release);
