@@ -228,6 +228,29 @@ fn proc_state(pid: u32) -> Option<char> {
     s.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
+/// Wait until `pid` is stopped (SIGSTOP), at most 30 s.
+fn wait_stopped(pid: u32) {
+    let t = Instant::now();
+    while proc_state(pid) != Some('T') {
+        assert!(t.elapsed() < Duration::from_secs(30), "child never stopped");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Take an OFD read lock over every offset of the file through `ro` (a
+/// descriptor open only for reading): all a reader can hold.
+fn read_lock_everything(ro: &std::fs::File) {
+    // SAFETY: a zeroed flock is valid; F_OFD_SETLK reads the local.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_RDLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 0;
+    fl.l_len = 0; // to the end of all offsets
+                  // SAFETY: fcntl on our own descriptor with a pointer to a local.
+    let rc = unsafe { libc::fcntl(ro.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
 fn new_store(dir: &Path) -> PathBuf {
     let path = dir.join("lock.mapkv");
     Db::open(&path).unwrap().close().unwrap();
@@ -255,11 +278,7 @@ fn stopped_holder_times_out_others_and_is_never_robbed() {
         kid.expect("opened");
         kid.expect("stopping");
         let pid = kid.child.id();
-        let t = Instant::now();
-        while proc_state(pid) != Some('T') {
-            assert!(t.elapsed() < Duration::from_secs(30), "child never stopped");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_stopped(pid);
         let t = Instant::now();
         let err = me.insert(format!("mine{round}"), b"v").unwrap_err();
         let took = t.elapsed();
@@ -359,17 +378,7 @@ fn readers_cannot_lock_writers_out() {
     let path = new_store(dir.path());
     let ro = std::fs::File::open(&path).unwrap();
     fs2::FileExt::try_lock_exclusive(&ro).unwrap();
-    // SAFETY: a zeroed flock is valid; F_OFD_SETLK reads the local.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_RDLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = 0;
-    fl.l_len = 0; // to the end of all offsets
-                  // SAFETY: as above, on our own descriptor.
-    assert_eq!(
-        unsafe { libc::fcntl(ro.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) },
-        0
-    );
+    read_lock_everything(&ro);
     let quick = || Options::new().lock_timeout(Duration::from_secs(2));
     let a = quick().open(&path).unwrap();
     a.insert(b"a", b"1").unwrap();
@@ -398,15 +407,7 @@ fn stale_session_after_reboot_is_recovered_not_joined() {
     kid.expect("stopping");
     kid.kill();
     let ro = std::fs::File::open(&path).unwrap();
-    // SAFETY: a zeroed flock is valid; F_OFD_SETLK reads the local.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_RDLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: as above, on our own descriptor.
-    assert_eq!(
-        unsafe { libc::fcntl(ro.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) },
-        0
-    );
+    read_lock_everything(&ro);
     for (boot, key) in [("simulated-boot-1", "b1"), ("simulated-boot-2", "b2")] {
         let mut kid = Kid::spawn_with(
             "reboot",
@@ -444,11 +445,7 @@ fn killed_holder_is_taken_over() {
     let mut kid = Kid::spawn("stop", &path, "killed", None, false);
     kid.expect("opened");
     kid.expect("stopping");
-    let t = Instant::now();
-    while proc_state(kid.child.id()) != Some('T') {
-        assert!(t.elapsed() < Duration::from_secs(30), "child never stopped");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_stopped(kid.child.id());
     kid.kill();
     me.insert(b"after", b"2").unwrap();
     assert_eq!(me.get(b"before").unwrap().as_deref(), Some(&b"1"[..]));
