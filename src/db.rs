@@ -1238,7 +1238,7 @@ impl Inner {
         let mut off = start;
         let last = ops.len() - 1;
         for (i, op) in ops.iter().enumerate() {
-            let kind = if op.is_put() { KIND_PUT } else { KIND_DEL };
+            let kind = if op.is_put() { record::Kind::Put } else { record::Kind::Del };
             let (k, v) = (op.key(), op.value());
             let prefix = op.prefix();
             let p: &[u8] = prefix.as_ref().map_or(&[], |p| &p[..]);

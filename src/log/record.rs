@@ -31,6 +31,36 @@ pub(crate) const HEADER_LEN: u64 = 24;
 pub(crate) const KIND_PUT: u8 = 0xA5;
 pub(crate) const KIND_DEL: u8 = 0xA6;
 pub(crate) const KIND_INDEX: u8 = 0xA7;
+
+/// What a record is: its `kind` byte, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A key and its value.
+    Put,
+    /// A tombstone: the key is removed.
+    Del,
+    /// An index chunk: a slot table follows at the next 4096-byte boundary.
+    Index,
+}
+
+impl Kind {
+    pub(crate) fn byte(self) -> u8 {
+        match self {
+            Kind::Put => KIND_PUT,
+            Kind::Del => KIND_DEL,
+            Kind::Index => KIND_INDEX,
+        }
+    }
+
+    pub(crate) fn from_byte(b: u8) -> Option<Kind> {
+        match b {
+            KIND_PUT => Some(Kind::Put),
+            KIND_DEL => Some(Kind::Del),
+            KIND_INDEX => Some(Kind::Index),
+            _ => None,
+        }
+    }
+}
 pub(crate) const FLAG_END: u8 = 1;
 /// A put whose value area starts with 8 bytes: the expiry time, in
 /// milliseconds since the Unix epoch, little-endian. The value follows.
@@ -136,6 +166,17 @@ impl Header {
         b
     }
 
+    /// The record's kind; `None` for a byte that names none (zeroed space,
+    /// foreign bytes).
+    pub(crate) fn kind(&self) -> Option<Kind> {
+        Kind::from_byte(self.kind)
+    }
+
+    /// A put record (the only kind a live slot may point at).
+    pub(crate) fn is_put(&self) -> bool {
+        self.kind == KIND_PUT
+    }
+
     pub(crate) fn is_end(&self) -> bool {
         self.flags & FLAG_END != 0
     }
@@ -212,7 +253,7 @@ impl BodyCrc {
 pub(crate) fn encode(
     salt: u32,
     off: u64,
-    kind: u8,
+    kind: Kind,
     end: bool,
     key: &[u8],
     prefix: &[u8],
@@ -228,7 +269,7 @@ pub(crate) fn encode(
     let mut h = Header {
         crc: 0,
         hdr_crc: 0,
-        kind,
+        kind: kind.byte(),
         flags,
         key_len: key.len() as u16,
         val_len: (prefix.len() + value.len()) as u32,
@@ -274,7 +315,7 @@ mod tests {
         let h = encode(
             77,
             4096,
-            KIND_PUT,
+            Kind::Put,
             true,
             b"key",
             b"",
@@ -325,12 +366,12 @@ mod tests {
         assert!(ix.check(3, 12288));
         assert_eq!(index_table_start(12288), Some(16384));
         assert_eq!(ix.len_at(12288), Some(4096 + 4096));
-        let del = encode(3, 64, KIND_DEL, true, b"k", b"", b"", 1);
+        let del = encode(3, 64, Kind::Del, true, b"k", b"", b"", 1);
         assert!(del.check(3, 64));
         // A put with an expiry: the prefix counts in the value length and
         // the CRC; a TTL flag on anything else, or on a value shorter than
         // the prefix, is malformed.
-        let t = encode(3, 64, KIND_PUT, true, b"k", &9u64.to_le_bytes(), b"v", 1);
+        let t = encode(3, 64, Kind::Put, true, b"k", &9u64.to_le_bytes(), b"v", 1);
         assert!(t.check(3, 64) && t.has_ttl());
         assert_eq!(t.val_len as usize, TTL_LEN + 1);
         let mut c = BodyCrc::new(3, 64, &t.tail_bytes());
