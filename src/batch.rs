@@ -1,7 +1,7 @@
 //! Atomic batches of writes.
 
-use crate::db::Op;
-use crate::log::record::TTL_LEN;
+use crate::engine::Op;
+use crate::log::read::expiry_after;
 use crate::{Db, Error, Result};
 
 /// Writes that become visible, and durable, together.
@@ -25,9 +25,26 @@ use crate::{Db, Error, Result};
 pub struct Batch {
     db: Db,
     bytes: Vec<u8>,
-    /// (put, start, key length, value length, expiry or 0)
-    ops: Vec<(bool, usize, usize, usize, u64)>,
+    /// The operations, in order; keys and values live in `bytes`.
+    ops: Vec<Staged>,
     error: Option<Error>,
+}
+
+/// One operation of a batch, its key and value at `start` in the batch's
+/// byte buffer.
+#[derive(Clone, Copy, Debug)]
+enum Staged {
+    Put {
+        start: usize,
+        key_len: usize,
+        value_len: usize,
+        /// The expiry time (ms since the Unix epoch), for a TTL put.
+        expires: Option<u64>,
+    },
+    Remove {
+        start: usize,
+        key_len: usize,
+    },
 }
 
 impl Batch {
@@ -40,29 +57,39 @@ impl Batch {
         }
     }
 
-    fn push(&mut self, put: bool, key: &[u8], value: &[u8], expires: u64) {
+    /// Stage an operation: checked now (a key or value over the limits
+    /// makes `commit` fail), its bytes copied into the batch.
+    fn push(&mut self, op: Op<'_>) {
         if self.error.is_some() {
             return;
         }
-        if key.len() > crate::MAX_KEY_LEN {
-            self.error = Some(Error::KeyTooLarge {
-                len: key.len(),
-                max: crate::MAX_KEY_LEN,
-            });
-            return;
-        }
-        let max = crate::MAX_VALUE_LEN - if expires > 0 { TTL_LEN } else { 0 };
-        if value.len() > max {
-            self.error = Some(Error::ValueTooLarge {
-                len: value.len(),
-                max,
-            });
+        if let Err(e) = op.check() {
+            self.error = Some(e);
             return;
         }
         let start = self.bytes.len();
-        self.bytes.extend_from_slice(key);
-        self.bytes.extend_from_slice(value);
-        self.ops.push((put, start, key.len(), value.len(), expires));
+        self.ops.push(match op {
+            Op::Put(k, v) | Op::PutTtl(k, v, _) => {
+                self.bytes.extend_from_slice(k);
+                self.bytes.extend_from_slice(v);
+                Staged::Put {
+                    start,
+                    key_len: k.len(),
+                    value_len: v.len(),
+                    expires: match op {
+                        Op::PutTtl(_, _, at) => Some(at),
+                        _ => None,
+                    },
+                }
+            }
+            Op::Del(k) => {
+                self.bytes.extend_from_slice(k);
+                Staged::Remove {
+                    start,
+                    key_len: k.len(),
+                }
+            }
+        });
     }
 
     /// Insert or overwrite `key` when the batch commits. A key or value over
@@ -86,7 +113,7 @@ impl Batch {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut Batch {
-        self.push(true, key.as_ref(), value.as_ref(), 0);
+        self.push(Op::Put(key.as_ref(), value.as_ref()));
         self
     }
 
@@ -112,8 +139,8 @@ impl Batch {
         value: impl AsRef<[u8]>,
         ttl: std::time::Duration,
     ) -> &mut Batch {
-        let at = crate::db::expiry_after(ttl);
-        self.push(true, key.as_ref(), value.as_ref(), at);
+        let at = expiry_after(ttl);
+        self.push(Op::PutTtl(key.as_ref(), value.as_ref(), at));
         self
     }
 
@@ -132,7 +159,7 @@ impl Batch {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn remove(&mut self, key: impl AsRef<[u8]>) -> &mut Batch {
-        self.push(false, key.as_ref(), &[], 0);
+        self.push(Op::Del(key.as_ref()));
         self
     }
 
@@ -196,19 +223,49 @@ impl Batch {
         if let Some(e) = self.error {
             return Err(e);
         }
+        let b = &self.bytes;
         let ops: Vec<Op<'_>> = self
             .ops
             .iter()
-            .map(|&(put, s, k, v, expires)| {
-                let key = &self.bytes[s..s + k];
-                let value = &self.bytes[s + k..s + k + v];
-                match (put, expires) {
-                    (true, 0) => Op::Put(key, value),
-                    (true, at) => Op::PutTtl(key, value, at),
-                    (false, _) => Op::Del(key),
+            .map(|&op| match op {
+                Staged::Put {
+                    start,
+                    key_len,
+                    value_len,
+                    expires,
+                } => {
+                    let key = &b[start..start + key_len];
+                    let value = &b[start + key_len..start + key_len + value_len];
+                    match expires {
+                        Some(at) => Op::PutTtl(key, value, at),
+                        None => Op::Put(key, value),
+                    }
                 }
+                Staged::Remove { start, key_len } => Op::Del(&b[start..start + key_len]),
             })
             .collect();
         self.db.write(|i| i.commit(&ops))
+    }
+}
+
+impl Db {
+    /// A new, empty batch. Its operations become visible and durable
+    /// together when [`Batch::commit`](crate::Batch::commit) returns;
+    /// dropping it without committing does nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("batch.mapkv"))?;
+    /// let mut batch = db.batch();
+    /// batch.insert(b"a", b"1").insert(b"b", b"2");
+    /// assert!(db.is_empty()); // nothing is visible before the commit
+    /// batch.commit()?;
+    /// assert_eq!(db.len(), 2);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn batch(&self) -> crate::Batch {
+        crate::Batch::new(self.clone())
     }
 }

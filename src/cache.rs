@@ -13,10 +13,9 @@
 //! the evict fraction). Only a write that finds the file full waits, for
 //! its own eviction or for the one another thread or process is running.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::db::Inner;
+use crate::engine::{Failure, Store};
 use crate::index::Desc;
 use crate::storage::{self, GRANULE};
 use crate::{Db, Error, Result};
@@ -84,53 +83,6 @@ impl CacheStats {
     }
 }
 
-/// Hit and miss counters, striped over cache lines so that threads reading
-/// through clones of one handle do not contend on one line.
-pub(crate) struct HitCounters {
-    stripes: [Stripe; STRIPES],
-}
-
-const STRIPES: usize = 8;
-
-#[repr(align(128))]
-#[derive(Default)]
-struct Stripe {
-    hits: AtomicU64,
-    misses: AtomicU64,
-}
-
-impl Default for HitCounters {
-    fn default() -> Self {
-        HitCounters {
-            stripes: std::array::from_fn(|_| Stripe::default()),
-        }
-    }
-}
-
-impl HitCounters {
-    #[inline]
-    pub(crate) fn record(&self, hit: bool) {
-        thread_local! {
-            static STRIPE: usize = {
-                static NEXT: AtomicUsize = AtomicUsize::new(0);
-                NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES
-            };
-        }
-        let s = &self.stripes[STRIPE.with(|s| *s)];
-        let c = if hit { &s.hits } else { &s.misses };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn totals(&self) -> (u64, u64) {
-        self.stripes.iter().fold((0, 0), |(h, m), s| {
-            (
-                h + s.hits.load(Ordering::Relaxed),
-                m + s.misses.load(Ordering::Relaxed),
-            )
-        })
-    }
-}
-
 impl Db {
     /// Cache statistics: the capacity, the space in use, hits and misses of
     /// this handle, and the store's evictions and expirations. All zero but
@@ -153,8 +105,8 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn cache_stats(&self) -> CacheStats {
-        let i = self.inner();
-        let (hits, misses) = self.shared.hits.totals();
+        let i = self.store();
+        let (hits, misses) = self.handle.hits.totals();
         let mut s = CacheStats {
             hits,
             misses,
@@ -163,7 +115,7 @@ impl Db {
         };
         if let Ok(c) = i.control() {
             let (st, _) = c.snapshot(1000);
-            let st = crate::db::bounded(st, i.arena.refresh().unwrap_or(s.file_len));
+            let st = crate::engine::bounded(st, i.arena.refresh().unwrap_or(s.file_len));
             let [evictions, expirations, runs] = c.cache_counters();
             s.capacity = c.capacity();
             s.used_bytes = st.tail;
@@ -178,8 +130,8 @@ impl Db {
 
     /// Count a read for [`CacheStats`] (cache mode only).
     #[inline]
-    pub(crate) fn count_read(&self, i: &Inner, hit: bool) {
-        if i.cache {
+    pub(crate) fn count_read(&self, i: &Store, hit: bool) {
+        if i.is_cache() {
             self.record_read(hit);
         }
     }
@@ -187,7 +139,7 @@ impl Db {
     /// Out of line: keeps the database-mode read path as small as before.
     #[inline(never)]
     fn record_read(&self, hit: bool) {
-        self.shared.hits.record(hit);
+        self.handle.hits.record(hit);
     }
 
     /// A write found the cache full: it needs the file to reach `wanted`
@@ -206,14 +158,14 @@ impl Db {
         attempt: u32,
         deadline: Instant,
     ) -> Result<()> {
-        let i = self.inner();
+        let i = self.store();
         let c = i.control()?;
         let cap = c.capacity();
         let table = Desc::decode(c.index_desc()).map_or(0, |d| d.bytes());
         // What an empty cache has room for, roughly.
         let room = cap.saturating_sub(storage::ARENA_START + table + GRANULE);
         let out_of_space = |why: &str| Error::OutOfSpace {
-            path: self.shared.path.clone(),
+            path: self.handle.path.clone(),
             wanted,
             reason: format!(
                 "the write ({size} bytes) does not fit in the cache's capacity of {cap} bytes{why}"
@@ -238,30 +190,30 @@ impl Db {
                 Ok(_) => return Ok(()),
                 // The new file filled up with the commits made meanwhile:
                 // free more.
-                Err(Error::Full { .. }) if more < cap => more = (more.max(GRANULE) * 2).min(cap),
-                Err(Error::Full { .. }) => {
+                Err(Failure::Full { .. }) if more < cap => more = (more.max(GRANULE) * 2).min(cap),
+                Err(Failure::Full { .. }) => {
                     return Err(out_of_space(": eviction could not make room"))
                 }
-                Err(Error::Locked { .. }) => {
+                Err(Failure::Error(Error::Locked { .. })) => {
                     // Another eviction (or compaction) is running. Once it
                     // has moved the store, the write may fit.
                     if Instant::now() >= deadline {
                         return Err(Error::Locked {
-                            path: self.shared.path.clone(),
+                            path: self.handle.path.clone(),
                             detail: "the cache is full and the eviction running elsewhere did not \
                                      finish within the lock timeout",
                         });
                     }
                     std::thread::sleep(Duration::from_micros(500));
                 }
-                Err(e) => return Err(e),
+                Err(f) => return Err(f.into_error(&self.handle.path)),
             }
         }
     }
 
     /// Whether a write of `size` bytes fits in the current store now.
     fn fits_now(&self, size: u64) -> bool {
-        let i = self.inner();
+        let i = self.store();
         let Ok(c) = i.control() else {
             return false;
         };
@@ -271,15 +223,15 @@ impl Db {
     /// After a write in cache mode: start an eviction in a background
     /// thread once the log passes `1 - f/4` of the capacity, so that
     /// writers rarely find the file full.
-    pub(crate) fn maybe_evict_ahead(&self, i: &Inner) {
+    pub(crate) fn maybe_evict_ahead(&self, i: &Store) {
         let Ok(c) = i.control() else {
             return;
         };
         let cap = c.capacity();
-        if cap == 0 || i.read_only {
+        if cap == 0 || i.read_only() {
             return;
         }
-        let ahead = (cap as f64 * self.shared.opts.evict_fraction / 4.0) as u64;
+        let ahead = (cap as f64 * self.handle.opts.evict_fraction / 4.0) as u64;
         if c.tail() < cap.saturating_sub(ahead) {
             return;
         }
@@ -290,7 +242,7 @@ impl Db {
             // letting every write start a thread that finds it busy.
             while !db.fits_now(ahead) {
                 match db.evict(0) {
-                    Err(Error::Locked { .. }) if Instant::now() < deadline => {
+                    Err(Failure::Error(Error::Locked { .. })) if Instant::now() < deadline => {
                         std::thread::sleep(Duration::from_millis(1))
                     }
                     _ => break,

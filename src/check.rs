@@ -2,12 +2,13 @@
 
 use std::collections::HashMap;
 
-use crate::db::Inner;
+use crate::engine;
+use crate::engine::Store;
 use crate::index::{self, Desc};
-use crate::log::record::{record_len, KIND_PUT};
+use crate::log::record::record_len;
 use crate::log::{Item, Scanner};
 use crate::storage::ARENA_START;
-use crate::{Db, Result};
+use crate::{Db, Error, Result};
 
 /// What [`Db::check`] verified.
 ///
@@ -66,10 +67,10 @@ impl Db {
     pub fn check(&self) -> Result<CheckReport> {
         // No `write`: checking adds nothing to the log, so it must not
         // start a compaction or an eviction either.
-        self.following(|inner| {
-            if inner.cross {
-                let w = inner.lock_writer()?;
-                return check_state(inner, &w.st);
+        self.on_current(|inner| {
+            if !inner.read_only() {
+                let wr = inner.lock_writer()?;
+                return check_state(inner, &wr.st);
             }
             // A read-only handle cannot stop writers in other processes:
             // check a snapshot, and start again if a commit landed meanwhile.
@@ -89,16 +90,17 @@ impl Db {
                     return res;
                 }
             }
-            Err(crate::Error::Locked {
+            Err(Error::Locked {
                 path: inner.path.clone(),
                 detail: "the store kept changing while a read-only handle checked it; \
                          check it from a read-write handle, which holds writers off",
-            })
+            }
+            .into())
         })
     }
 }
 
-fn check_state(inner: &Inner, st: &crate::storage::control::State) -> Result<CheckReport> {
+fn check_state(inner: &Store, st: &crate::storage::control::State) -> engine::Result<CheckReport> {
     // Another process may have grown the file.
     let _ = inner.arena.refresh();
     let st = *st;
@@ -112,6 +114,7 @@ fn check_state(inner: &Inner, st: &crate::storage::control::State) -> Result<Che
     };
     // Replay the log: the latest record of every live key.
     let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
+    let rec = inner.records();
     let mut sc = Scanner::new(&inner.arena, inner.salt, ARENA_START, st.tail, None);
     while sc.pos() < st.tail {
         match sc.next_item() {
@@ -119,8 +122,8 @@ fn check_state(inner: &Inner, st: &crate::storage::control::State) -> Result<Che
                 report.commits += 1;
                 for r in records {
                     report.records += 1;
-                    let key = inner.read_key(r.off, &r.header)?;
-                    if r.header.kind == KIND_PUT {
+                    let key = rec.key(r.off, &r.header)?;
+                    if r.header.is_put() {
                         latest.insert(key, r.off);
                     } else {
                         latest.remove(&key);
@@ -129,18 +132,22 @@ fn check_state(inner: &Inner, st: &crate::storage::control::State) -> Result<Che
             }
             Ok(Item::Index { .. }) => report.index_chunks += 1,
             Err(stop) => {
-                return Err(inner.corrupt(stop.bad, format!("log check: {}", stop.why)));
+                return Err(inner
+                    .corrupt(stop.bad, format!("log check: {}", stop.why))
+                    .into());
             }
         }
     }
     if sc.pos() != st.tail {
-        return Err(inner.corrupt(sc.pos(), "the last log item runs past the tail"));
+        return Err(inner
+            .corrupt(sc.pos(), "the last log item runs past the tail")
+            .into());
     }
     // The index must hold exactly those records. The log verified: any
     // disagreement from here on is the index's, which a rebuild from the
     // log repairs.
-    check_index(inner, &st, &latest, &mut report).map_err(|e| match e {
-        crate::Error::Corrupted { path, offset, what } => crate::Error::Corrupted {
+    check_index(inner, &st, &latest, &mut report).map_err(|f| match f.into_error(&inner.path) {
+        Error::Corrupted { path, offset, what } => Error::Corrupted {
             path,
             offset,
             what: format!("{what}; {INDEX_ONLY}"),
@@ -156,40 +163,53 @@ pub(crate) const INDEX_ONLY: &str =
     "the log verifies: rebuilding the index from it repairs this (Db::repair, mapkv repair)";
 
 fn check_index(
-    inner: &Inner,
+    inner: &Store,
     st: &crate::storage::control::State,
     latest: &HashMap<Vec<u8>, u64>,
     report: &mut CheckReport,
-) -> Result<()> {
+) -> engine::Result<()> {
     let (t, d) = inner.table_at(st.index_desc)?;
+    let rec = inner.records();
     let d: Desc = d;
     let mut seen = 0u64;
     let mut offsets = std::collections::HashSet::new();
     for word in t.live_words() {
         let off = index::word_offset(word);
         if !offsets.insert(off) {
-            return Err(inner.corrupt(d.start, format!("two slots point at the record at {off}")));
+            return Err(inner
+                .corrupt(d.start, format!("two slots point at the record at {off}"))
+                .into());
         }
-        let h = inner.header_at(off)?;
-        let key = inner.read_key(off, &h)?;
+        let h = rec.header(off)?;
+        let key = rec.key(off, &h)?;
         if latest.get(&key) != Some(&off) {
-            return Err(inner.corrupt(
-                off,
-                "index slot points at a record that is not the latest of a live key",
-            ));
+            return Err(inner
+                .corrupt(
+                    off,
+                    "index slot points at a record that is not the latest of a live key",
+                )
+                .into());
         }
         let hash = index::hash(inner.hash_seed, &key);
         if !index::same_tag(word, hash) {
-            return Err(inner.corrupt(d.start, format!("slot tag does not match the key at {off}")));
+            return Err(inner
+                .corrupt(d.start, format!("slot tag does not match the key at {off}"))
+                .into());
         }
-        let found = t.find(hash, |o| inner.key_eq(o, &key))?;
+        let found = t
+            .find(hash, |o| -> engine::Result<bool> {
+                Ok(rec.key_eq(o, &key)?)
+            })
+            .map_err(|f| inner.locate(f, d.start))?;
         // Compare where the slots point: readers of a cache change the hit
         // count bits of a word at any time, without any lock.
         if found.map(|(_, w)| index::word_offset(w)) != Some(off) {
-            return Err(inner.corrupt(
-                d.start,
-                format!("key at {off} is not reachable from its home slot"),
-            ));
+            return Err(inner
+                .corrupt(
+                    d.start,
+                    format!("key at {off} is not reachable from its home slot"),
+                )
+                .into());
         }
         report.live_bytes = report
             .live_bytes
@@ -198,19 +218,23 @@ fn check_index(
     }
     report.live_keys = latest.len() as u64;
     if seen != report.live_keys {
-        return Err(inner.corrupt(
-            d.start,
-            format!("index holds {seen} live keys, the log {}", report.live_keys),
-        ));
+        return Err(inner
+            .corrupt(
+                d.start,
+                format!("index holds {seen} live keys, the log {}", report.live_keys),
+            )
+            .into());
     }
     if st.live_keys != report.live_keys || st.live_bytes != report.live_bytes {
-        return Err(inner.corrupt(
-            crate::storage::CONTROL_OFFSET,
-            format!(
-                "counters say {} keys / {} bytes, the log {} / {}",
-                st.live_keys, st.live_bytes, report.live_keys, report.live_bytes
-            ),
-        ));
+        return Err(inner
+            .corrupt(
+                crate::storage::CONTROL_OFFSET,
+                format!(
+                    "counters say {} keys / {} bytes, the log {} / {}",
+                    st.live_keys, st.live_bytes, report.live_keys, report.live_bytes
+                ),
+            )
+            .into());
     }
     Ok(())
 }

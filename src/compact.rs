@@ -33,14 +33,14 @@
 //! writer, which sees MOVING, checks where the name points, and sets MOVED
 //! or clears MOVING.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::db::{expiry_of, now_ms, Inner, Op};
+use crate::engine::{self, Failure, Op, Store};
 use crate::index;
-use crate::log::record::{seq_gen, seq_of, Header, KIND_PUT, TTL_LEN};
+use crate::log::read::now_ms;
+use crate::log::record::{seq_gen, seq_of};
 use crate::log::{Item, Scanner};
 use crate::options::Lineage;
 use crate::storage::control::{MOVED_MAGIC, MOVING_MAGIC};
@@ -125,12 +125,12 @@ struct Entry {
 /// of a run's hits to land in it). Entries whose slot changed since (an
 /// overwrite, or a rebuild of the old table) are left as they are.
 fn carry_late_hits(
-    old: &Inner,
-    new: &Inner,
+    old: &Store,
+    new: &Store,
     ot: &index::Table<'_>,
     desc: u64,
     kept: &[Entry],
-) -> Result<()> {
+) -> engine::Result<()> {
     if old.control()?.index_desc() != desc {
         return Ok(());
     }
@@ -142,8 +142,9 @@ fn carry_late_hits(
         if index::word_offset(w) != e.off || now <= e.hits {
             continue;
         }
-        let h = old.header_at(e.off)?;
-        let key = old.read_key(e.off, &h)?;
+        let rec = old.records();
+        let h = rec.header(e.off)?;
+        let key = rec.key(e.off, &h)?;
         new.set_freq(&key, (e.freq + now - e.hits).min(index::FREQ_MAX))?;
     }
     Ok(())
@@ -255,64 +256,67 @@ impl Db {
         match self.run(progress, Plan::Compact) {
             // A cache's new file cannot fill up with the live entries
             // alone, but it can with commits made meanwhile.
-            Err(Error::Full { wanted, .. }) => Err(Error::OutOfSpace {
-                path: self.shared.path.clone(),
+            Err(Failure::Full { wanted, .. }) => Err(Error::OutOfSpace {
+                path: self.handle.path.clone(),
                 wanted,
                 reason: "commits made during the compaction filled the cache's capacity".into(),
             }),
-            r => r,
+            r => r.map_err(|f| f.into_error(&self.handle.path)),
         }
     }
 
     /// Cache mode: evict to make room. Frees the evict fraction of the
     /// capacity, and at least `min_free` bytes. Fails with `Error::Locked`
     /// if a compaction or eviction is running.
-    pub(crate) fn evict(&self, min_free: u64) -> Result<CompactReport> {
+    pub(crate) fn evict(&self, min_free: u64) -> engine::Result<CompactReport> {
         self.run(&mut |_, _| {}, Plan::Evict { min_free })
     }
 
     /// One compaction or eviction at a time per handle; if another one
     /// moved the store meanwhile, start over on the new file.
-    fn run(&self, progress: &mut dyn FnMut(u64, u64), plan: Plan) -> Result<CompactReport> {
+    fn run(&self, progress: &mut dyn FnMut(u64, u64), plan: Plan) -> engine::Result<CompactReport> {
         self.repair_if_suspect();
-        let Some(_one) = self.shared.compacting.try_lock() else {
+        let Some(_one) = self.handle.compacting.try_lock() else {
             return Err(Error::Locked {
-                path: self.shared.path.clone(),
+                path: self.handle.path.clone(),
                 detail: "another compaction of this store is running",
-            });
+            }
+            .into());
         };
         let mut repaired = false;
         for _ in 0..5 {
             match self.compact_once(progress, plan) {
-                Err(Error::Moved) => continue,
+                Err(Failure::Moved) => continue,
                 // A slot that disagrees with the log: rebuild the index
                 // from the log and start again.
-                Err(e @ Error::Corrupted { .. }) if !repaired => {
+                Err(Failure::Error(e @ Error::Corrupted { .. })) if !repaired => {
                     repaired = true;
                     if !self.repair_after(&e) {
-                        return Err(e);
+                        return Err(e.into());
                     }
                 }
                 r => return r,
             }
         }
         Err(Error::Locked {
-            path: self.shared.path.clone(),
+            path: self.handle.path.clone(),
             detail: "other compactions kept moving the store to new files",
-        })
+        }
+        .into())
     }
 
     fn compact_once(
         &self,
         progress: &mut dyn FnMut(u64, u64),
         plan: Plan,
-    ) -> Result<CompactReport> {
+    ) -> engine::Result<CompactReport> {
         let started = Instant::now();
-        let old = arc_swap::Guard::into_inner(self.inner());
-        if old.read_only {
+        let old = arc_swap::Guard::into_inner(self.store());
+        if old.read_only() {
             return Err(Error::ReadOnly {
                 path: old.path.clone(),
-            });
+            }
+            .into());
         }
         old.check_writable()?;
         let owner = owner_of(&old)?;
@@ -320,10 +324,10 @@ impl Db {
         if !old.is_current() {
             // Another compaction finished just before we took the lock.
             drop(lock);
-            self.shared.follow(&old);
-            return Err(Error::Moved);
+            self.handle.follow(&old);
+            return Err(Failure::Moved);
         }
-        remove_leftovers(&self.shared.path);
+        storage::file::remove_compact_leftovers(&self.handle.path);
         let c = old.control()?;
         let (st0, _) = c.snapshot(1_000_000);
         let len_before = old.arena.len();
@@ -331,7 +335,7 @@ impl Db {
         // the file can hold, whatever the control block says.
         // (The file may have grown in another process since this handle
         // last looked: ask for its length now.)
-        let st0 = crate::db::bounded(st0, old.arena.refresh().unwrap_or(len_before));
+        let st0 = engine::bounded(st0, old.arena.refresh().unwrap_or(len_before));
 
         // Live entries of the current table, as of now; entries that have
         // expired are left behind (that is their space coming back).
@@ -357,8 +361,8 @@ impl Db {
                 continue;
             }
             let off = index::word_offset(w);
-            let h = old.header_at(off)?;
-            if old.expired_at(off, &h, now)? {
+            let h = old.records().header(off)?;
+            if old.records().expired_at(off, &h, now)? {
                 expired += 1;
                 continue;
             }
@@ -393,7 +397,7 @@ impl Db {
             // come on top: at most what it had left, which is less than the
             // share (a background eviction starts at `1 - f/4`), so the new
             // file ends below the point where the next one starts.
-            let fraction = self.shared.opts.evict_fraction;
+            let fraction = self.handle.opts.evict_fraction;
             let budget = ((capacity as f64) * (1.0 - fraction)) as u64;
             let overhead = storage::ARENA_START + 2 * 4096 + d0.bytes();
             let keep = budget.saturating_sub(overhead);
@@ -412,8 +416,8 @@ impl Db {
         let per = if k == 0 { 1 } else { n.div_ceil(k) };
         let generation = st0.generation as u16;
         let opts = self.new_file_options(&old, &st0, s0 - k, generation)?;
-        let tmp = temp_name(&self.shared.path);
-        let mut new = match Inner::open(&tmp, opts) {
+        let tmp = storage::file::compact_temp_name(&self.handle.path);
+        let mut new = match Store::open(&tmp, opts) {
             Ok(i) => i,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -424,39 +428,27 @@ impl Db {
         // group and mode, or the compaction does not happen.
         if let Err(e) = owner.give_to(&new, &old.path) {
             discard(new, &tmp);
-            return Err(e);
+            return Err(e.into());
         }
-        let result = (|| {
+        let result = (|| -> engine::Result<(u64, u64)> {
             let mut copied = 0u64;
             for chunk in live.chunks(per as usize) {
                 let mut bufs = Vec::with_capacity(chunk.len());
                 for e in chunk.iter().take(AHEAD) {
                     old.arena.prefetch(e.off, 256);
                 }
-                for (i, &Entry { off, word, .. }) in chunk.iter().enumerate() {
+                for (i, &Entry { word, .. }) in chunk.iter().enumerate() {
                     if let Some(e) = chunk.get(i + AHEAD) {
                         old.arena.prefetch(e.off, 256);
                     }
-                    let h = old.header_at(off)?;
-                    if h.kind != KIND_PUT {
-                        return Err(old.corrupt(off, "live slot points at a non-put record"));
-                    }
-                    let b = old.read_record(off, &h)?;
-                    let key = &b[..h.key_len as usize];
-                    if !index::same_tag(word, index::hash(old.hash_seed, key)) {
-                        return Err(old.corrupt(
-                            off,
-                            "a slot's tag does not match the key of the record it points at",
-                        ));
-                    }
-                    bufs.push((h, b));
+                    bufs.push(old.entry_at(word)?);
                 }
-                let ops: Vec<Op<'_>> = bufs.iter().map(|(h, b)| put_op(h, b)).collect();
+                let ops: Vec<Op<'_>> = bufs.iter().map(Op::from_put).collect();
                 new.commit(&ops)?;
                 // Carry the hit counts over (cache mode).
-                for (e, (h, b)) in chunk.iter().zip(&bufs) {
+                for (e, put) in chunk.iter().zip(&bufs) {
                     if e.freq > 0 {
-                        new.set_freq(&b[..h.key_len as usize], e.freq)?;
+                        new.set_freq(put.key(), e.freq)?;
                     }
                 }
                 copied += chunk.len() as u64;
@@ -466,10 +458,12 @@ impl Db {
             // the copy holds fewer keys than it copied.
             let keys = new.control()?.live_keys();
             if keys != copied {
-                return Err(old.corrupt(
-                    d0.start,
-                    format!("the index holds {copied} live slots for {keys} distinct keys"),
-                ));
+                return Err(old
+                    .corrupt(
+                        d0.start,
+                        format!("the index holds {copied} live slots for {keys} distinct keys"),
+                    )
+                    .into());
             }
             // Catch up without the lock while much is left.
             let mut pos = st0.tail;
@@ -503,8 +497,7 @@ impl Db {
 
         // The file was cut to its tail: let the last commits grow it by
         // granules rather than by doubling.
-        let growth_step = new.growth_step;
-        new.growth_step = GRANULE;
+        let growth_step = new.set_growth_step(GRANULE);
         // The pause: writers everywhere wait from here to the release.
         let paused = Instant::now();
         let wg = match old.lock_writer() {
@@ -514,7 +507,7 @@ impl Db {
                 return Err(e);
             }
         };
-        let finish = (|| {
+        let finish = (|| -> engine::Result<()> {
             caught_up += replay(&old, &new, pos, wg.st.tail)?;
             {
                 // The last commits durable too (one msync, an fsync only if
@@ -522,7 +515,7 @@ impl Db {
                 let mut nw = new.lock_writer()?;
                 new.commit_meta(&mut nw, false)?;
             }
-            let fire = |phase| testing::fire(&self.shared.path, IoOp::Rename, phase);
+            let fire = |phase| testing::fire(&self.handle.path, IoOp::Rename, phase);
             fire(Phase::Before).map_err(|source| io_err(&old.path, "rename", source))?;
             // The cache counters move with the store.
             let [ev, ex, runs] = c.cache_counters();
@@ -533,18 +526,18 @@ impl Db {
                 runs.saturating_add(is_evict),
             ]);
             c.set_magic(MOVING_MAGIC);
-            if let Err(source) = std::fs::rename(&tmp, &self.shared.path) {
+            if let Err(source) = std::fs::rename(&tmp, &self.handle.path) {
                 c.set_magic(crate::storage::control::CONTROL_MAGIC);
-                return Err(io_err(&old.path, "rename the compacted file", source));
+                return Err(io_err(&old.path, "rename the compacted file", source).into());
             }
             // From here the new file is the store; a failure to sync the
             // directory only means the rename may not survive a power cut
             // (the old file, intact, is then the store).
-            let synced = storage::file::sync_parent(&self.shared.path);
+            let synced = storage::file::sync_parent(&self.handle.path);
             c.set_magic(MOVED_MAGIC);
             old.notify();
             synced.map_err(|source| io_err(&old.path, "sync directory after rename", source))?;
-            fire(Phase::After).map_err(|source| io_err(&old.path, "rename", source))
+            fire(Phase::After).map_err(|source| io_err(&old.path, "rename", source).into())
         })();
         let moved = c.magic() == MOVED_MAGIC;
         // Releasing the old writer lock lets waiting writers see MOVED.
@@ -555,19 +548,17 @@ impl Db {
             discard(new, &tmp);
             return Err(finish.err().unwrap_or_else(|| {
                 old.corrupt(0, "compaction: the store did not move (internal error)")
+                    .into()
             }));
         }
         // Ours now. The old store is finished: never close it as ours.
         // It was built unsynced; from now on it has the handle's durability.
-        new.growth_step = growth_step;
-        new.durability = self.shared.opts.durability;
-        new.path = self.shared.path.clone();
-        new.arena.set_path(&self.shared.path);
-        old.closed.store(true, Ordering::Release);
+        new.adopt(&self.handle.path, self.handle.opts.durability, growth_step);
+        old.abandon();
         let nc = new.control()?;
         let (st1, _) = nc.snapshot(1_000_000);
         let len_after = new.arena.len();
-        self.shared.current.store(Arc::new(new));
+        self.handle.current.store(Arc::new(new));
         finish?;
         Ok(CompactReport {
             keys: st1.live_keys,
@@ -586,7 +577,7 @@ impl Db {
     /// continuing the store's lineage, same limits and mode as the old file.
     fn new_file_options(
         &self,
-        old: &Inner,
+        old: &Store,
         st0: &crate::storage::control::State,
         start_seq: u64,
         generation: u16,
@@ -598,7 +589,7 @@ impl Db {
             .metadata()
             .map(|m| m.permissions().mode() & 0o7777)
             .unwrap_or(0o600);
-        let base = &self.shared.opts;
+        let base = &self.handle.opts;
         let table = 8u64 << index::log2cap_for(st0.live_keys.saturating_mul(3) / 2);
         let estimate = storage::ARENA_START + 2 * crate::log::record::HEADER_LEN + table;
         let estimate =
@@ -646,7 +637,7 @@ struct Owner {
 /// The store file's owner, group and mode. Refuses a store with a second
 /// hard link: the rename would replace one name only, and the two names
 /// would then be two different stores.
-fn owner_of(old: &Inner) -> Result<Owner> {
+fn owner_of(old: &Store) -> Result<Owner> {
     use std::os::unix::fs::MetadataExt;
     let md = old
         .arena
@@ -675,7 +666,7 @@ impl Owner {
     /// first: it may clear the set-id bits, which chmod then restores).
     /// A process that may not (EPERM: only root can give a file away)
     /// gets `Error::Refused`.
-    fn give_to(&self, new: &Inner, store: &Path) -> Result<()> {
+    fn give_to(&self, new: &Store, store: &Path) -> Result<()> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let f = new.arena.file();
         let refuse = |what: String, e: std::io::Error| Error::Refused {
@@ -703,12 +694,13 @@ impl Owner {
 
 /// Replay the old log's commits in `[from, to)` into `new`, one commit for
 /// one commit. Returns how many.
-fn replay(old: &Inner, new: &Inner, from: u64, to: u64) -> Result<u64> {
+fn replay(old: &Store, new: &Store, from: u64, to: u64) -> engine::Result<u64> {
     if to <= from {
         return Ok(0);
     }
-    if !old.within_file(to) {
-        return Err(old.corrupt(to, "log tail past the end of the file"));
+    let rec = old.records();
+    if !rec.within_file(to) {
+        return Err(old.corrupt(to, "log tail past the end of the file").into());
     }
     let mut sc = Scanner::new(&old.arena, old.salt, from, to, None);
     let mut n = 0;
@@ -720,58 +712,55 @@ fn replay(old: &Inner, new: &Inner, from: u64, to: u64) -> Result<u64> {
             Ok(Item::Commit {
                 records, seq_gen, ..
             }) => {
-                let mut bufs = Vec::with_capacity(records.len());
-                for r in &records {
-                    if r.header.kind == KIND_PUT {
-                        bufs.push((r.header, old.read_record(r.off, &r.header)?));
-                    } else {
-                        bufs.push((r.header, old.read_key(r.off, &r.header)?));
-                    }
+                /// A record read back: a put whole, a delete's key.
+                enum Read {
+                    Put(crate::log::read::Put),
+                    Del(Vec<u8>),
                 }
-                let ops: Vec<Op<'_>> = bufs
+                let mut reads = Vec::with_capacity(records.len());
+                for r in &records {
+                    reads.push(if r.header.is_put() {
+                        Read::Put(rec.put(r.off, &r.header)?)
+                    } else {
+                        Read::Del(rec.key(r.off, &r.header)?)
+                    });
+                }
+                let ops: Vec<Op<'_>> = reads
                     .iter()
-                    .map(|(h, b)| {
-                        if h.kind == KIND_PUT {
-                            put_op(h, b)
-                        } else {
-                            Op::Del(b)
-                        }
+                    .map(|r| match r {
+                        Read::Put(p) => Op::from_put(p),
+                        Read::Del(k) => Op::Del(k),
                     })
                     .collect();
                 let expect = seq_of(seq_gen);
                 let next = seq_of(nw.st.seq_gen) + 1;
                 if next != expect {
-                    return Err(old.corrupt(
-                        sc.pos(),
-                        format!("compaction: commit {expect} would become {next} in the new file"),
-                    ));
+                    return Err(old
+                        .corrupt(
+                            sc.pos(),
+                            format!(
+                                "compaction: commit {expect} would become {next} in the new file"
+                            ),
+                        )
+                        .into());
                 }
                 new.commit_locked(&mut nw, &ops)?;
                 n += 1;
             }
             Ok(Item::Index { .. }) => {}
             Err(stop) => {
-                return Err(old.corrupt(stop.bad, format!("compaction catch-up: {}", stop.why)))
+                return Err(old
+                    .corrupt(stop.bad, format!("compaction catch-up: {}", stop.why))
+                    .into())
             }
         }
     }
     Ok(n)
 }
 
-/// The put that re-creates the record `h` (key and value area in `b`),
-/// expiry included.
-fn put_op<'a>(h: &Header, b: &'a [u8]) -> Op<'a> {
-    let kl = h.key_len as usize;
-    if h.has_ttl() && b.len() >= kl + TTL_LEN {
-        Op::PutTtl(&b[..kl], &b[kl + TTL_LEN..], expiry_of(&b[kl..]))
-    } else {
-        Op::Put(&b[..kl], &b[kl..])
-    }
-}
-
 /// Close and delete an unfinished new file.
-fn discard(new: Inner, tmp: &Path) {
-    new.closed.store(true, Ordering::Release);
+fn discard(new: Store, tmp: &Path) {
+    new.abandon();
     drop(new);
     let _ = std::fs::remove_file(tmp);
 }
@@ -784,56 +773,13 @@ fn io_err(path: &Path, op: &'static str, source: std::io::Error) -> Error {
     }
 }
 
-/// The hidden name of a compaction's new file: `.NAME.mapkv-compact-PID-R`
-/// next to the store.
-fn temp_name(path: &Path) -> PathBuf {
-    let (dir, name) = dir_and_name(path);
-    dir.join(format!(
-        ".{name}.mapkv-compact-{}-{:x}",
-        std::process::id(),
-        storage::file::random_u64()
-    ))
-}
-
-fn dir_and_name(path: &Path) -> (PathBuf, String) {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    (dir, name)
-}
-
-/// Remove new files of compactions that did not finish. Only called with
-/// the compaction lock held, or by an opener that is alone on the store
-/// (a running compaction keeps the store open), so none is in use.
-pub(crate) fn remove_leftovers(path: &Path) {
-    let (dir, name) = dir_and_name(path);
-    // The new file, and the temporary file it is created under first.
-    let prefix = format!(".{name}.mapkv-compact-");
-    let creating = format!("..{name}.mapkv-compact-");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with(&prefix) || n.starts_with(&creating) {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
 /// The compaction lock, held.
 struct CompactLock {
-    inner: Arc<Inner>,
+    inner: Arc<Store>,
 }
 
 impl CompactLock {
-    fn take(inner: &Arc<Inner>) -> Result<CompactLock> {
+    fn take(inner: &Arc<Store>) -> Result<CompactLock> {
         match storage::file::compact_lock(inner.arena.file(), true) {
             Ok(true) => Ok(CompactLock {
                 inner: inner.clone(),

@@ -127,24 +127,6 @@ pub enum Error {
         found: usize,
     },
 
-    /// Internal: the store moved to a new file (a compaction finished);
-    /// the operation follows it and runs again. Never returned by the API.
-    #[doc(hidden)]
-    #[error("the store moved to a new file")]
-    Moved,
-
-    /// Internal: a cache-mode write needs the file to grow to `wanted`
-    /// bytes, past its capacity; the write evicts and runs again. Never
-    /// returned by the API.
-    #[doc(hidden)]
-    #[error("the cache is full (the write needs {wanted} bytes of file)")]
-    Full {
-        /// The file length the write needed.
-        wanted: u64,
-        /// How many bytes past the log's end the write needed.
-        size: u64,
-    },
-
     /// [`Db::changes_after`](crate::Db::changes_after) was given a log
     /// position that this store's log does not have.
     #[error(
@@ -256,3 +238,67 @@ pub enum Error {
 /// # Ok::<(), mapkv::Error>(())
 /// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How an operation inside the crate ends early: with an [`Error`] for the
+/// caller, or with a signal that the `Db` layer acts on before it runs the
+/// operation again. Never leaves the crate: the public API returns
+/// [`Error`] only (see [`Failure::into_error`]).
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// An error to report.
+    Error(Error),
+    /// The store moved to a new file (a compaction finished): follow it
+    /// and run again.
+    Moved,
+    /// A cache-mode write needs the file to grow to `wanted` bytes, past
+    /// its capacity (`size`: bytes past the log's end): evict, then run
+    /// again.
+    Full {
+        /// The file length the write needed.
+        wanted: u64,
+        /// How many bytes past the log's end the write needed.
+        size: u64,
+    },
+    /// An index table had no empty slot where one was needed: the table
+    /// disagrees with its counters. Located (turned into
+    /// [`Error::Corrupted`] with the table's offset) by the engine.
+    TableFull,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Error(e)
+    }
+}
+
+impl From<crate::index::TableFull> for Failure {
+    fn from(_: crate::index::TableFull) -> Failure {
+        Failure::TableFull
+    }
+}
+
+impl Failure {
+    /// The error to report for a failure that its handler did not take
+    /// care of: a move that kept happening, a cache that stayed full, a
+    /// table that was full.
+    pub(crate) fn into_error(self, path: &std::path::Path) -> Error {
+        match self {
+            Failure::Error(e) => e,
+            Failure::Moved => Error::Corrupted {
+                path: path.to_path_buf(),
+                offset: crate::storage::CONTROL_OFFSET,
+                what: "the store keeps saying it moved to a new file, but the path still names this one".into(),
+            },
+            Failure::Full { wanted, .. } => Error::OutOfSpace {
+                path: path.to_path_buf(),
+                wanted,
+                reason: "the write does not fit in the cache's capacity".into(),
+            },
+            Failure::TableFull => Error::Corrupted {
+                path: path.to_path_buf(),
+                offset: 0,
+                what: "index table has no empty slot".into(),
+            },
+        }
+    }
+}

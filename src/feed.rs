@@ -1,7 +1,8 @@
 //! Reading the log back as a feed of commits: what changed, in order, in
 //! any process. `mapkv watch` is built on it.
 
-use crate::log::record::{seq_of, KIND_PUT, TTL_LEN};
+use crate::engine::Store;
+use crate::log::record::seq_of;
 use crate::log::{Item, Scanner};
 use crate::storage::ARENA_START;
 use crate::{Db, Error, Result, Value};
@@ -141,7 +142,7 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn log_position(&self) -> LogPosition {
-        let i = self.inner();
+        let i = self.store();
         LogPosition {
             file: file_of(&i),
             offset: tail_of(&i),
@@ -184,7 +185,7 @@ impl Db {
         from: LogPosition,
         max: usize,
     ) -> Result<(Vec<Commit>, LogPosition)> {
-        let i = self.inner();
+        let i = self.store();
         let tail = tail_of(&i);
         let bad = |reason| Error::BadPosition {
             path: i.path.clone(),
@@ -201,7 +202,7 @@ impl Db {
         if from < ARENA_START || from > tail || from % 8 != 0 {
             return Err(bad("outside the log"));
         }
-        if !i.within_file(tail) {
+        if !i.records().within_file(tail) {
             return Err(i.corrupt(tail, "log tail past the end of the file"));
         }
         let mut out = Vec::new();
@@ -212,22 +213,22 @@ impl Db {
                     records, seq_gen, ..
                 }) => {
                     let mut changes = Vec::with_capacity(records.len());
+                    let rec = i.records();
                     for r in records {
-                        let key = i.read_key(r.off, &r.header)?;
-                        changes.push(if r.header.kind == KIND_PUT {
-                            let mut buf = i.read_record(r.off, &r.header)?;
-                            let k = key.len();
-                            if r.header.has_ttl() {
-                                // The feed reports the value; an entry that
-                                // has expired since still shows as put.
-                                buf.drain(k..(k + TTL_LEN).min(buf.len()));
-                            }
+                        changes.push(if r.header.is_put() {
+                            // The feed reports the value; an entry that has
+                            // expired since still shows as put.
+                            let put = rec.put(r.off, &r.header)?;
+                            let key = put.key().to_vec();
+                            let (buf, at) = put.into_buf();
                             Change::Put {
                                 key,
-                                value: Value::from_parts(buf, k),
+                                value: Value::from_parts(buf, at),
                             }
                         } else {
-                            Change::Remove { key }
+                            Change::Remove {
+                                key: rec.key(r.off, &r.header)?,
+                            }
                         });
                     }
                     out.push(Commit {
@@ -254,11 +255,11 @@ impl Db {
     }
 }
 
-fn file_of(i: &crate::db::Inner) -> (u64, u64, u32) {
+fn file_of(i: &Store) -> (u64, u64, u32) {
     (i.file_id.0, i.file_id.1, i.file_nonce)
 }
 
-fn tail_of(i: &crate::db::Inner) -> u64 {
+fn tail_of(i: &Store) -> u64 {
     i.control()
         .map(|c| c.snapshot(1000).0.tail)
         .unwrap_or(ARENA_START)

@@ -1,5 +1,9 @@
 //! Iteration over every live entry.
 
+use std::sync::Arc;
+
+use crate::db::Follows;
+use crate::engine::{self, Store};
 use crate::index;
 use crate::{Db, Result, Value};
 
@@ -32,7 +36,7 @@ pub struct Iter<'a> {
     /// The store as it was when the iterator was made: after a compaction
     /// moves the store, the iterator finishes on the old file (which stays
     /// mapped, and unchanged, while the iterator holds it).
-    inner: std::sync::Arc<crate::db::Inner>,
+    store: std::sync::Arc<Store>,
     /// The slot table's descriptor word, if it was valid.
     desc: Option<u64>,
     slot: usize,
@@ -47,22 +51,26 @@ const LOOKAHEAD: usize = 64;
 
 impl<'a> Iter<'a> {
     pub(crate) fn new(db: &'a Db) -> Iter<'a> {
-        let mut inner = arc_swap::Guard::into_inner(db.inner());
-        let mut res = inner.table().map(|(_, d)| d.encode());
-        let mut follows = crate::db::Follows::new(db.shared.opts.lock_timeout);
-        while matches!(res, Err(crate::Error::Moved)) && follows.again() {
-            // Moved between the check and the table: follow, then retry.
-            db.shared.follow(&inner);
-            inner = arc_swap::Guard::into_inner(db.inner());
-            res = inner.table().map(|(_, d)| d.encode());
-        }
+        // The table of the current store; moved between the check and the
+        // table: follow, then try again.
+        let mut store = None;
+        let res = Follows::new(db.handle.opts.lock_timeout).run(
+            &db.handle.path,
+            || arc_swap::Guard::into_inner(db.store()),
+            |s: &Arc<Store>| -> engine::Result<u64> {
+                store = Some(s.clone());
+                Ok(s.table()?.1.encode())
+            },
+            |s| db.handle.follow(s),
+        );
+        let store = store.unwrap_or_else(|| arc_swap::Guard::into_inner(db.store()));
         let (desc, failed) = match res {
             Ok(d) => (Some(d), None),
-            Err(e) => (None, Some(e)),
+            Err(f) => (None, Some(f.into_error(&db.handle.path))),
         };
         Iter {
             db,
-            inner,
+            store,
             desc,
             slot: 0,
             ahead: 0,
@@ -79,20 +87,20 @@ impl Iterator for Iter<'_> {
         if let Some(e) = self.failed.take() {
             return Some(Err(self.db.note_damage(e)));
         }
-        let inner = &*self.inner;
-        let t = match inner.table_at(self.desc?) {
+        let store = &*self.store;
+        let t = match store.table_at(self.desc?) {
             Ok((t, _)) => t,
-            Err(e) => {
+            Err(f) => {
                 self.desc = None;
-                return Some(Err(self.db.note_damage(e)));
+                return Some(Err(self.db.note_damage(f.into_error(&store.path))));
             }
         };
-        while let Some(w) = t.word_at(self.slot) {
+        while let Some(word) = t.word_at(self.slot) {
             // Keep the record loads of the next slots in flight.
             while self.ahead < self.slot + LOOKAHEAD {
                 match t.word_at(self.ahead) {
                     Some(a) if index::is_live(a) => {
-                        inner.arena.prefetch(index::word_offset(a), 256)
+                        store.arena.prefetch(index::word_offset(a), 256)
                     }
                     Some(_) => {}
                     None => break,
@@ -100,33 +108,45 @@ impl Iterator for Iter<'_> {
                 self.ahead += 1;
             }
             self.slot += 1;
-            if !index::is_live(w) {
+            if !index::is_live(word) {
                 continue;
             }
-            let off = index::word_offset(w);
-            let item = inner.header_at(off).and_then(|h| {
-                let mut buf = inner.read_record(off, &h)?;
-                let k = h.key_len as usize;
-                // A slot whose tag is not its key's lies about where the
-                // key lives: the index disagrees with the log.
-                if !index::same_tag(w, index::hash(inner.hash_seed, &buf[..k])) {
-                    return Err(inner.corrupt(
-                        off,
-                        "a slot's tag does not match the key of the record it points at",
-                    ));
+            match store.entry_at(word) {
+                Ok(put) if put.expired() => continue, // expired: skipped
+                Ok(put) => {
+                    let key = Value::from_parts(put.key().to_vec(), 0);
+                    let (buf, at) = put.into_buf();
+                    return Some(Ok((key, Value::from_parts(buf, at))));
                 }
-                if h.has_ttl() && !crate::db::strip_ttl(&mut buf, k) {
-                    return Ok(None); // expired: skipped
-                }
-                let key = Value::from_parts(buf[..k].to_vec(), 0);
-                Ok(Some((key, Value::from_parts(buf, k))))
-            });
-            match item {
-                Ok(None) => continue,
-                Ok(Some(kv)) => return Some(Ok(kv)),
-                Err(e) => return Some(Err(self.db.note_damage(e))),
+                Err(f) => return Some(Err(self.db.note_damage(f.into_error(&store.path)))),
             }
         }
         None
+    }
+}
+
+impl Db {
+    /// Every live entry once, in no particular order. See [`Iter`](crate::Iter).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("iter.mapkv"))?;
+    /// for i in 0..10u32 {
+    ///     db.insert(i.to_be_bytes(), b"x")?;
+    /// }
+    /// let mut count = 0;
+    /// for item in db.iter() {
+    ///     let (key, value) = item?;
+    ///     assert_eq!(key.len(), 4);
+    ///     assert_eq!(&*value, b"x");
+    ///     count += 1;
+    /// }
+    /// assert_eq!(count, 10);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn iter(&self) -> crate::Iter<'_> {
+        crate::Iter::new(self)
     }
 }

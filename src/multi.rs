@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 
-use crate::db::Inner;
-use crate::db::{expiry_of, now_ms};
-use crate::index;
-use crate::log::record::{seq_of, BodyCrc, HEADER_LEN, KIND_PUT, TTL_LEN};
+use std::cell::Cell;
+
+use crate::engine::{self, Failure, Store};
+use crate::log::record::seq_of;
 use crate::storage::control::NOTIFY;
 use crate::storage::lock::futex_wait;
 use crate::storage::mapping::MapMode;
@@ -32,10 +32,24 @@ use crate::{Db, Error, Result, Value};
 /// # Ok::<(), mapkv::Error>(())
 /// ```
 pub struct ReadView<'a> {
-    inner: &'a Inner,
+    inner: &'a Store,
+    /// A read found that the store moved to a new file: the run does not
+    /// count, and `read_consistent` starts over there.
+    moved: Cell<bool>,
 }
 
 impl ReadView<'_> {
+    /// An engine result as the caller's closure sees it; a move is noted
+    /// (and the run discarded by `read_consistent`).
+    fn lift<T>(&self, r: engine::Result<T>) -> Result<T> {
+        r.map_err(|f| {
+            if matches!(f, Failure::Moved) {
+                self.moved.set(true);
+            }
+            f.into_error(&self.inner.path)
+        })
+    }
+
     /// Like [`Db::get`].
     ///
     /// ```
@@ -48,10 +62,8 @@ impl ReadView<'_> {
     /// ```
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
         let mut buf = Vec::new();
-        Ok(self
-            .inner
-            .fetch(key.as_ref(), &mut buf)?
-            .map(|k| Value::from_parts(buf, k)))
+        let found = self.lift(self.inner.fetch(key.as_ref(), &mut buf))?;
+        Ok(found.map(|at| Value::from_parts(buf, at)))
     }
 
     /// Like [`Db::contains_key`].
@@ -65,7 +77,7 @@ impl ReadView<'_> {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool> {
-        Ok(self.inner.lookup(key.as_ref())?.is_some())
+        Ok(self.lift(self.inner.lookup(key.as_ref()))?.is_some())
     }
 
     /// Like [`Db::get_pod`].
@@ -83,15 +95,15 @@ impl ReadView<'_> {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn get_pod<T: Pod>(&self, key: impl AsRef<[u8]>) -> Result<Option<T>> {
-        get_pod_from(self.inner, key.as_ref())
+        self.lift(get_pod_from(self.inner, key.as_ref()))
     }
 }
 
-fn seq_now(i: &Inner) -> u64 {
+fn seq_now(i: &Store) -> u64 {
     i.control().map(|c| seq_of(c.seq_gen())).unwrap_or(0)
 }
 
-fn get_pod_from<T: Pod>(i: &Inner, key: &[u8]) -> Result<Option<T>> {
+fn get_pod_from<T: Pod>(i: &Store, key: &[u8]) -> engine::Result<Option<T>> {
     let mut out = T::zeroed();
     let found = i.fetch_exact(key, bytemuck::bytes_of_mut(&mut out))?;
     Ok(found.then_some(out))
@@ -117,7 +129,7 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn commit_seq(&self) -> u64 {
-        seq_now(&self.inner())
+        seq_now(&self.store())
     }
 
     /// Block until a commit newer than `since` (a value from
@@ -159,13 +171,13 @@ impl Db {
         loop {
             // Resolve the store each time round: a compaction that moves it
             // wakes us through the old file's futex.
-            let i = self.inner();
+            let i = self.store();
             let (Ok(c), Ok(word)) = (i.control(), i.arena.atomic_u32(CONTROL_OFFSET + NOTIFY))
             else {
                 return since;
             };
             // Registering is a store into the file: read-only handles poll.
-            let can_register = i.arena.mode() == MapMode::Shared && !i.read_only;
+            let can_register = i.arena.mode() == MapMode::Shared && !i.read_only();
             if can_register {
                 c.waiters().fetch_add(1, Ordering::SeqCst);
             }
@@ -231,10 +243,13 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn read_consistent<R>(&self, mut f: impl FnMut(&ReadView<'_>) -> Result<R>) -> Result<R> {
-        let guard = self.inner();
-        let i: &Inner = &guard;
+        let guard = self.store();
+        let i: &Store = &guard;
         let c = i.control()?;
-        let view = ReadView { inner: i };
+        let view = ReadView {
+            inner: i,
+            moved: Cell::new(false),
+        };
         let started = Instant::now();
         let mut tries = 0u32;
         loop {
@@ -242,9 +257,9 @@ impl Db {
             if v1 % 2 == 0 {
                 let res = f(&view);
                 fence(Ordering::Acquire);
-                if matches!(res, Err(Error::Moved)) {
+                if view.moved.get() {
                     // A compaction moved the store: start over on the new file.
-                    self.shared.follow(&guard);
+                    self.handle.follow(&guard);
                     return self.read_consistent(f);
                 }
                 if c.version() == v1 {
@@ -252,16 +267,16 @@ impl Db {
                 }
             }
             tries += 1;
-            if tries >= OPTIMISTIC_TRIES && i.cross {
+            if tries >= OPTIMISTIC_TRIES && !i.read_only() {
                 // Stop writers for one run: nothing can change under it.
                 match i.lock_writer() {
                     Ok(_w) => return f(&view),
                     // The store moved to a new file: start over there.
-                    Err(Error::Moved) => return self.read_consistent(f),
-                    Err(e) => return Err(e),
+                    Err(Failure::Moved) => return self.read_consistent(f),
+                    Err(e) => return Err(e.into_error(&i.path)),
                 }
             }
-            if !i.cross && started.elapsed() > i.lock_timeout {
+            if i.read_only() && started.elapsed() > i.lock_timeout {
                 return Err(Error::Locked {
                     path: i.path.clone(),
                     detail: "commits kept landing (or a writer died mid-commit and no writer \
@@ -355,75 +370,5 @@ impl Db {
             self.count_read(i, r.is_some());
             Ok(r)
         })
-    }
-}
-
-impl Inner {
-    /// Find `key` and copy its value into `out`, which must be exactly the
-    /// value's length; verify the record's CRC over the key and `out`.
-    pub(crate) fn fetch_exact(&self, key: &[u8], out: &mut [u8]) -> Result<bool> {
-        crate::db::check_key(key)?;
-        let (t, d) = self.table()?;
-        let h = index::hash(self.hash_seed, key);
-        let mut kbuf = vec![0u8; key.len()];
-        let mut expired = false;
-        let found = t
-            .find(h, |off| {
-                self.arena
-                    .prefetch(off, HEADER_LEN + (key.len() + out.len()) as u64);
-                let hd = self.header_at(off)?;
-                if hd.kind != KIND_PUT {
-                    return Err(
-                        self.corrupt(off, "slot points at something that is not a live record")
-                    );
-                }
-                if hd.key_len as usize != key.len() {
-                    return Ok(false);
-                }
-                let klen = key.len() as u64;
-                let end = (off + HEADER_LEN + klen).saturating_add(hd.val_len as u64);
-                if !self.within_file(end) {
-                    return Err(self.corrupt(off, "record runs past the end of the file"));
-                }
-                self.arena
-                    .read(off + HEADER_LEN, &mut kbuf)
-                    .map_err(|_| self.corrupt(off, "record runs past the end of the file"))?;
-                if kbuf != key {
-                    return Ok(false);
-                }
-                // A TTL put has its expiry in front of the value.
-                let plen = if hd.has_ttl() { TTL_LEN } else { 0 };
-                let vlen = (hd.val_len as usize).saturating_sub(plen);
-                let mut prefix = [0u8; TTL_LEN];
-                self.arena
-                    .read(off + HEADER_LEN + klen, &mut prefix[..plen])
-                    .map_err(|_| self.corrupt(off, "record runs past the end of the file"))?;
-                if plen > 0 && expiry_of(&prefix) <= now_ms() {
-                    expired = true;
-                    return Ok(true);
-                }
-                if vlen != out.len() {
-                    return Err(Error::ValueSize {
-                        expected: out.len(),
-                        found: vlen,
-                    });
-                }
-                self.arena
-                    .read(off + HEADER_LEN + klen + plen as u64, out)
-                    .map_err(|_| self.corrupt(off, "record runs past the end of the file"))?;
-                let mut crc = BodyCrc::new(self.salt, off, &hd.tail_bytes());
-                crc.update(&kbuf);
-                crc.update(&prefix[..plen]);
-                crc.update(out);
-                if crc.finish() != hd.crc {
-                    return Err(self.corrupt(off, "record fails its checksum"));
-                }
-                Ok(true)
-            })
-            .map_err(|e| self.locate(e, d.start))?;
-        if let (Some((slot, w)), true) = (found, self.count_hits) {
-            t.touch(slot, w);
-        }
-        Ok(found.is_some() && !expired)
     }
 }

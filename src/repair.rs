@@ -9,12 +9,9 @@
 //! handle, and the handle's next write repairs first. `Db::repair` (and
 //! `mapkv repair`) does it on demand.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-use crate::db::Inner;
-use crate::index;
-use crate::recovery;
+use crate::engine;
 use crate::{Db, Error, Result};
 
 /// What [`Db::repair`] did.
@@ -75,23 +72,40 @@ impl Db {
     /// the log itself is damaged below its durable tail (nothing changes
     /// then).
     pub fn repair(&self) -> Result<RepairReport> {
-        let r = self.following(|i| {
+        let r = self.on_current(|i| {
             // A handle poisoned by a failed index update may repair: that
             // is what the rebuild fixes. (One poisoned by a failed sync
             // may not.)
             if !i.poisoned_by_index() {
                 i.check_writable()?;
-            } else if i.read_only {
+            } else if i.read_only() {
                 return Err(Error::ReadOnly {
                     path: i.path.clone(),
-                });
+                }
+                .into());
             }
-            let r = repair_index(i)?;
+            let r = engine::rebuild_index(i)?;
             i.unpoison_index();
-            Ok(r)
+            Ok(RepairReport {
+                keys: r.keys,
+                live_bytes: r.live_bytes,
+                tail: r.tail,
+                index_mismatches: r.index_mismatches,
+                dropped: r
+                    .log_ends_early
+                    .map(|(stop, said)| Dropped {
+                        offset: stop.bad,
+                        what: format!(
+                            "{} (the log ends at {}; the store said {said})",
+                            stop.why, stop.at
+                        ),
+                    })
+                    .into_iter()
+                    .collect(),
+            })
         });
         if r.is_ok() {
-            self.shared.index_suspect.store(false, Ordering::Release);
+            self.handle.index_suspect.store(false, Ordering::Release);
         }
         r
     }
@@ -103,7 +117,7 @@ impl Db {
     #[inline(never)]
     pub(crate) fn note_damage(&self, e: Error) -> Error {
         if matches!(e, Error::Corrupted { .. }) {
-            self.shared.index_suspect.store(true, Ordering::Release);
+            self.handle.index_suspect.store(true, Ordering::Release);
         }
         e
     }
@@ -111,7 +125,7 @@ impl Db {
     /// Before a write: if a read met damage, repair first (errors are left
     /// for the write to meet).
     pub(crate) fn repair_if_suspect(&self) {
-        if self.shared.index_suspect.load(Ordering::Acquire) && !self.shared.opts.read_only {
+        if self.handle.index_suspect.load(Ordering::Acquire) && !self.handle.opts.read_only {
             let _ = self.repair();
         }
     }
@@ -120,77 +134,6 @@ impl Db {
     /// handle may write, rebuild the index from the log. Returns whether
     /// the operation should run again.
     pub(crate) fn repair_after(&self, e: &Error) -> bool {
-        matches!(e, Error::Corrupted { .. }) && !self.shared.opts.read_only && self.repair().is_ok()
+        matches!(e, Error::Corrupted { .. }) && !self.handle.opts.read_only && self.repair().is_ok()
     }
-}
-
-/// Rebuild the index of a live store from its log, with the writer lock
-/// held, into a new table (readers in other processes may be reading any
-/// old one).
-pub(crate) fn repair_index(inner: &Inner) -> Result<RepairReport> {
-    let mut g = inner.lock_writer()?;
-    let c = inner.control()?;
-    let _ = inner.arena.refresh();
-    let meta = recovery::durable_meta(inner)?;
-    let scanned = recovery::scan_log(inner, &meta)?;
-    // What the old table says, compared with the log.
-    let mut latest: HashMap<u64, u64> = HashMap::new();
-    for w in &scanned.heap {
-        let w = w.load(Ordering::Relaxed);
-        if index::is_live(w) {
-            latest.insert(index::word_offset(w), w);
-        }
-    }
-    // Each record of the log may be matched by one slot only: a second
-    // slot for it is a mismatch too, and the records left unmatched are
-    // live keys the old index had lost.
-    let mut mismatches = 0u64;
-    if let Ok((t, _)) = inner.table_at(g.st.index_desc) {
-        for w in t.live_words() {
-            let off = index::word_offset(w);
-            match latest.get(&off) {
-                Some(&l) if index::same_tag(w, l) => {
-                    latest.remove(&off);
-                }
-                _ => mismatches += 1,
-            }
-        }
-    }
-    mismatches += latest.len() as u64;
-    let mut dropped = Vec::new();
-    let stop = scanned.stop;
-    if stop.at < g.st.tail && stop.at < inner.arena.len() {
-        dropped.push(Dropped {
-            offset: stop.bad,
-            what: format!(
-                "{} (the log ends at {}; the store said {})",
-                stop.why, stop.at, g.st.tail
-            ),
-        });
-    }
-    let (old, consistent) = c.snapshot(1);
-    let generation = if consistent {
-        old.generation.max(scanned.st.generation)
-    } else {
-        scanned.st.generation
-    };
-    {
-        let _r = inner.recovering_guard();
-        recovery::mark_changing(inner);
-        recovery::install(inner, &mut g, scanned, false)?;
-    }
-    g.st.generation = (g.st.generation.max(generation) + 1) & 0xffff;
-    if g.dur.tail > g.st.tail {
-        g.dur.tail = meta.tail;
-        g.dur.seq_gen = meta.seq_gen;
-    }
-    recovery::publish(inner, &g);
-    inner.write_meta(&mut g, 0, true)?;
-    Ok(RepairReport {
-        keys: g.st.live_keys,
-        live_bytes: g.st.live_bytes,
-        tail: g.st.tail,
-        index_mismatches: mismatches,
-        dropped,
-    })
 }

@@ -246,9 +246,24 @@ fn read_lock_everything(ro: &std::fs::File) {
     fl.l_whence = libc::SEEK_SET as libc::c_short;
     fl.l_start = 0;
     fl.l_len = 0; // to the end of all offsets
-                  // SAFETY: fcntl on our own descriptor with a pointer to a local.
-    let rc = unsafe { libc::fcntl(ro.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
-    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+                  // Another test of this binary may be forking a child right now: until
+                  // it execs, the child shares every open file description of this
+                  // process, with their OFD locks (a handle just closed here may still
+                  // be registered through it). Wait that out.
+    let t = Instant::now();
+    loop {
+        // SAFETY: fcntl on our own descriptor with a pointer to a local.
+        let rc = unsafe { libc::fcntl(ro.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+        if rc == 0 {
+            return;
+        }
+        let e = std::io::Error::last_os_error();
+        assert!(
+            e.raw_os_error() == Some(libc::EAGAIN) && t.elapsed() < Duration::from_secs(10),
+            "{e}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn new_store(dir: &Path) -> PathBuf {

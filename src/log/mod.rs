@@ -8,6 +8,7 @@
 //! scanner hands out only whole commits; a commit whose END record is missing
 //! or damaged is not there at all (all-or-nothing batches).
 
+pub(crate) mod read;
 pub(crate) mod record;
 
 use crate::index::Desc;

@@ -458,6 +458,49 @@ pub(crate) fn random_u64() -> u64 {
     h.finish()
 }
 
+/// The hidden name of a compaction's new file: `.NAME.mapkv-compact-PID-R`
+/// next to the store.
+pub(crate) fn compact_temp_name(path: &Path) -> PathBuf {
+    let (dir, name) = dir_and_name(path);
+    dir.join(format!(
+        ".{name}.mapkv-compact-{}-{:x}",
+        std::process::id(),
+        random_u64()
+    ))
+}
+
+fn dir_and_name(path: &Path) -> (PathBuf, String) {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (dir, name)
+}
+
+/// Remove new files of compactions that did not finish. Only called with
+/// the compaction lock held, or by an opener that is alone on the store
+/// (a running compaction keeps the store open), so none is in use.
+pub(crate) fn remove_compact_leftovers(path: &Path) {
+    let (dir, name) = dir_and_name(path);
+    // The new file, and the temporary file it is created under first.
+    let prefix = format!(".{name}.mapkv-compact-");
+    let creating = format!("..{name}.mapkv-compact-");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&prefix) || n.starts_with(&creating) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

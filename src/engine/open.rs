@@ -1,75 +1,27 @@
-//! Opening a store: create, lock, validate the file, then bring the index
-//! in line with the log.
-//!
-//! Three cases, told apart by the chosen meta and the boot id:
-//!
-//! 1. **Clean close** (meta CLEAN flag): the index was made durable at close.
-//!    Its descriptor and counters come from the meta; a sample of slots is
-//!    verified against the log. O(1).
-//! 2. **Process crash** (not clean, same boot): the page cache survived, so
-//!    the index and control block are what the dead writer left. If the
-//!    control block is consistent (even seqlock version, plausible fields),
-//!    only the commits past its tail are replayed (roll-forward). O(tail).
-//! 3. **OS crash or power loss** (not clean, other boot), or anything that
-//!    fails a check above: the index is rebuilt from the log. Every record
-//!    below the meta's durable tail must verify (else `Corrupted`); past it
-//!    the log ends at the first record or commit that does not. O(log).
-//!
-//! Every unclean open bumps the generation (written durably before the first
-//! new record), so bytes a crashed writer left past the recovered tail can
-//! never be mistaken for new records later.
+//! Opening a store: create the file or open it, lock it, validate it
+//! (nothing of a file that is not ours is ever written), map it, then join
+//! the live session other handles run or start one (recovering the store
+//! first: see recover.rs).
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::db::{Inner, Writer};
-use crate::index::{self, Desc, Table, MIN_LOG2CAP};
-use crate::log::record::{self, seq_gen, seq_of, KIND_PUT};
-use crate::log::{Item, RecordRef, Scanner};
-use crate::storage::control::{State, CONTROL_MAGIC};
+use parking_lot::Mutex;
+
+use crate::index::{self, Desc};
+use crate::log::record;
+use crate::storage::control::{Durable, CONTROL_MAGIC};
+use crate::storage::file::{self, OpenLock};
+use crate::storage::lock::Registration;
 use crate::storage::mapping::{Arena, MapMode};
 use crate::storage::meta::{self, Meta, MetaRead, FLAG_CLEAN, FORMAT_VERSION, MAGIC, META_LEN};
-use crate::storage::{align_up, file, ARENA_START, FORMAT_PAGE, GRANULE, META_B_OFFSET};
-use crate::{Error, Options, Result};
+use crate::storage::{align_up, ARENA_START, CONTROL_OFFSET, FORMAT_PAGE, GRANULE, META_B_OFFSET};
+use crate::{Error, Options};
 
-/// How [`Db::open`](crate::Db::open) found the store.
-///
-/// # Examples
-///
-/// Read it from [`Stats::opened`](crate::Stats::opened):
-///
-/// ```
-/// use mapkv::{Db, OpenKind};
-/// # let dir = tempfile::tempdir().unwrap();
-/// # let path = dir.path().join("ok.mapkv");
-/// let db = Db::open(&path)?;
-/// assert_eq!(db.stats().opened, OpenKind::Clean); // just created
-/// db.insert(b"k", b"v")?;
-/// db.close()?;
-/// let db = Db::open(&path)?;
-/// match db.stats().opened {
-///     OpenKind::Clean => {} // closed cleanly: nothing to recover
-///     other => panic!("unexpected recovery: {other:?}"),
-/// }
-/// # Ok::<(), mapkv::Error>(())
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum OpenKind {
-    /// Closed cleanly (or just created): nothing to recover.
-    Clean,
-    /// A process died with the store open; its last commits were replayed
-    /// from the log into the surviving index.
-    Replayed,
-    /// The index was rebuilt from the log (after an OS crash or power loss,
-    /// or because a check failed).
-    Rebuilt,
-    /// A read-write handle (in this or another process) had the store
-    /// open: this one joined its live state, with nothing to recover. (A
-    /// writer that finds only read-only handles starts the session itself,
-    /// and reports how it found the store: `Clean`, `Replayed`, `Rebuilt`.)
-    Joined,
-}
+use super::grow::Limits;
+use super::recover::{self, state_of, OpenKind};
+use super::{Access, Failure, Poison, Result, Role, Store, Writer};
 
 /// The file, mapped and validated, before recovery.
 pub(crate) struct Opened {
@@ -93,7 +45,7 @@ pub(crate) struct Opened {
     pub upgrade: bool,
 }
 
-pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
+pub(crate) fn open_file(path: &Path, opts: &Options) -> crate::Result<Opened> {
     let ioe = |op: &'static str| {
         move |source| Error::Io {
             op,
@@ -263,7 +215,7 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> Result<Opened> {
 /// followed to the real file (or, if nothing is there yet, the real
 /// directory joined with the name). Compaction renames its new file over
 /// this path, so a symlink at the caller's path keeps pointing at the store.
-pub(crate) fn resolve(path: &Path) -> Result<std::path::PathBuf> {
+pub(crate) fn resolve(path: &Path) -> crate::Result<std::path::PathBuf> {
     let io = |source| Error::Io {
         op: "resolve the path",
         path: path.to_path_buf(),
@@ -325,7 +277,7 @@ fn dangling_symlink(path: &Path) -> Option<Error> {
 /// opener's own (effective uid) and no more open to group and others than
 /// `Options::mode`. Anything else may have been put there by someone else
 /// to read or change what the store will hold.
-fn adoptable(md: &std::fs::Metadata, opts: &Options, path: &Path) -> Result<()> {
+fn adoptable(md: &std::fs::Metadata, opts: &Options, path: &Path) -> crate::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let me = file::euid();
     let refuse = |reason: String| Error::Refused {
@@ -355,7 +307,7 @@ fn adoptable(md: &std::fs::Metadata, opts: &Options, path: &Path) -> Result<()> 
 
 /// A writable open fills the file's holes (see `file::fill_holes`), or
 /// fails: a full disk is an `OutOfSpace` here, never a SIGBUS later.
-fn fill_holes(f: &std::fs::File, len: u64, path: &Path) -> Result<()> {
+fn fill_holes(f: &std::fs::File, len: u64, path: &Path) -> crate::Result<()> {
     file::fill_holes(f, len).map_err(|e| match e.raw_os_error() {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => Error::OutOfSpace {
             path: path.to_path_buf(),
@@ -399,13 +351,10 @@ fn lock_shared_within(file: &std::fs::File, timeout: std::time::Duration) -> std
 /// writer has opened since the last boot, or a process that is not mapkv
 /// at all: then the control block is stale, and nobody maintains it.)
 fn session_is_live(f: &std::fs::File, boot_id: &[u8; 16]) -> bool {
-    use crate::storage::control::SESSION_BOOT;
-    use crate::storage::control::{MOVED_MAGIC, MOVING_MAGIC};
+    use crate::storage::control::{MOVED_MAGIC, MOVING_MAGIC, SESSION_BOOT};
     let at = SESSION_BOOT as usize;
     let mut b = [0u8; SESSION_BOOT as usize + 16];
-    if f.read_exact_at(&mut b, crate::storage::CONTROL_OFFSET)
-        .is_err()
-    {
+    if f.read_exact_at(&mut b, CONTROL_OFFSET).is_err() {
         return false;
     }
     let magic = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
@@ -421,9 +370,7 @@ fn clean_and_current(f: &std::fs::File, meta: &Meta) -> bool {
         return false;
     }
     let mut b = [0u8; 80];
-    if f.read_exact_at(&mut b, crate::storage::CONTROL_OFFSET)
-        .is_err()
-    {
+    if f.read_exact_at(&mut b, CONTROL_OFFSET).is_err() {
         return false;
     }
     let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
@@ -442,7 +389,7 @@ fn clean_and_current(f: &std::fs::File, meta: &Meta) -> bool {
 /// Read both meta copies with `pread` (nothing is mapped or written before
 /// the file is known to be ours) and pick the durable one. Returns it and
 /// the offset of the copy it came from.
-fn read_meta(f: &std::fs::File, len: u64, path: &Path) -> Result<(Meta, u64)> {
+fn read_meta(f: &std::fs::File, len: u64, path: &Path) -> crate::Result<(Meta, u64)> {
     let n = len.min(2 * FORMAT_PAGE) as usize;
     let mut buf = vec![0u8; n];
     f.read_exact_at(&mut buf, 0).map_err(|source| Error::Io {
@@ -562,480 +509,261 @@ fn init_file(f: &std::fs::File, opts: &Options) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// The state a meta describes (meaningful when CLEAN).
-fn state_of(meta: &Meta) -> State {
-    State {
-        tail: meta.tail,
-        seq_gen: meta.seq_gen,
-        index_desc: meta.index_desc,
-        index_used: meta.index_used,
-        live_keys: meta.live_keys,
-        live_bytes: meta.live_bytes,
-        generation: meta.generation as u64 & 0xffff,
+/// A store whose file is mapped and validated but whose index is not yet
+/// in line with its log: recovery runs on it, and dropping it writes
+/// nothing (a store that fails to open is left as it was). Only
+/// [`finish`](Unrecovered::finish) gives the [`Store`] that closes cleanly
+/// when dropped.
+pub(crate) struct Unrecovered(Store);
+
+impl std::ops::Deref for Unrecovered {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.0
     }
 }
 
-/// Bring the index in line with the log; fills `w.st` and the control block.
-/// `reuse_tables`: a rebuild may write into an existing index table (no
-/// other handle can be reading it); otherwise it writes a new one.
-pub(crate) fn recover(
-    inner: &Inner,
-    w: &mut Writer,
-    meta: &Meta,
-    boot: [u8; 16],
-    reuse_tables: bool,
-) -> Result<OpenKind> {
-    let rw = inner.arena.mode() == MapMode::Shared;
-    let clean = state_of(meta);
-    if meta.is_clean() && plausible(inner, &clean) && sample_ok(inner, &clean) {
-        w.st = clean;
-        publish(inner, w);
-        return Ok(OpenKind::Clean);
-    }
-    // Every check below reads only; nothing is written to the file until
-    // the log has been verified, so a store that turns out to be corrupted
-    // is left exactly as it was.
-    let next_gen = (meta.generation as u64 + 1) & 0xffff;
-    let same_boot = boot != [0; 16] && meta.boot_id == boot;
-    if !meta.is_clean() && same_boot {
-        if let Some(st) = control_state(inner, meta) {
-            if let Ok(plan) = plan_replay(inner, &st) {
-                w.st = st;
-                mark_changing(inner);
-                replay(inner, w, plan)?;
-                w.st.generation = next_gen;
-                publish(inner, w);
-                return Ok(OpenKind::Replayed);
-            }
-        }
-    }
-    let scanned = scan_log(inner, meta)?;
-    if meta.is_clean() && rw {
-        // The clean meta failed its checks. Retract it durably before the
-        // index is touched, so a crash during the rebuild cannot leave a
-        // CLEAN meta over a half-rebuilt index.
-        w.st = clean;
-        inner.write_meta(w, 0, true)?;
-    }
-    mark_changing(inner);
-    install(inner, w, scanned, reuse_tables)?;
-    w.st.generation = next_gen;
-    publish(inner, w);
-    Ok(OpenKind::Rebuilt)
-}
-
-/// Repair a live store, with the writer lock held, after the previous
-/// holder died (or failed) in the middle of a change: other processes may
-/// be reading. Rolls forward the complete commits it left past the tail, or,
-/// if it died while changing the index (odd seqlock) or the control block
-/// fails its checks, rebuilds the index from the log into a new table and
-/// switches readers to it. Then bumps the generation, durably, so that bytes
-/// the dead writer left past the new tail can never join a later commit.
-pub(crate) fn repair_live(inner: &Inner, w: &mut Writer) -> Result<()> {
-    sane_durable(inner, w, u64::MAX)?;
-    let c = inner.control()?;
-    let (st, consistent) = c.snapshot(1);
-    let replayed = consistent
-        && plausible(inner, &st)
-        && match plan_replay(inner, &st) {
-            Ok(plan) => {
-                w.st = st;
-                mark_changing(inner);
-                replay(inner, w, plan)?;
-                true
-            }
-            Err(_) => false,
-        };
-    if !replayed {
-        let meta = durable_meta(inner)?;
-        let scanned = scan_log(inner, &meta)?;
-        // Keep the old counters' generation if the control block has a
-        // newer one than the meta.
-        let generation = if consistent {
-            st.generation
-        } else {
-            scanned.st.generation
-        };
-        mark_changing(inner);
-        install(inner, w, scanned, false)?;
-        w.st.generation = w.st.generation.max(generation);
-    }
-    w.st.generation = (w.st.generation + 1) & 0xffff;
-    sane_durable(inner, w, w.st.tail)?;
-    publish(inner, w);
-    inner.write_meta(w, 0, true)?;
-    Ok(())
-}
-
-/// The writer's durable bookkeeping comes from the control block, which
-/// may hold anything: if it names a log tail outside `ARENA_START..=upto`
-/// or the file, a meta copy that does not exist or an impossible sequence
-/// number, take it from the newest valid meta copy in the mapping instead
-/// (what the file itself says is durable), so that the next meta written
-/// never names more log than there is.
-fn sane_durable(inner: &Inner, w: &mut Writer, upto: u64) -> Result<()> {
-    let d = &w.dur;
-    let len = inner.arena.len();
-    let ok = d.tail % 8 == 0
-        && d.tail >= ARENA_START
-        && d.tail <= len.min(upto)
-        && d.len <= crate::storage::MAX_FILE_LEN
-        && (d.synced_copy == 0 || d.synced_copy == META_B_OFFSET)
-        && d.meta_seq <= u64::MAX / 4;
-    if ok {
-        return Ok(());
-    }
-    let (m, copy) = durable_meta_and_copy(inner)?;
-    w.dur.tail = m.tail.min(upto);
-    w.dur.seq_gen = m.seq_gen;
-    w.dur.len = m.file_len.min(len);
-    w.dur.meta_seq = m.meta_seq;
-    w.dur.synced_copy = copy;
-    Ok(())
-}
-
-/// The newest valid meta, read from the mapping.
-pub(crate) fn durable_meta(inner: &Inner) -> Result<Meta> {
-    durable_meta_and_copy(inner).map(|(m, _)| m)
-}
-
-/// The newest valid meta, read from the mapping, and the offset of the
-/// copy it is in.
-pub(crate) fn durable_meta_and_copy(inner: &Inner) -> Result<(Meta, u64)> {
-    let read = |off: u64| -> MetaRead {
-        let mut b = [0u8; META_LEN];
-        match inner.arena.read(off, &mut b) {
-            Ok(()) => Meta::decode(&b),
-            Err(_) => MetaRead::Foreign,
-        }
-    };
-    let a = read(0);
-    let m = meta::choose(a, read(META_B_OFFSET))
-        .map_err(|_| inner.corrupt(0, "no valid meta copy while repairing the store"))?;
-    Ok((
-        m,
-        if a == MetaRead::Valid(m) {
-            0
-        } else {
-            META_B_OFFSET
-        },
-    ))
-}
-
-/// Whether the newest meta in the mapping says "closed cleanly".
-pub(crate) fn live_meta_is_clean(inner: &Inner) -> bool {
-    durable_meta(inner).is_ok_and(|m| m.is_clean())
-}
-
-/// Check a live store that this handle joins (another process has it
-/// open): the control block must be ours and name an index table inside
-/// the file.
-pub(crate) fn join(inner: &Inner) -> Result<()> {
-    let _ = inner.arena.refresh();
-    let c = inner.control()?;
-    match c.magic() {
-        CONTROL_MAGIC => {}
-        // A compaction has moved the store to a new file under the same
-        // name since we opened it: the caller opens the name again.
-        crate::storage::control::MOVED_MAGIC => return Err(Error::Moved),
-        // One is moving it right now: this file is still valid to read, and
-        // the first operation follows once the rename is done.
-        crate::storage::control::MOVING_MAGIC => {}
-        _ => {
-            return Err(inner.corrupt(
-                crate::storage::CONTROL_OFFSET,
-                "the store is open in another process, but its control block is not initialised",
-            ))
-        }
-    }
-    inner.table()?;
-    Ok(())
-}
-
-/// Make the control block odd: a crash from here until `publish` makes the
-/// next open rebuild instead of trusting a half-changed index.
-pub(crate) fn mark_changing(inner: &Inner) {
-    if let Ok(c) = inner.control() {
-        c.begin();
+impl Unrecovered {
+    /// Recovered: the store from now on closes cleanly when dropped.
+    fn finish(self, opened: OpenKind) -> Store {
+        let mut store = self.0;
+        store.opened = opened;
+        store.closed = AtomicBool::new(false);
+        store
     }
 }
 
-pub(crate) fn publish(inner: &Inner, w: &Writer) {
-    if let Some(d) = Desc::decode(w.st.index_desc) {
-        inner.arena.advise_hugepage(d.start, d.bytes());
-    }
-    if let Ok(c) = inner.control() {
-        c.reset(&w.st, inner.arena.len());
-    }
-}
-
-/// Basic bounds of a state read from the file.
-pub(crate) fn plausible(inner: &Inner, st: &State) -> bool {
-    let len = inner.arena.len();
-    let Some(d) = Desc::decode(st.index_desc) else {
-        return false;
-    };
-    st.tail % 8 == 0
-        && st.tail >= ARENA_START
-        && st.tail <= len
-        && d.start >= ARENA_START + record::HEADER_LEN
-        && d.start.checked_add(d.bytes()).is_some_and(|e| e <= st.tail)
-        && st.index_used < d.capacity()
-        && st.live_keys <= st.index_used
-        && st.live_bytes <= st.tail
-}
-
-/// Check up to 64 live slots: each must point at a valid put record whose
-/// key leads back to that slot (odht-style sampling on open).
-fn sample_ok(inner: &Inner, st: &State) -> bool {
-    let Ok((t, _)) = inner.table_at(st.index_desc) else {
-        return false;
-    };
-    let mut checked = 0;
-    for word in t.live_words().take(64) {
-        let off = index::word_offset(word);
-        let ok = (|| -> Result<bool> {
-            if off + record::HEADER_LEN > st.tail {
-                return Ok(false);
-            }
-            let h = inner.header_at(off)?;
-            if h.kind != KIND_PUT || !h.check(inner.salt, off) {
-                return Ok(false);
-            }
-            let key = inner.read_key(off, &h)?;
-            let found = t.find(index::hash(inner.hash_seed, &key), |o| {
-                inner.key_eq(o, &key)
+impl Store {
+    /// Open the store at `path`: create, lock, validate, recover or join.
+    pub(crate) fn open(path: &Path, opts: Options) -> Result<Store> {
+        let Opened {
+            arena,
+            meta,
+            meta_copy,
+            boot_id,
+            sole,
+            live,
+            upgrade,
+        } = open_file(path, &opts)?;
+        let mode = arena.mode();
+        let file_id = {
+            use std::os::unix::fs::MetadataExt;
+            let md = arena.file().metadata().map_err(|source| Error::Io {
+                op: "stat",
+                path: path.to_path_buf(),
+                source,
             })?;
-            Ok(found.map(|(_, w)| w) == Some(word))
-        })();
-        if !matches!(ok, Ok(true)) {
-            return false;
-        }
-        checked += 1;
-    }
-    checked as u64 == st.live_keys.min(64)
-}
-
-/// The control block's state, if it can be trusted after a process crash.
-fn control_state(inner: &Inner, meta: &Meta) -> Option<State> {
-    let c = inner.control().ok()?;
-    if c.magic() != CONTROL_MAGIC {
-        return None;
-    }
-    let (st, consistent) = c.snapshot(1);
-    (consistent
-        && plausible(inner, &st)
-        && st.tail >= meta.tail
-        && seq_of(st.seq_gen) >= seq_of(meta.seq_gen)
-        && sample_ok(inner, &st))
-    .then_some(st)
-}
-
-/// What a replay will apply: the end of the valid log past the control
-/// block's tail and the number of puts in it.
-struct ReplayPlan {
-    end: u64,
-    commits: u64,
-    puts: u64,
-}
-
-/// Read-only first half of a replay: find the complete commits past the
-/// control block's tail, and look every one of their keys up in the index
-/// (the same probes the replay will make), so that any damage shows up
-/// before the index is changed; the caller then rebuilds instead.
-fn plan_replay(inner: &Inner, st: &State) -> Result<ReplayPlan> {
-    let (t, _) = inner.table_at(st.index_desc)?;
-    let mut sc = Scanner::new(
-        &inner.arena,
-        inner.salt,
-        st.tail,
-        inner.arena.len(),
-        Some(st.seq_gen),
-    );
-    let mut puts = 0u64;
-    let mut commits = 0u64;
-    while let Ok(item) = sc.next_item() {
-        if let Item::Commit { records, .. } = item {
-            commits += 1;
-            for r in &records {
-                let key = inner.read_key(r.off, &r.header)?;
-                t.find(index::hash(inner.hash_seed, &key), |o| {
-                    inner.key_eq(o, &key)
-                })?;
-                puts += (r.header.kind == KIND_PUT) as u64;
+            (md.dev(), md.ino())
+        };
+        let dur = Durable {
+            tail: meta.tail,
+            seq_gen: meta.seq_gen,
+            // Never more than the file has (see open_file).
+            len: meta.file_len.min(arena.len()),
+            meta_seq: meta.meta_seq,
+            synced_copy: meta_copy,
+        };
+        let access = if opts.read_only {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        };
+        let mut store = Unrecovered(Store {
+            path: path.to_path_buf(),
+            hash_seed: meta.hash_seed,
+            salt: meta.crc_salt,
+            durability: opts.durability,
+            access,
+            // Settled once the session is (the capacity may change).
+            role: Role::Database,
+            limits: Limits {
+                step: opts.growth_step,
+                max_size: opts.max_size,
+            },
+            writer: Mutex::new(Writer::new(dur, boot_id)),
+            pid: std::process::id() as u64,
+            lock_timeout: opts.lock_timeout,
+            open_lock: Mutex::new(if sole {
+                OpenLock::Exclusive
+            } else {
+                OpenLock::Shared
+            }),
+            poison: Poison::default(),
+            // Nothing to close before recovery is done: see `finish`.
+            closed: AtomicBool::new(true),
+            opened: OpenKind::Clean,
+            file_id,
+            file_nonce: meta.file_nonce,
+            arena,
+        });
+        let ioe = |op: &'static str| {
+            move |source| Error::Io {
+                op,
+                path: path.to_path_buf(),
+                source,
             }
+        };
+        if access == Access::ReadWrite {
+            // Registered from the start, so that every opener sees a writer
+            // has the store open (the kernel's word) as soon as it can open.
+            let reg = Registration::new(&store.arena).map_err(ioe("register as a writer"))?;
+            store.0.writer.get_mut().reg = Some(reg);
         }
+        let opened = if live {
+            store.join_session(&meta, &opts)?
+        } else if mode == MapMode::Private {
+            // Read-only, on a store that needs recovery, and no writer has
+            // it open: recover in private memory. (A read-only handle opens
+            // the file read-only, so it never holds the open lock
+            // exclusively: a writer may start a session meanwhile.)
+            let mut wr = store.writer_alone();
+            recover::recover(&store, &mut wr, &meta, boot_id, true)?
+        } else if opts.read_only {
+            // Read-only on a cleanly closed store whose control block
+            // matches its meta: share the live mapping.
+            OpenKind::Clean
+        } else {
+            match store.start_session(&meta, &opts, sole, upgrade)? {
+                Some(opened) => opened,
+                // Another writer started one while we waited for the lock.
+                None => store.join_session(&meta, &opts)?,
+            }
+        };
+        if sole && mode != MapMode::Private {
+            // Let others in (converting the lock is atomic).
+            file::open_lock(store.arena.file(), OpenLock::Shared).map_err(ioe("lock"))?;
+            *store.0.open_lock.get_mut() = OpenLock::Shared;
+        }
+        // Readers count hits for eviction only in cache mode, and only
+        // where they may write the mapping.
+        if store.control().is_ok_and(|c| c.capacity() != 0) {
+            store.0.role = Role::Cache {
+                counts_hits: mode == MapMode::Shared && !opts.read_only,
+            };
+        }
+        Ok(store.finish(opened))
     }
-    Ok(ReplayPlan {
-        end: sc.pos(),
-        commits,
-        puts,
-    })
-}
 
-/// Roll forward: apply the complete commits past the control block's tail.
-fn replay(inner: &Inner, w: &mut Writer, plan: ReplayPlan) -> Result<()> {
-    let start = w.st.tail;
-    let last = w.st.seq_gen;
-    // A larger index, if needed, goes after the records, not on them; a
-    // half-written index chunk past the tail (a resize that never
-    // published) is dead space.
-    w.st.tail = plan.end;
-    if plan.commits == 0 {
-        return Ok(());
+    /// Join the live session another handle runs. Taking the writer lock
+    /// repairs the store if a writer died mid-change. If the store still
+    /// says it was closed cleanly (only read-only handles had it open),
+    /// say otherwise before anything is written.
+    fn join_session(&self, meta: &Meta, opts: &Options) -> Result<OpenKind> {
+        recover::join(self)?;
+        if opts.read_only {
+            return Ok(OpenKind::Joined);
+        }
+        let mut wr = self.lock_writer()?;
+        let c = self.control()?;
+        c.writers().fetch_add(1, Ordering::AcqRel);
+        // A capacity given now replaces the store's.
+        let recap = opts.capacity.filter(|&b| b != c.capacity());
+        if let Some(b) = recap {
+            c.set_capacity(b);
+        }
+        // Re-read under the lock: the last writer may have closed cleanly
+        // since we read the meta.
+        if meta.is_clean() || recover::live_meta_is_clean(self) || recap.is_some() {
+            self.write_meta(&mut wr, 0, true)?;
+        }
+        Ok(OpenKind::Joined)
     }
-    inner.ensure_index_room(w, plan.puts, 0)?;
-    let (t, _) = inner.table_at(w.st.index_desc)?;
-    let mut st = w.st;
-    let mut sc = Scanner::new(&inner.arena, inner.salt, start, plan.end, Some(last));
-    while let Ok(item) = sc.next_item() {
-        if let Item::Commit {
-            records, seq_gen, ..
-        } = item
+
+    /// Start a session: no writer has the store open (or it is the first
+    /// open since boot). Recover the store under the writer lock, then
+    /// mark the control block as this boot's live state. `None` if another
+    /// writer started a session while this one waited for the lock.
+    ///
+    /// Alone (`sole`), nobody can hold the lock or read the store: the
+    /// lock word is set free first, and a compaction's leftovers go. Not
+    /// alone, the others are read-only handles or not mapkv at all (a
+    /// process that holds a read lock on the file): the lock keeps two
+    /// starting writers apart.
+    fn start_session(
+        &self,
+        meta: &Meta,
+        opts: &Options,
+        sole: bool,
+        upgrade: bool,
+    ) -> Result<Option<OpenKind>> {
+        let ioe = |op: &'static str| {
+            move |source| Error::Io {
+                op,
+                path: self.path.clone(),
+                source,
+            }
+        };
+        let boot_id = file::boot_id();
+        if self.path_names_other_file() {
+            // A compaction moved the store to a new file after we opened
+            // this one (which it then let go of): open the name again.
+            return Err(Failure::Moved);
+        }
+        let start = |wr: &mut Writer, meta: &Meta| -> Result<OpenKind> {
+            let c = self.control()?;
+            // Not alone, readers may be in the current table: a rebuild
+            // writes a new one.
+            let opened = recover::recover(self, wr, meta, boot_id, sole)?;
+            // The capacity given now, or the store's (0: not a cache).
+            c.set_capacity(opts.capacity.unwrap_or(meta.capacity as u64 * GRANULE));
+            if opened == OpenKind::Rebuilt {
+                // After an OS crash the control block may hold anything.
+                c.set_cache_counters([0; 3]);
+            }
+            // Clear the clean flag, and record this boot and the new
+            // generation, durably before anything else is written.
+            self.write_meta(wr, 0, true)?;
+            if upgrade {
+                // Both copies in the new format before an older mapkv may
+                // look.
+                self.write_meta(wr, 0, true)?;
+                file::legacy_unlock(self.arena.file()).map_err(ioe("unlock"))?;
+            }
+            c.set_durable(&wr.dur);
+            c.writers().store(1, Ordering::Release);
+            c.set_session_boot(&boot_id);
+            Ok(opened)
+        };
+        if sole {
+            // Nobody else has the file open: nobody can hold the writer
+            // lock or be inside a change, and no compaction of this store
+            // is running anywhere (it would hold the store open), so a new
+            // file left by one that crashed is garbage. Nothing is written
+            // before recovery succeeds (a store that fails to open is left
+            // as it was).
+            let mut wr = self.writer_alone();
+            let opened = start(&mut wr, meta)?;
+            file::remove_compact_leftovers(&self.path);
+            let c = self.control()?;
+            c.reset_session();
+            c.writers().store(1, Ordering::Release);
+            self.arena
+                .init_writer_lock()
+                .map_err(ioe("initialise the writer lock"))?;
+            return Ok(Some(opened));
+        }
+        let mut g = self.take_lock()?;
+        // Did another writer start a session while we waited? (Its
+        // registration says it is still there; our own does not count.)
+        if self.control()?.is_session_of(&boot_id)
+            && file::writer_registered(self.arena.file()).map_err(ioe("lock"))?
         {
-            apply_records(inner, &t, &mut st, &records)?;
-            st.seq_gen = seq_gen;
+            return Ok(None);
         }
+        // Re-read under the lock: a session that started and ended while
+        // we waited may have written a newer one.
+        let (m, copy) = recover::durable_meta_and_copy(self)?;
+        g.dur = Durable {
+            tail: m.tail,
+            seq_gen: m.seq_gen,
+            len: m.file_len.min(self.arena.len()),
+            meta_seq: m.meta_seq,
+            synced_copy: copy,
+        };
+        let opened = start(&mut g, &m)?;
+        self.control()?.set_writer(0);
+        Ok(Some(opened))
     }
-    w.st = st;
-    Ok(())
-}
-
-fn apply_records(
-    inner: &Inner,
-    t: &Table<'_>,
-    st: &mut State,
-    records: &[RecordRef],
-) -> Result<()> {
-    for r in records {
-        let key = inner.read_key(r.off, &r.header)?;
-        inner.apply(t, st, r.off, &r.header, &key)?;
-    }
-    Ok(())
-}
-
-fn heap_table(log2: u32) -> Vec<std::sync::atomic::AtomicU64> {
-    (0..1usize << log2)
-        .map(|_| std::sync::atomic::AtomicU64::new(0))
-        .collect()
-}
-
-/// The result of scanning the whole log: the live index in heap memory.
-pub(crate) struct Scanned {
-    pub(crate) heap: Vec<std::sync::atomic::AtomicU64>,
-    log2: u32,
-    pub(crate) st: State,
-    chunks: Vec<Desc>,
-    /// Where and why the valid log ends.
-    pub(crate) stop: crate::log::Stop,
-}
-
-/// Read-only first half of a rebuild: verify the whole log and build the
-/// index in heap memory.
-pub(crate) fn scan_log(inner: &Inner, meta: &Meta) -> Result<Scanned> {
-    let mut log2 = MIN_LOG2CAP;
-    let mut heap = heap_table(log2);
-    let mut st = State {
-        generation: meta.generation as u64 & 0xffff,
-        ..State::default()
-    };
-    let mut chunks: Vec<Desc> = Vec::new();
-    let mut sc = Scanner::new(
-        &inner.arena,
-        inner.salt,
-        ARENA_START,
-        inner.arena.len(),
-        None,
-    );
-    let stop = loop {
-        match sc.next_item() {
-            Ok(Item::Commit { records, .. }) => {
-                let puts = records.iter().filter(|r| r.header.kind == KIND_PUT).count() as u64;
-                if !index::fits(1 << log2, st.index_used, puts) {
-                    let nl =
-                        index::log2cap_for(st.live_keys.saturating_add(puts).saturating_mul(3) / 2)
-                            .max(log2);
-                    let bigger = heap_table(nl);
-                    let n = Table::new(&heap, log2)
-                        .copy_into(&Table::new(&bigger, nl), |w| inner.rehash(w))?;
-                    heap = bigger;
-                    log2 = nl;
-                    st.index_used = n;
-                }
-                apply_records(inner, &Table::new(&heap, log2), &mut st, &records)?;
-            }
-            Ok(Item::Index { desc, .. }) => chunks.push(desc),
-            Err(stop) => break stop,
-        }
-    };
-    let tail = sc.pos();
-    if tail < meta.tail {
-        return Err(inner.corrupt(
-            stop.bad,
-            format!("{}, below the durable tail at {}", stop.why, meta.tail),
-        ));
-    }
-    st.tail = tail;
-    st.seq_gen = sc
-        .last_seq_gen()
-        .unwrap_or(seq_gen(0, st.generation as u16));
-    Ok(Scanned {
-        heap,
-        log2,
-        st,
-        chunks,
-        stop,
-    })
-}
-
-/// Second half of a rebuild: put the heap index into an index chunk of the
-/// file (the largest existing one that holds it comfortably, or a new one
-/// at the tail) and make it current.
-///
-/// `reuse` allows an existing chunk; a live repair passes `false`, because
-/// readers in other processes may be reading any old table.
-pub(crate) fn install(inner: &Inner, w: &mut Writer, scanned: Scanned, reuse: bool) -> Result<()> {
-    let Scanned {
-        heap,
-        log2,
-        mut st,
-        chunks,
-        ..
-    } = scanned;
-    let target = chunks
-        .iter()
-        .copied()
-        .filter(|_| reuse)
-        .filter(|d| index::fits(d.capacity(), st.live_keys.saturating_mul(3) / 2, 0))
-        .max_by_key(|d| d.log2cap);
-    let target = match target {
-        Some(d) => d,
-        None => {
-            let nl = index::log2cap_for(st.live_keys.saturating_mul(3) / 2);
-            let off = st.tail;
-            let start = record::index_table_start(off)
-                .ok_or_else(|| inner.corrupt(off, "tail overflows"))?;
-            let d = Desc { start, log2cap: nl };
-            inner.ensure_space(start + d.bytes())?;
-            inner
-                .arena
-                .write(off, &record::encode_index(inner.salt, off, nl).to_bytes())
-                .map_err(|_| inner.corrupt(off, "index chunk outside the file"))?;
-            st.tail = start + d.bytes();
-            d
-        }
-    };
-    inner.arena.advise_hugepage(target.start, target.bytes());
-    inner
-        .arena
-        .zero(target.start, target.bytes())
-        .map_err(|_| inner.corrupt(target.start, "index table outside the file"))?;
-    let (t, _) = inner.table_at(target.encode())?;
-    let n = Table::new(&heap, log2).copy_into(&t, |w| inner.rehash(w))?;
-    st.index_desc = target.encode();
-    st.index_used = n;
-    w.st = st;
-    Ok(())
 }
 
 #[cfg(test)]
