@@ -135,11 +135,11 @@ fn carry_late_hits(
         return Ok(());
     }
     for e in kept {
-        let Some(w) = ot.word_at(e.slot) else {
+        let Some(word) = ot.word_at(e.slot) else {
             continue;
         };
-        let now = index::word_freq(w);
-        if index::word_offset(w) != e.off || now <= e.hits {
+        let now = index::word_freq(word);
+        if index::word_offset(word) != e.off || now <= e.hits {
             continue;
         }
         let rec = old.records();

@@ -713,11 +713,11 @@ impl Db {
                 return Ok(());
             }
             i.check_writable()?;
-            let mut w = i.lock_writer()?;
-            if w.dur.tail == w.st.tail && w.dur.len >= i.arena.len() {
+            let mut wr = i.lock_writer()?;
+            if wr.dur.tail == wr.st.tail && wr.dur.len >= i.arena.len() {
                 return Ok(());
             }
-            Ok(i.commit_meta(&mut w, false)?)
+            Ok(i.commit_meta(&mut wr, false)?)
         })
     }
 

@@ -342,7 +342,7 @@ fn sample_ok(store: &Store, st: &State) -> bool {
             let found = t.find(index::hash(store.hash_seed, &key), |o| -> Result<bool> {
                 Ok(rec.key_eq(o, &key)?)
             })?;
-            Ok(found.map(|(_, w)| w) == Some(word))
+            Ok(found.map(|(_, found)| found) == Some(word))
         })();
         if !matches!(ok, Ok(true)) {
             return false;
@@ -494,7 +494,7 @@ pub(crate) fn scan_log(store: &Store, meta: &Meta) -> Result<Scanned> {
                             .max(log2);
                     let bigger = heap_table(nl);
                     let n = Table::new(&heap, log2)
-                        .copy_into(&Table::new(&bigger, nl), |w| store.rehash(w))?;
+                        .copy_into(&Table::new(&bigger, nl), |word| store.rehash(word))?;
                     heap = bigger;
                     log2 = nl;
                     st.index_used = n;
@@ -566,7 +566,7 @@ pub(crate) fn install(store: &Store, wr: &mut Writer, scanned: Scanned, reuse: b
         .zero(target.start, target.bytes())
         .map_err(|_| store.corrupt(target.start, "index table outside the file"))?;
     let (t, _) = store.table_at(target.encode())?;
-    let n = Table::new(&heap, log2).copy_into(&t, |w| store.rehash(w))?;
+    let n = Table::new(&heap, log2).copy_into(&t, |word| store.rehash(word))?;
     st.index_desc = target.encode();
     st.index_used = n;
     wr.st = st;
