@@ -408,6 +408,29 @@ pub struct Stats {
     pub opened: OpenKind,
 }
 
+// Here rather than in options.rs, which then needs nothing of `Db`.
+impl Options {
+    /// Open (or create) the store at `path` with these options.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mapkv::{Durability, Options};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("open.mapkv");
+    /// let opts = Options::new().durability(Durability::Async);
+    /// let db = opts.clone().open(&path)?;
+    /// db.insert(b"k", b"v")?;
+    /// db.close()?;
+    /// let db = opts.open(&path)?; // the same options open it again
+    /// assert!(db.contains_key(b"k")?);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn open(self, path: impl AsRef<Path>) -> Result<Db> {
+        Db::open_with(path.as_ref(), self)
+    }
+}
+
 impl Db {
     /// Open the store at `path` with default [`Options`], creating it if it
     /// does not exist.

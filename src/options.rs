@@ -1,9 +1,5 @@
 //! Open-time options and the durability modes.
 
-use std::path::Path;
-
-use crate::{Db, Result};
-
 /// The longest [`Options::lock_timeout`]: 100 years. Deadlines are
 /// `Instant::now() + timeout`, which must not overflow.
 const MAX_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
@@ -511,25 +507,5 @@ impl Options {
     pub(crate) fn size_limit(&self) -> u64 {
         self.capacity
             .map_or(self.max_size, |c| c.min(self.max_size))
-    }
-
-    /// Open (or create) the store at `path` with these options.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use mapkv::{Durability, Options};
-    /// # let dir = tempfile::tempdir().unwrap();
-    /// # let path = dir.path().join("open.mapkv");
-    /// let opts = Options::new().durability(Durability::Async);
-    /// let db = opts.clone().open(&path)?;
-    /// db.insert(b"k", b"v")?;
-    /// db.close()?;
-    /// let db = opts.open(&path)?; // the same options open it again
-    /// assert!(db.contains_key(b"k")?);
-    /// # Ok::<(), mapkv::Error>(())
-    /// ```
-    pub fn open(self, path: impl AsRef<Path>) -> Result<Db> {
-        Db::open_with(path.as_ref(), self)
     }
 }
