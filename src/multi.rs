@@ -9,6 +9,7 @@ use bytemuck::Pod;
 
 use std::cell::Cell;
 
+use crate::db::Follows;
 use crate::engine::{self, Failure, Store};
 use crate::log::record::seq_of;
 use crate::storage::control::NOTIFY;
@@ -243,55 +244,16 @@ impl Db {
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn read_consistent<R>(&self, mut f: impl FnMut(&ReadView<'_>) -> Result<R>) -> Result<R> {
-        let guard = self.store();
-        let i: &Store = &guard;
-        let c = i.control()?;
-        let view = ReadView {
-            inner: i,
-            moved: Cell::new(false),
-        };
-        let started = Instant::now();
-        let mut tries = 0u32;
-        loop {
-            let v1 = c.version();
-            if v1 % 2 == 0 {
-                let res = f(&view);
-                fence(Ordering::Acquire);
-                if view.moved.get() {
-                    // A compaction moved the store: start over on the new file.
-                    self.handle.follow(&guard);
-                    return self.read_consistent(f);
-                }
-                if c.version() == v1 {
-                    return res;
-                }
-            }
-            tries += 1;
-            if tries >= OPTIMISTIC_TRIES && !i.read_only() {
-                // Stop writers for one run: nothing can change under it.
-                match i.lock_writer() {
-                    Ok(_w) => return f(&view),
-                    // The store moved to a new file: start over there.
-                    Err(Failure::Moved) => return self.read_consistent(f),
-                    Err(e) => return Err(e.into_error(&i.path)),
-                }
-            }
-            if i.read_only() && started.elapsed() > i.lock_timeout {
-                return Err(Error::Locked {
-                    path: i.path.clone(),
-                    detail: "commits kept landing (or a writer died mid-commit and no writer \
-                             has repaired the store yet) while a read-only handle tried to \
-                             read a consistent view",
-                });
-            }
-            if tries < 16 {
-                std::hint::spin_loop();
-            } else if tries < OPTIMISTIC_TRIES {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(100));
-            }
-        }
+        // A compaction that moves the store meanwhile: start over on the
+        // new file.
+        Follows::new(self.handle.opts.lock_timeout)
+            .run(
+                &self.handle.path,
+                || self.store(),
+                |s| consistent_on(s, &mut f),
+                |s| self.handle.follow(s),
+            )
+            .map_err(|e| e.into_error(&self.handle.path))
     }
 
     /// The values of several keys, as of one commit (see
@@ -370,5 +332,61 @@ impl Db {
             self.count_read(i, r.is_some());
             Ok(r)
         })
+    }
+}
+
+/// `read_consistent` on one store: `Failure::Moved` if a compaction moved
+/// it to a new file meanwhile.
+fn consistent_on<R>(
+    i: &Store,
+    f: &mut impl FnMut(&ReadView<'_>) -> Result<R>,
+) -> engine::Result<R> {
+    let c = i.control()?;
+    let view = ReadView {
+        inner: i,
+        moved: Cell::new(false),
+    };
+    let run = |f: &mut dyn FnMut(&ReadView<'_>) -> Result<R>| -> engine::Result<R> {
+        let res = f(&view);
+        if view.moved.get() {
+            view.moved.set(false);
+            return Err(Failure::Moved);
+        }
+        Ok(res?)
+    };
+    let started = Instant::now();
+    let mut tries = 0u32;
+    loop {
+        let v1 = c.version();
+        if v1 % 2 == 0 {
+            let res = run(f);
+            fence(Ordering::Acquire);
+            if matches!(res, Err(Failure::Moved)) || c.version() == v1 {
+                return res;
+            }
+        }
+        tries += 1;
+        if tries >= OPTIMISTIC_TRIES && !i.read_only() {
+            // Stop writers for one run: nothing can change under it (and
+            // taking the lock says whether the store moved).
+            let _wr = i.lock_writer()?;
+            return run(f);
+        }
+        if i.read_only() && started.elapsed() > i.lock_timeout {
+            return Err(Error::Locked {
+                path: i.path.clone(),
+                detail: "commits kept landing (or a writer died mid-commit and no writer \
+                         has repaired the store yet) while a read-only handle tried to \
+                         read a consistent view",
+            }
+            .into());
+        }
+        if tries < 16 {
+            std::hint::spin_loop();
+        } else if tries < OPTIMISTIC_TRIES {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(100));
+        }
     }
 }
