@@ -478,10 +478,10 @@ fn read_meta(f: &std::fs::File, len: u64, path: &Path) -> Result<(Meta, u64)> {
             found,
             supported: FORMAT_VERSION,
         },
-        meta::Refused::Damaged => Error::Corrupted {
+        meta::Refused::Damaged(why) => Error::Corrupted {
             path: path.to_path_buf(),
             offset: 0,
-            what: "no valid meta copy: both fail their checksums or field checks".into(),
+            what: format!("no valid meta copy: {why}"),
         },
         meta::Refused::Foreign => Error::NotMapkv {
             path: path.to_path_buf(),
@@ -710,8 +710,12 @@ pub(crate) fn durable_meta_and_copy(inner: &Inner) -> Result<(Meta, u64)> {
         }
     };
     let a = read(0);
-    let m = meta::choose(a, read(META_B_OFFSET))
-        .map_err(|_| inner.corrupt(0, "no valid meta copy while repairing the store"))?;
+    let m = meta::choose(a, read(META_B_OFFSET)).map_err(|r| {
+        inner.corrupt(
+            0,
+            format!("no valid meta copy while repairing the store: {r}"),
+        )
+    })?;
     Ok((
         m,
         if a == MetaRead::Valid(m) {
