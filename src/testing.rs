@@ -169,6 +169,11 @@ pub mod layout {
     /// The control block's magic once the store has moved.
     pub const MOVED_MAGIC: [u8; 8] = ctl::MOVED_MAGIC.to_le_bytes();
 
+    /// An index descriptor (`meta::INDEX_DESC`, `control::INDEX_DESC`) is
+    /// the slot table's page-aligned file offset OR'd with log2 of its slot
+    /// count: this mask selects the log2, its complement the offset.
+    pub const INDEX_DESC_LOG2_MASK: u64 = crate::index::DESC_LOG2_MASK;
+
     /// Bytes of a record (or index chunk) header.
     pub const HEADER_LEN: u64 = record::HEADER_LEN;
     /// `kind` byte of a put record.
