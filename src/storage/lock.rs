@@ -20,7 +20,7 @@
 //!
 //! Every read-write handle claims a *registration slot* when it first
 //! writes: an OFD `fcntl` lock on one byte of the store file far past its
-//! end (see [`file::register`](super::file::register)), held for as long as
+//! end (see [`file::register`]), held for as long as
 //! the handle's file is open. The kernel drops that lock when the holder
 //! dies, in any PID namespace, and keeps it while the holder is stopped or
 //! paused. A waiter sleeps on the word with `FUTEX_WAIT` and a timeout;

@@ -4,7 +4,7 @@
 //! This module holds all of mapkv's `unsafe` code, in three files, each
 //! block with a `// SAFETY:` comment: [`mapping`] (the raw pointers into the
 //! mapping), [`lock`] (the futex system calls and the fork hook) and
-//! [`file`] (`fcntl` locks and other system calls on the store's
+//! [`file`](mod@file) (`fcntl` locks and other system calls on the store's
 //! descriptor). Everything above it sees bounds-checked byte copies and
 //! atomic words at checked, aligned offsets.
 //!
