@@ -4,9 +4,9 @@
 //! # The writer lock
 //!
 //! One 64-bit word, the control block's `writer_lock` (file offset
-//! [`WRITER_LOCK_OFFSET`](super::WRITER_LOCK_OFFSET)), taken and released with one compare-and-swap each (no
-//! system call when uncontended), plus the kernel's word on whether its
-//! holder is alive:
+//! [`WRITER_LOCK_OFFSET`](super::WRITER_LOCK_OFFSET)), taken and released
+//! with one compare-and-swap each (no system call when uncontended), plus
+//! the kernel's word on whether its holder is alive:
 //!
 //! ```text
 //! bits 0..12   holder: registration slot id, 1..=4095; 0 = free
