@@ -44,8 +44,8 @@ use crate::log::record::{seq_gen, seq_of};
 use crate::log::{Item, Scanner};
 use crate::options::Lineage;
 use crate::storage::control::{MOVED_MAGIC, MOVING_MAGIC};
+use crate::storage::hooks::{self, IoOp, Phase};
 use crate::storage::{self, GRANULE};
-use crate::testing::{self, IoOp, Phase};
 use crate::{Db, Durability, Error, Options, Result};
 
 /// What [`Db::compact`] did.
@@ -399,7 +399,7 @@ impl Db {
             // file ends below the point where the next one starts.
             let fraction = self.handle.opts.evict_fraction;
             let budget = ((capacity as f64) * (1.0 - fraction)) as u64;
-            let overhead = storage::ARENA_START + 2 * 4096 + d0.bytes();
+            let overhead = storage::ARENA_START + 2 * storage::FORMAT_PAGE + d0.bytes();
             let keep = budget.saturating_sub(overhead);
             let total = live.iter().fold(0u64, |a, e| a.saturating_add(e.len));
             let need = total.saturating_sub(keep).max(min_free);
@@ -515,7 +515,7 @@ impl Db {
                 let mut nw = new.lock_writer()?;
                 new.commit_meta(&mut nw, false)?;
             }
-            let fire = |phase| testing::fire(&self.handle.path, IoOp::Rename, phase);
+            let fire = |phase| hooks::fire(&self.handle.path, IoOp::Rename, phase);
             fire(Phase::Before).map_err(|source| io_err(&old.path, "rename", source))?;
             // The cache counters move with the store.
             let [ev, ex, runs] = c.cache_counters();

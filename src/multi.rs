@@ -12,10 +12,8 @@ use std::cell::Cell;
 use crate::db::Follows;
 use crate::engine::{self, Failure, Store};
 use crate::log::record::seq_of;
-use crate::storage::control::NOTIFY;
 use crate::storage::lock::futex_wait;
 use crate::storage::mapping::MapMode;
-use crate::storage::CONTROL_OFFSET;
 use crate::{Db, Error, Result, Value};
 
 /// A consistent view for [`Db::read_consistent`]: every read through it
@@ -173,10 +171,10 @@ impl Db {
             // Resolve the store each time round: a compaction that moves it
             // wakes us through the old file's futex.
             let i = self.store();
-            let (Ok(c), Ok(word)) = (i.control(), i.arena.atomic_u32(CONTROL_OFFSET + NOTIFY))
-            else {
+            let Ok(c) = i.control() else {
                 return since;
             };
+            let word = c.notify_word();
             // Registering is a store into the file: read-only handles poll.
             let can_register = i.arena.mode() == MapMode::Shared && !i.read_only();
             if can_register {

@@ -72,7 +72,7 @@ use std::time::{Duration, Instant};
 
 use common::procs::{stop_on_eof, ChildVars, Ev, Kids, Out, Spawn};
 use common::{check_self, self_checking, Rng};
-use mapkv::testing::{add_io_hook, HookGuard, IoOp, Phase};
+use mapkv::testing::{add_io_hook, layout, HookGuard, IoOp, Phase};
 use mapkv::{Db, OpenKind, Options};
 
 /// The cache's capacity.
@@ -96,8 +96,8 @@ const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 const STALL: Duration = Duration::from_secs(30);
 /// Where the control block's magic is, and its value while a compaction
 /// renames its new file over the store (docs/FORMAT.md).
-const MAGIC_OFFSET: u64 = 8192;
-const MAGIC_MOVING: &[u8; 8] = b"MKVMOVNG";
+const MAGIC_OFFSET: u64 = layout::CONTROL_OFFSET + layout::control::MAGIC as u64;
+const MAGIC_MOVING: &[u8; 8] = &layout::MOVING_MAGIC;
 
 fn key_id(w: usize, i: u64) -> u64 {
     ((w as u64 + 1) << 32) | i

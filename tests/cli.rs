@@ -726,15 +726,21 @@ fn stats_shows_a_caches_capacity_and_put_keeps_to_it() {
 
 /// Damage the live slot that comes `nth` in slot order in the index of a
 /// cleanly closed store (past the 64 the open samples): its offset points
-/// past the end of the file. Meta offsets from docs/FORMAT.md.
+/// past the end of the file.
 fn damage_slot(path: &Path, nth: usize) {
+    use mapkv::testing::layout::{self, meta};
     use std::os::unix::fs::FileExt;
     let b = std::fs::read(path).unwrap();
     let le = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
-    let meta = if le(16) >= le(4096 + 16) { 0 } else { 4096 };
-    let desc = le(meta + 88);
-    let start = (desc & !4095) as usize;
-    let live: Vec<usize> = (0..1usize << (desc & 4095))
+    let [a, b_copy] = layout::META_COPIES.map(|m| m as usize);
+    let copy = if le(a + meta::META_SEQ) >= le(b_copy + meta::META_SEQ) {
+        a
+    } else {
+        b_copy
+    };
+    let desc = le(copy + meta::INDEX_DESC);
+    let start = (desc & !layout::INDEX_DESC_LOG2_MASK) as usize;
+    let live: Vec<usize> = (0..1usize << (desc & layout::INDEX_DESC_LOG2_MASK))
         .map(|i| start + 8 * i)
         .filter(|&at| le(at) > 1)
         .collect();

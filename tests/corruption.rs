@@ -30,18 +30,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use common::{self_checking, Rng};
+use mapkv::testing::layout::{self, control, header, meta};
 use mapkv::{Db, Error, Options};
 
 /// `MAPKV_BOOT_ID` is process-wide: every open holds this lock, so that a
 /// "normal" open never sees another test's simulated reboot.
 static BOOT: Mutex<()> = Mutex::new(());
 
-const META_A: usize = 0;
-const META_B: usize = 4096;
-const META_LEN: usize = 128;
-const CONTROL: usize = 8192;
-const ARENA: usize = 12288;
-const MAGIC: &[u8; 8] = b"\x89MAPKV\r\n";
+const META_A: usize = layout::META_A_OFFSET as usize;
+const META_B: usize = layout::META_B_OFFSET as usize;
+const META_LEN: usize = layout::META_LEN;
+const CONTROL: usize = layout::CONTROL_OFFSET as usize;
+const ARENA: usize = layout::ARENA_START as usize;
+const PAGE: usize = layout::FORMAT_PAGE as usize;
+const HEADER: usize = layout::HEADER_LEN as usize;
+const MAGIC: &[u8; 8] = &layout::META_MAGIC;
 
 fn le(b: &[u8], off: usize, n: usize) -> u64 {
     (0..n).fold(0, |v, i| v | (b[off + i] as u64) << (8 * i))
@@ -82,8 +85,8 @@ struct Image {
 
 impl Image {
     fn new(name: &'static str, bytes: Vec<u8>) -> Image {
-        let seq = |at: usize| le(&bytes, at + 16, 8);
-        let has_magic = |at: usize| &bytes[at..at + 8] == MAGIC;
+        let seq = |at: usize| le(&bytes, at + meta::META_SEQ, 8);
+        let has_magic = |at: usize| &bytes[at..at + MAGIC.len()] == MAGIC;
         assert!(has_magic(META_A) && has_magic(META_B), "{name}: both metas");
         let newer_meta = if seq(META_A) >= seq(META_B) {
             META_A
@@ -92,12 +95,13 @@ impl Image {
         };
         let mut items = Vec::new();
         let mut off = ARENA;
-        while off + 24 <= bytes.len() {
-            let kind = bytes[off + 8];
-            let (k, v) = (le(&bytes, off + 10, 2) as usize, le(&bytes, off + 12, 4));
+        while off + HEADER <= bytes.len() {
+            let kind = bytes[off + header::KIND];
+            let k = le(&bytes, off + header::KEY_LEN, 2) as usize;
+            let v = le(&bytes, off + header::VAL_LEN, 4);
             let len = match kind {
-                0xA5 | 0xA6 => (24 + k + v as usize).div_ceil(8) * 8,
-                0xA7 => (off + 24).div_ceil(4096) * 4096 + (8usize << v) - off,
+                layout::KIND_PUT | layout::KIND_DEL => (HEADER + k + v as usize).div_ceil(8) * 8,
+                layout::KIND_INDEX => (off + HEADER).div_ceil(PAGE) * PAGE + (8usize << v) - off,
                 _ => break,
             };
             items.push((off, len));
@@ -105,19 +109,20 @@ impl Image {
         }
         Image {
             name,
-            durable_len: le(&bytes, newer_meta + 56, 8) as usize,
-            tail: le(&bytes, newer_meta + 64, 8) as usize,
+            durable_len: le(&bytes, newer_meta + meta::FILE_LEN, 8) as usize,
+            tail: le(&bytes, newer_meta + meta::TAIL, 8) as usize,
             newer_meta,
             items,
             bytes,
         }
     }
 
-    /// Byte range of the index table the newer meta names.
+    /// Byte range of the index table the newer meta names (the
+    /// descriptor is its page-aligned offset | log2 of its slot count).
     fn index_table(&self) -> (usize, usize) {
-        let d = le(&self.bytes, self.newer_meta + 88, 8);
-        let start = (d & !4095) as usize;
-        (start, start + (8usize << (d & 4095)))
+        let d = le(&self.bytes, self.newer_meta + meta::INDEX_DESC, 8) as usize;
+        let start = d & !(PAGE - 1);
+        (start, start + (8usize << (d & (PAGE - 1))))
     }
 
     fn log_end(&self) -> usize {
@@ -344,7 +349,7 @@ impl Ctx<'_> {
     }
 
     fn classify(&mut self, e: &Error, bytes: &[u8], ctx: &str) {
-        let magic_at = |at: usize| bytes.get(at..at + 8) == Some(&MAGIC[..]);
+        let magic_at = |at: usize| bytes.get(at..at + MAGIC.len()) == Some(&MAGIC[..]);
         match e {
             Error::Corrupted { .. } => self.tally.corrupted += 1,
             Error::NotMapkv { .. } => {
@@ -357,7 +362,7 @@ impl Ctx<'_> {
             Error::UnsupportedVersion { .. } => {
                 let other_version = [META_A, META_B]
                     .into_iter()
-                    .any(|at| magic_at(at) && le(bytes, at + 8, 4) != 1);
+                    .any(|at| magic_at(at) && le(bytes, at + meta::VERSION, 4) != 1);
                 assert!(other_version, "{ctx}: UnsupportedVersion: {e}");
                 self.tally.unsupported += 1;
             }
@@ -443,7 +448,13 @@ fn single_bit_flips_anywhere() {
         let regions: [(&str, usize, usize, usize); 7] = [
             ("meta A", META_A, META_A + META_LEN, 64),
             ("meta B", META_B, META_B + META_LEN, 64),
-            ("control block", CONTROL, CONTROL + 80, 40),
+            // The state words, up to the writer's durable bookkeeping.
+            (
+                "control block",
+                CONTROL,
+                CONTROL + control::DURABLE_TAIL,
+                40,
+            ),
             ("index table", ix0, ix1, 64),
             ("log", ARENA, log_end, 400),
             ("past the log", log_end, len, 16),
@@ -473,9 +484,9 @@ fn single_bit_flips_anywhere() {
 fn zeroed_pages() {
     let mut cx = Ctx::new();
     for im in images(cx.fx) {
-        for page in (0..im.bytes.len()).step_by(4096) {
+        for page in (0..im.bytes.len()).step_by(PAGE) {
             let mut b = im.bytes.clone();
-            let end = (page + 4096).min(b.len());
+            let end = (page + PAGE).min(b.len());
             b[page..end].fill(0);
             // Zeroing one meta copy leaves the other (which must still find
             // its log: see `torn_newer_meta_after_a_trimming_close`); the
@@ -506,17 +517,17 @@ fn truncation() {
         let mut cuts: Vec<usize> = vec![
             0,
             1,
-            7,
-            8,
-            127,
-            128,
-            4095,
-            4096,
-            4096 + 128,
-            8191,
-            8192,
-            12287,
-            12288,
+            MAGIC.len() - 1,
+            MAGIC.len(),
+            META_LEN - 1,
+            META_LEN,
+            META_B - 1,
+            META_B,
+            META_B + META_LEN,
+            CONTROL - 1,
+            CONTROL,
+            ARENA - 1,
+            ARENA,
             im.tail - 1,
             im.tail,
             im.tail + 1,
@@ -527,7 +538,7 @@ fn truncation() {
         // Record boundaries, and just past them (a torn header).
         for (i, &(off, l)) in im.items.iter().enumerate() {
             if i % 4 == 0 || off + l >= im.tail.saturating_sub(64) {
-                cuts.extend([off, off + 1, off + 23, off + l / 2]);
+                cuts.extend([off, off + 1, off + HEADER - 1, off + l / 2]);
             }
         }
         for _ in 0..40 {
@@ -537,7 +548,7 @@ fn truncation() {
         cuts.dedup();
         cuts.retain(|&c| c < len);
         for cut in cuts {
-            let expect = if (8..im.tail).contains(&cut) {
+            let expect = if (MAGIC.len()..im.tail).contains(&cut) {
                 Expect::Truncated
             } else if cut >= im.tail {
                 Expect::Open
@@ -564,7 +575,7 @@ fn older_meta(im: &Image) -> (usize, bool) {
     };
     (
         older,
-        le(&im.bytes, older + 64, 8) as usize <= im.bytes.len(),
+        le(&im.bytes, older + meta::TAIL, 8) as usize <= im.bytes.len(),
     )
 }
 
@@ -581,9 +592,23 @@ fn torn_newer_meta_falls_back_to_the_other_copy() {
             continue;
         }
         tried.push(im.name);
-        assert!(le(&im.bytes, older + 16, 8) < le(&im.bytes, newer + 16, 8));
+        let seq = |at: usize| le(&im.bytes, at + meta::META_SEQ, 8);
+        assert!(seq(older) < seq(newer));
         // A flipped byte in each field of the newer copy.
-        for at in [16, 24, 36, 44, 56, 64, 72, 80, 88, 100, 108, 124] {
+        for at in [
+            meta::META_SEQ,
+            meta::HASH_SEED,
+            meta::FLAGS,
+            meta::BOOT_ID + 4,
+            meta::FILE_LEN,
+            meta::TAIL,
+            meta::SEQ_GEN,
+            meta::GENERATION,
+            meta::INDEX_DESC,
+            meta::INDEX_USED + 4,
+            meta::LIVE_KEYS + 4,
+            meta::CRC,
+        ] {
             let mut b = im.bytes.clone();
             b[newer + at] ^= 0x20;
             cx.try_image(
@@ -595,8 +620,9 @@ fn torn_newer_meta_falls_back_to_the_other_copy() {
         // A torn sector: the second half of the newer copy still holds the
         // older copy's bytes.
         let mut b = im.bytes.clone();
-        let old_half = im.bytes[older + 64..older + META_LEN].to_vec();
-        b[newer + 64..newer + META_LEN].copy_from_slice(&old_half);
+        let half = META_LEN / 2;
+        let old_half = im.bytes[older + half..older + META_LEN].to_vec();
+        b[newer + half..newer + META_LEN].copy_from_slice(&old_half);
         cx.try_image(
             &b,
             Expect::Open,
@@ -604,7 +630,7 @@ fn torn_newer_meta_falls_back_to_the_other_copy() {
         );
         // The whole newer copy zeroed (its write never reached the disk).
         let mut b = im.bytes.clone();
-        b[newer..newer + 4096].fill(0);
+        b[newer..newer + PAGE].fill(0);
         cx.try_image(&b, Expect::Open, &format!("{}: newer meta zeroed", im.name));
     }
     cx.tally.print(&format!(
@@ -673,9 +699,9 @@ fn crc32(init: u32, data: &[u8]) -> u32 {
 }
 
 fn reseal_meta(b: &mut [u8], at: usize) {
-    let salt = le(b, at + 32, 4) as u32;
-    let crc = crc32(salt ^ 0x4d45_5441, &b[at..at + META_LEN - 4]);
-    b[at + META_LEN - 4..at + META_LEN].copy_from_slice(&crc.to_le_bytes());
+    let salt = le(b, at + meta::CRC_SALT, 4) as u32;
+    let crc = crc32(salt ^ layout::META_CRC_XOR, &b[at..at + meta::CRC]);
+    b[at + meta::CRC..at + meta::CRC + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn write_image(dir: &Path, bytes: &[u8]) -> PathBuf {
@@ -701,11 +727,11 @@ fn failed_open_leaves_the_file_untouched() {
             .step_by(8)
             .map(|at| le(&im.bytes, at, 8))
             .filter(|&w| w > 1)
-            .map(|w| ((w & ((1 << 36) - 1)) << 3) as usize / 4096 * 4096)
-            .find(|&p| p >= ARENA && p + 4096 < im.tail && (p + 4096 <= ix0 || p >= ix1))
+            .map(|w| ((w & ((1 << 36) - 1)) << 3) as usize / PAGE * PAGE)
+            .find(|&p| p >= ARENA && p + PAGE < im.tail && (p + PAGE <= ix0 || p >= ix1))
             .expect("a live record outside the index table");
         let mut b = im.bytes.clone();
-        b[page..page + 4096].fill(0);
+        b[page..page + PAGE].fill(0);
         let path = write_image(dir.path(), &b);
         let r = open(&path, reboot);
         assert!(
@@ -741,13 +767,13 @@ fn damaged_length_is_not_allocated() {
         .iter()
         .rev()
         .map(|&(o, _)| o)
-        .filter(|&o| im.bytes[o + 8] == 0xA5)
+        .filter(|&o| im.bytes[o + header::KIND] == layout::KIND_PUT)
         .collect();
     for off in puts.into_iter().take(60) {
         let mut b = im.bytes.clone();
-        b[off + 15] |= 0x10; // val_len += 256 MiB
-        let klen = le(&b, off + 10, 2) as usize;
-        let k = b[off + 24..off + 24 + klen].to_vec();
+        b[off + header::VAL_LEN + 3] |= 0x10; // val_len += 256 MiB
+        let klen = le(&b, off + header::KEY_LEN, 2) as usize;
+        let k = b[off + HEADER..off + HEADER + klen].to_vec();
         let path = write_image(dir.path(), &b);
         let Ok(db) = open(&path, false) else { continue };
         LARGEST_ALLOC.store(0, Ordering::Relaxed);
@@ -773,7 +799,7 @@ fn meta_seq_at_max_does_not_panic() {
     let dir = scratch();
     let mut b = fx.clean.bytes.clone();
     let at = fx.clean.newer_meta;
-    b[at + 16..at + 24].copy_from_slice(&u64::MAX.to_le_bytes());
+    b[at + meta::META_SEQ..][..8].copy_from_slice(&u64::MAX.to_le_bytes());
     reseal_meta(&mut b, at);
     let path = write_image(dir.path(), &b);
     if let Ok(db) = open(&path, false) {
@@ -794,7 +820,7 @@ fn control_version_at_max_does_not_panic() {
     let fx = fixture();
     let dir = scratch();
     let mut b = fx.clean.bytes.clone();
-    b[CONTROL + 8..CONTROL + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+    b[CONTROL + control::VERSION..][..8].copy_from_slice(&u64::MAX.to_le_bytes());
     let path = write_image(dir.path(), &b);
     let db = open(&path, false).unwrap();
     assert_eq!(db.get(key(3)).unwrap().as_deref(), Some(&value(3, 1)[..]));
@@ -810,7 +836,7 @@ fn damaged_live_bytes_counter_does_not_overflow() {
     let fx = fixture();
     let dir = scratch();
     let mut b = fx.crash.bytes.clone();
-    b[CONTROL + 56..CONTROL + 64].copy_from_slice(&u64::MAX.to_le_bytes());
+    b[CONTROL + control::LIVE_BYTES..][..8].copy_from_slice(&u64::MAX.to_le_bytes());
     let path = write_image(dir.path(), &b);
     let db = open(&path, false).unwrap();
     db.insert(b"k", b"v").unwrap();
@@ -840,10 +866,10 @@ fn torn_newer_meta_after_a_trimming_close() {
         "file {} bytes; newer meta says {}, older {}",
         im.bytes.len(),
         im.durable_len,
-        le(&im.bytes, older + 56, 8)
+        le(&im.bytes, older + meta::FILE_LEN, 8)
     );
     let mut b = im.bytes.clone();
-    b[im.newer_meta + 50] ^= 0x20;
+    b[im.newer_meta + meta::BOOT_ID + 10] ^= 0x20;
     let path = write_image(dir.path(), &b);
     let db = open(&path, false).unwrap_or_else(|e| panic!("usable older copy {usable}: {e}"));
     assert_eq!(db.len(), 100);

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{store, Rng};
+use mapkv::testing::layout::{self, meta};
 use mapkv::{Db, Error, Options};
 
 fn open_err(path: &std::path::Path) -> Error {
@@ -29,7 +30,7 @@ fn foreign_files_are_refused_and_untouched() {
     let samples: Vec<Vec<u8>> = vec![
         b"hello, I am a text file\n".repeat(1000),
         rng.bytes(100),
-        rng.bytes(12288),
+        rng.bytes(layout::ARENA_START as usize),
         rng.bytes(1 << 20),
         vec![0u8; 1 << 16],
         b"\x89PNG\r\n\x1a\n"
@@ -75,7 +76,10 @@ fn made_store() -> (tempfile::TempDir, std::path::PathBuf) {
 fn truncated_header_is_corrupted_and_untouched() {
     let (_d, path) = made_store();
     let full = std::fs::read(&path).unwrap();
-    for cut in [200usize, 4096, 5000, 12287] {
+    let (meta_b, arena) = (layout::META_B_OFFSET as usize, layout::ARENA_START as usize);
+    // In meta A's page, at meta B, in meta B's page, one byte short of
+    // the arena.
+    for cut in [200usize, meta_b, meta_b + 904, arena - 1] {
         std::fs::write(&path, &full[..cut]).unwrap();
         let e = open_err(&path);
         assert!(matches!(e, Error::Corrupted { .. }), "cut {cut}: {e:?}");
@@ -96,9 +100,9 @@ fn truncated_header_is_corrupted_and_untouched() {
 fn unsupported_version() {
     let (_d, path) = made_store();
     let mut bytes = std::fs::read(&path).unwrap();
-    for at in [0usize, 4096] {
-        if &bytes[at..at + 8] == b"\x89MAPKV\r\n" {
-            bytes[at + 8..at + 12].copy_from_slice(&77u32.to_le_bytes());
+    for at in layout::META_COPIES.map(|m| m as usize) {
+        if bytes[at + meta::MAGIC..][..8] == layout::META_MAGIC {
+            bytes[at + meta::VERSION..][..4].copy_from_slice(&77u32.to_le_bytes());
         }
     }
     std::fs::write(&path, &bytes).unwrap();
@@ -117,13 +121,68 @@ fn unsupported_version() {
 fn damaged_metas_are_corrupted() {
     let (_d, path) = made_store();
     let mut bytes = std::fs::read(&path).unwrap();
-    for at in [0usize, 4096] {
-        bytes[at + 70] ^= 0xff;
+    for at in layout::META_COPIES.map(|m| m as usize) {
+        bytes[at + meta::TAIL + 6] ^= 0xff;
     }
     std::fs::write(&path, &bytes).unwrap();
     let e = open_err(&path);
     assert!(matches!(e, Error::Corrupted { offset: 0, .. }), "{e:?}");
     assert!(std::fs::read(&path).unwrap() == bytes);
+}
+
+/// CRC-32 (IEEE) continuing from `init`, as mapkv's metas use it.
+fn crc32(init: u32, data: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new_with_initial(init);
+    h.update(data);
+    h.finalize()
+}
+
+/// The error of a meta says which check each copy failed: a CRC mismatch
+/// (with the stored and computed CRCs), or a page size this format does
+/// not use.
+#[test]
+fn damaged_metas_name_the_failed_check() {
+    let (_d, path) = made_store();
+    let good = std::fs::read(&path).unwrap();
+    let [a, b] = layout::META_COPIES.map(|m| m as usize);
+
+    // Meta A: a flipped bit, CRC left alone. Meta B: page size 16384,
+    // resealed so that its CRC holds.
+    let mut bytes = good.clone();
+    bytes[a + meta::TAIL] ^= 1;
+    let stored = u32::from_le_bytes(bytes[a + meta::CRC..][..4].try_into().unwrap());
+    let salt = u32::from_le_bytes(bytes[b + meta::CRC_SALT..][..4].try_into().unwrap());
+    bytes[b + meta::PAGE_SIZE..][..4].copy_from_slice(&16384u32.to_le_bytes());
+    let crc = crc32(salt ^ layout::META_CRC_XOR, &bytes[b..b + meta::CRC]);
+    bytes[b + meta::CRC..][..4].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+
+    let e = open_err(&path);
+    assert!(matches!(e, Error::Corrupted { offset: 0, .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains("meta CRC mismatch"), "{text}");
+    assert!(text.contains(&format!("stored {stored:#010x}")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "page size 16384, this format uses {}",
+            layout::FORMAT_PAGE
+        )),
+        "{text}"
+    );
+    assert!(
+        std::fs::read(&path).unwrap() == bytes,
+        "the file was modified"
+    );
+
+    // Each alone, the other copy without its magic.
+    for (blank, want) in [(b, "meta CRC mismatch"), (a, "page size 16384")] {
+        let mut only = bytes.clone();
+        only[blank..blank + layout::META_LEN].fill(0);
+        std::fs::write(&path, &only).unwrap();
+        let text = open_err(&path).to_string();
+        assert!(text.contains(want), "{text}");
+        assert!(text.contains("no mapkv magic number"), "{text}");
+    }
 }
 
 #[test]

@@ -22,36 +22,37 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{seed, Rng};
+use mapkv::testing::layout::control as c;
 use mapkv::testing::CONTROL_OFFSET;
 use mapkv::{Db, Options};
 
 /// The control-block words this test may change: (offset in the block,
 /// name). See src/storage/control.rs.
 const WORDS: &[(u64, &str)] = &[
-    (8, "version"),
-    (16, "tail"),
-    (24, "seq_gen"),
-    (32, "index_desc"),
-    (40, "index_used"),
-    (48, "live_keys"),
-    (56, "live_bytes"),
-    (64, "generation"),
-    (72, "file_len"),
-    (80, "durable_tail"),
-    (88, "durable_seq_gen"),
-    (96, "durable_len"),
-    (104, "meta_seq"),
-    (112, "synced_copy"),
-    (120, "writer"),
-    (128, "writers"),
-    (136, "capacity"),
-    (144, "evicted"),
-    (152, "expired"),
-    (160, "evict_runs"),
-    (168, "session_boot"),
-    (176, "session_boot+8"),
-    (264, "waiters"),
-    (512, "writer_lock"),
+    (c::VERSION as u64, "version"),
+    (c::TAIL as u64, "tail"),
+    (c::SEQ_GEN as u64, "seq_gen"),
+    (c::INDEX_DESC as u64, "index_desc"),
+    (c::INDEX_USED as u64, "index_used"),
+    (c::LIVE_KEYS as u64, "live_keys"),
+    (c::LIVE_BYTES as u64, "live_bytes"),
+    (c::GENERATION as u64, "generation"),
+    (c::FILE_LEN as u64, "file_len"),
+    (c::DURABLE_TAIL as u64, "durable_tail"),
+    (c::DURABLE_SEQ_GEN as u64, "durable_seq_gen"),
+    (c::DURABLE_LEN as u64, "durable_len"),
+    (c::META_SEQ as u64, "meta_seq"),
+    (c::SYNCED_COPY as u64, "synced_copy"),
+    (c::WRITER as u64, "writer"),
+    (c::WRITERS as u64, "writers"),
+    (c::CAPACITY as u64, "capacity"),
+    (c::EVICTED as u64, "evicted"),
+    (c::EXPIRED as u64, "expired"),
+    (c::EVICT_RUNS as u64, "evict_runs"),
+    (c::SESSION_BOOT as u64, "session_boot"),
+    ((c::SESSION_BOOT + 8) as u64, "session_boot+8"),
+    (c::WAITERS as u64, "waiters"),
+    (c::WRITER_LOCK as u64, "writer_lock"),
 ];
 
 /// The extreme values every word gets, then two random ones.

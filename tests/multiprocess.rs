@@ -91,6 +91,7 @@ use std::time::{Duration, Instant};
 
 use common::procs::{stop_on_eof, ChildVars, Ev, Kids, Out, Spawn};
 use common::Rng;
+use mapkv::testing::layout;
 use mapkv::{Change, CompactReport, Db, Error, LogPosition, OpenKind, Options};
 
 /// Writer processes in the stress test.
@@ -387,9 +388,9 @@ fn leftovers(path: &Path) -> Vec<(String, Option<u32>)> {
 
 /// Where the control block's magic is, and its values while a compaction
 /// renames its new file over the store and once it has (docs/FORMAT.md).
-const MAGIC_OFFSET: u64 = 8192;
-const MAGIC_MOVING: &[u8; 8] = b"MKVMOVNG";
-const MAGIC_MOVED: &[u8; 8] = b"MKVMOVED";
+const MAGIC_OFFSET: u64 = layout::CONTROL_OFFSET + layout::control::MAGIC as u64;
+const MAGIC_MOVING: &[u8; 8] = &layout::MOVING_MAGIC;
+const MAGIC_MOVED: &[u8; 8] = &layout::MOVED_MAGIC;
 
 /// The control block's magic of an open store file.
 fn magic_of(f: &File) -> std::io::Result<[u8; 8]> {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use common::store;
+use mapkv::testing::layout::{self, control};
 use mapkv::{Db, Durability, OpenKind, Options};
 
 static BOOT: Mutex<()> = Mutex::new(());
@@ -194,9 +195,10 @@ fn writer_dead_in_the_middle_of_an_index_change_forces_a_rebuild() {
     let db = open_same_boot(&path).unwrap();
     fill(&db, 3000, 5);
     let img = image(&path, "odd.mapkv");
-    // Control block version word (offset 8192 + 8): make it odd.
-    let v = u64::from_le_bytes(read_at(&img, 8200, 8).try_into().unwrap());
-    patch(&img, 8200, &(v | 1).to_le_bytes());
+    // Control block version word (the seqlock): make it odd.
+    let at = layout::CONTROL_OFFSET + control::VERSION as u64;
+    let v = u64::from_le_bytes(read_at(&img, at, 8).try_into().unwrap());
+    patch(&img, at, &(v | 1).to_le_bytes());
     let db2 = open_same_boot(&img).unwrap();
     assert_eq!(db2.stats().opened, OpenKind::Rebuilt);
     assert_filled(&db2, 3000, 5);
@@ -210,8 +212,9 @@ fn garbage_index_is_rebuilt_after_a_reboot() {
     let s = db.stats();
     let img = image(&path, "garbage-index.mapkv");
     // Overwrite the live index table with junk: slots pointing anywhere.
-    let ctrl_desc = u64::from_le_bytes(read_at(&img, 8192 + 32, 8).try_into().unwrap());
-    let start = ctrl_desc & !4095;
+    let at = layout::CONTROL_OFFSET + control::INDEX_DESC as u64;
+    let ctrl_desc = u64::from_le_bytes(read_at(&img, at, 8).try_into().unwrap());
+    let start = ctrl_desc & !layout::INDEX_DESC_LOG2_MASK;
     let junk: Vec<u8> = (0..s.index_bytes).map(|i| (i * 7919 % 251) as u8).collect();
     patch(&img, start, &junk);
     let db2 = open_after_reboot(&img, "boot-garbage").unwrap();

@@ -9,6 +9,7 @@ mod common;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use mapkv::testing::layout::{self, meta};
 use mapkv::{Db, Error, Options};
 
 const KEYS: u32 = 3_000;
@@ -17,11 +18,6 @@ const KEYS: u32 = 3_000;
 fn le(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
-
-/// Meta copies and the fields this test reads (docs/FORMAT.md).
-const META_COPIES: [usize; 2] = [0, 4096];
-const META_SEQ: usize = 16;
-const META_INDEX_DESC: usize = 88;
 
 /// How to damage a live slot word.
 #[derive(Clone, Copy, Debug)]
@@ -39,13 +35,14 @@ enum Damage {
 /// slot order (past the 64 the open samples).
 fn damage_slot(path: &Path, nth: usize, how: Damage) {
     let b = std::fs::read(path).unwrap();
-    let meta = *META_COPIES
-        .iter()
-        .max_by_key(|&&m| le(&b, m + META_SEQ))
+    let copy = layout::META_COPIES
+        .map(|m| m as usize)
+        .into_iter()
+        .max_by_key(|&m| le(&b, m + meta::META_SEQ))
         .unwrap();
-    let desc = le(&b, meta + META_INDEX_DESC);
-    let start = (desc & !4095) as usize;
-    let cap = 1usize << (desc & 4095);
+    let desc = le(&b, copy + meta::INDEX_DESC);
+    let start = (desc & !layout::INDEX_DESC_LOG2_MASK) as usize;
+    let cap = 1usize << (desc & layout::INDEX_DESC_LOG2_MASK);
     let live: Vec<usize> = (0..cap)
         .map(|i| start + 8 * i)
         .filter(|&at| le(&b, at) > 1)

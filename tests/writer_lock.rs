@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use mapkv::testing::layout::{self, meta};
 use mapkv::testing::{add_io_hook, IoOp, Phase};
 use mapkv::{Db, Durability, Error, Options};
 
@@ -498,17 +499,17 @@ fn format_1_is_upgraded_when_alone() {
     db.close().unwrap();
     // Turn both meta copies into format 1 (same layout, version 1).
     let mut bytes = std::fs::read(&path).unwrap();
-    for at in [0usize, 4096] {
-        let m = &mut bytes[at..at + 128];
-        if &m[..8] != b"\x89MAPKV\r\n" {
+    for at in layout::META_COPIES.map(|m| m as usize) {
+        let m = &mut bytes[at..at + layout::META_LEN];
+        if m[meta::MAGIC..][..8] != layout::META_MAGIC {
             continue;
         }
-        m[8..12].copy_from_slice(&1u32.to_le_bytes());
-        let salt = u32::from_le_bytes(m[32..36].try_into().unwrap());
-        let mut h = crc32fast::Hasher::new_with_initial(salt ^ 0x4d45_5441);
-        h.update(&m[..124]);
+        m[meta::VERSION..][..4].copy_from_slice(&1u32.to_le_bytes());
+        let salt = u32::from_le_bytes(m[meta::CRC_SALT..][..4].try_into().unwrap());
+        let mut h = crc32fast::Hasher::new_with_initial(salt ^ layout::META_CRC_XOR);
+        h.update(&m[..meta::CRC]);
         let crc = h.finalize();
-        m[124..128].copy_from_slice(&crc.to_le_bytes());
+        m[meta::CRC..][..4].copy_from_slice(&crc.to_le_bytes());
     }
     std::fs::write(&path, &bytes).unwrap();
     // Read-only cannot upgrade.
@@ -530,10 +531,10 @@ fn format_1_is_upgraded_when_alone() {
     db.close().unwrap();
     // Both copies are format 2 now.
     let after = std::fs::read(&path).unwrap();
-    for at in [0usize, 4096] {
+    for at in layout::META_COPIES.map(|m| m as usize) {
         assert_eq!(
-            u32::from_le_bytes(after[at + 8..at + 12].try_into().unwrap()),
-            2
+            u32::from_le_bytes(after[at + meta::VERSION..][..4].try_into().unwrap()),
+            layout::FORMAT_VERSION
         );
     }
 }

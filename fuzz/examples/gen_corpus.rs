@@ -15,7 +15,7 @@
 use std::fs;
 use std::path::Path;
 
-use mapkv_fuzz::{build_base, scratch_dir, BASES};
+use mapkv_fuzz::{build_base, layout, scratch_dir, BASES};
 
 /// SplitMix64, so the byte strings are the same on every run.
 struct Rng(u64);
@@ -66,7 +66,12 @@ fn main() {
     let raw = |b: &[u8]| [&[0u8][..], b].concat();
     write(&ob, "raw-clean-small", &raw(&images[0]));
     write(&ob, "raw-crash-small", &raw(&images[2]));
-    write(&ob, "raw-truncated-header", &raw(&images[0][..9000]));
+    // Cut inside the control block.
+    write(
+        &ob,
+        "raw-truncated-header",
+        &raw(&images[0][..layout::CONTROL + 808]),
+    );
     write(&ob, "raw-truncated-log", &raw(&images[2][..20000]));
     write(&ob, "raw-foreign", &raw(&b"not a store\n".repeat(200)));
     // Mutation modes 1 to 3, every base image, same boot and reboot.

@@ -7,9 +7,9 @@
 //! allocation) or a hang (libFuzzer's timeout) is a failure.
 //!
 //! Every word of the control block that mapkv reads is changed: the state
-//! words at offsets 8..=160, the writer's pid and the writer count (120,
-//! 128), the session boot id (168, 176), the futex waiter count (264) and
-//! the writer lock word (512). A lock word that names a live handle's
+//! words from `version` to `evict_runs`, among them the writer's pid and
+//! the writer count, the two words of the session boot id, the futex
+//! waiter count and the writer lock word. A lock word that names a live handle's
 //! registration makes writers time out (`lock_timeout` is 200 ms here); one
 //! that names nobody is taken over and repaired.
 
@@ -21,13 +21,36 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use mapkv::testing::layout::control as c;
 use mapkv::testing::CONTROL_OFFSET;
 use mapkv::Options;
 
 /// Offsets (in the control block) of the words that may be changed.
-const WORDS: [u64; 24] = [
-    8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128, 136, 144, 152, 160, 168,
-    176, 264, 512,
+const WORDS: [usize; 24] = [
+    c::VERSION,
+    c::TAIL,
+    c::SEQ_GEN,
+    c::INDEX_DESC,
+    c::INDEX_USED,
+    c::LIVE_KEYS,
+    c::LIVE_BYTES,
+    c::GENERATION,
+    c::FILE_LEN,
+    c::DURABLE_TAIL,
+    c::DURABLE_SEQ_GEN,
+    c::DURABLE_LEN,
+    c::META_SEQ,
+    c::SYNCED_COPY,
+    c::WRITER,
+    c::WRITERS,
+    c::CAPACITY,
+    c::EVICTED,
+    c::EXPIRED,
+    c::EVICT_RUNS,
+    c::SESSION_BOOT,
+    c::SESSION_BOOT + 8,
+    c::WAITERS,
+    c::WRITER_LOCK,
 ];
 const MAX_OPS: usize = 48;
 
@@ -45,17 +68,32 @@ enum Value {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Poke { word: u8, value: Value },
-    Insert { key: u8, len: u16 },
-    Remove { key: u8 },
-    Get { key: u8 },
-    Fill { n: u8 },
+    Poke {
+        word: u8,
+        value: Value,
+    },
+    Insert {
+        key: u8,
+        len: u16,
+    },
+    Remove {
+        key: u8,
+    },
+    Get {
+        key: u8,
+    },
+    Fill {
+        n: u8,
+    },
     Iter,
     Stats,
     Check,
     Compact,
     /// Compact while another thread keeps changing a word.
-    CompactWhilePoking { word: u8, value: Value },
+    CompactWhilePoking {
+        word: u8,
+        value: Value,
+    },
     Repair,
     Reopen,
 }
@@ -67,11 +105,15 @@ struct Input {
 }
 
 fn word(i: u8) -> u64 {
-    WORDS[i as usize % WORDS.len()]
+    WORDS[i as usize % WORDS.len()] as u64
 }
 
 fn poke(path: &Path, off: u64, v: &Value) {
-    let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(path) else {
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    else {
         return;
     };
     let at = CONTROL_OFFSET + off;

@@ -181,11 +181,11 @@ fn apply(file: &mut Vec<u8>, base: usize, m: &Mutation) {
             }
             let it = items[*nth as usize % items.len()];
             let (o, width) = match field % 6 {
-                0 => (it.off + 8, 1),
-                1 => (it.off + 9, 1),
-                2 => (it.off + 10, 2),
-                3 => (it.off + 12, 4),
-                4 => (it.off + 16, 8),
+                0 => (it.off + header::KIND, 1),
+                1 => (it.off + header::FLAGS, 1),
+                2 => (it.off + header::KEY_LEN, 2),
+                3 => (it.off + header::VAL_LEN, 4),
+                4 => (it.off + header::SEQ_GEN, 8),
                 _ => {
                     let body = it.len.saturating_sub(HEADER_LEN).max(1);
                     let k = match val {

@@ -15,52 +15,63 @@ pub const BASE_BOOT: &str = "mapkv-fuzz-boot";
 /// A boot id that differs from [`BASE_BOOT`].
 pub const OTHER_BOOT: &str = "mapkv-fuzz-reboot";
 
-/// Layout constants of format version 1 (docs/FORMAT.md).
+/// The layout of docs/FORMAT.md as `usize` offsets into a file image,
+/// taken from mapkv's own definitions (`mapkv::testing::layout`), never
+/// written out again.
 pub mod layout {
+    use mapkv::testing::layout as l;
+    pub use mapkv::testing::layout::{control, header, meta};
+
     /// Offset of meta copy A.
-    pub const META_A: usize = 0;
+    pub const META_A: usize = l::META_A_OFFSET as usize;
     /// Offset of meta copy B.
-    pub const META_B: usize = 4096;
+    pub const META_B: usize = l::META_B_OFFSET as usize;
     /// Bytes of a meta copy covered by its CRC plus the CRC.
-    pub const META_LEN: usize = 128;
+    pub const META_LEN: usize = l::META_LEN;
     /// Offset of the control block.
-    pub const CONTROL: usize = 8192;
-    /// Words of the control block.
-    pub const CONTROL_WORDS: usize = 10;
+    pub const CONTROL: usize = l::CONTROL_OFFSET as usize;
+    /// Words of the control block that `open_bytes` mutates: the live
+    /// state, from the magic up to the writer's durable bookkeeping.
+    pub const CONTROL_WORDS: usize = control::DURABLE_TAIL / 8;
     /// First byte of the arena.
-    pub const ARENA: usize = 12288;
+    pub const ARENA: usize = l::ARENA_START as usize;
+    /// The unit of the layout: index tables start on a page boundary.
+    pub const PAGE: usize = l::FORMAT_PAGE as usize;
     /// Bytes of an item header.
-    pub const HEADER_LEN: usize = 24;
+    pub const HEADER_LEN: usize = l::HEADER_LEN as usize;
     /// Put record.
-    pub const KIND_PUT: u8 = 0xA5;
+    pub const KIND_PUT: u8 = l::KIND_PUT;
     /// Delete record (tombstone).
-    pub const KIND_DEL: u8 = 0xA6;
+    pub const KIND_DEL: u8 = l::KIND_DEL;
     /// Index chunk.
-    pub const KIND_INDEX: u8 = 0xA7;
+    pub const KIND_INDEX: u8 = l::KIND_INDEX;
     /// Meta CRC salt ("META").
-    pub const META_SALT: u32 = 0x4d45_5441;
+    pub const META_SALT: u32 = l::META_CRC_XOR;
     /// Header CRC salt ("HDRC").
-    pub const HDR_SALT: u32 = 0x4844_5243;
+    pub const HDR_SALT: u32 = l::HEADER_CRC_XOR;
     /// The meta magic.
-    pub const MAGIC: [u8; 8] = *b"\x89MAPKV\r\n";
+    pub const MAGIC: [u8; 8] = l::META_MAGIC;
+    /// Selects log2 of the slot count in an index descriptor; the rest is
+    /// the table's offset.
+    pub const DESC_LOG2_MASK: usize = l::INDEX_DESC_LOG2_MASK as usize;
 
     /// Byte offsets of the meta fields a structural mutation may change,
     /// with their widths.
     pub const META_FIELDS: [(usize, usize); 14] = [
-        (8, 4),   // version
-        (12, 4),  // page_size
-        (16, 8),  // meta_seq
-        (32, 4),  // crc_salt
-        (36, 4),  // flags
-        (40, 8),  // boot_id (first half)
-        (56, 8),  // file_len
-        (64, 8),  // tail
-        (72, 8),  // seq_gen
-        (80, 4),  // generation
-        (88, 8),  // index_desc
-        (96, 8),  // index_used
-        (104, 8), // live_keys
-        (112, 8), // live_bytes
+        (meta::VERSION, 4),
+        (meta::PAGE_SIZE, 4),
+        (meta::META_SEQ, 8),
+        (meta::CRC_SALT, 4),
+        (meta::FLAGS, 4),
+        (meta::BOOT_ID, 8), // first half
+        (meta::FILE_LEN, 8),
+        (meta::TAIL, 8),
+        (meta::SEQ_GEN, 8),
+        (meta::GENERATION, 4),
+        (meta::INDEX_DESC, 8),
+        (meta::INDEX_USED, 8),
+        (meta::LIVE_KEYS, 8),
+        (meta::LIVE_BYTES, 8),
     ];
 }
 
@@ -118,12 +129,12 @@ pub fn put_le(b: &mut [u8], off: usize, width: usize, v: u64) {
 /// the salt found in that copy.
 pub fn reseal_metas(file: &mut [u8]) {
     for at in [META_A, META_B] {
-        if file.len() < at + META_LEN || file[at..at + 8] != MAGIC {
+        if file.len() < at + META_LEN || file[at + meta::MAGIC..][..8] != MAGIC {
             continue;
         }
-        let salt = get_le(file, at + 32, 4) as u32;
-        let crc = crc32(salt ^ META_SALT, &[&file[at..at + META_LEN - 4]]);
-        put_le(file, at + META_LEN - 4, 4, crc as u64);
+        let salt = get_le(file, at + meta::CRC_SALT, 4) as u32;
+        let crc = crc32(salt ^ META_SALT, &[&file[at..at + meta::CRC]]);
+        put_le(file, at + meta::CRC, 4, crc as u64);
     }
 }
 
@@ -132,8 +143,8 @@ pub fn reseal_metas(file: &mut [u8]) {
 pub fn salt_of(file: &[u8]) -> Option<u32> {
     [META_A, META_B]
         .into_iter()
-        .find(|&at| file.len() >= at + META_LEN && file[at..at + 8] == MAGIC)
-        .map(|at| get_le(file, at + 32, 4) as u32)
+        .find(|&at| file.len() >= at + META_LEN && file[at + meta::MAGIC..][..8] == MAGIC)
+        .map(|at| get_le(file, at + meta::CRC_SALT, 4) as u32)
 }
 
 /// One item of the log as laid out in the file.
@@ -152,7 +163,7 @@ fn item_len(off: usize, kind: u8, key_len: usize, val_len: u64) -> Option<usize>
         if val_len > 40 {
             return None;
         }
-        let start = (off + HEADER_LEN).div_ceil(4096) * 4096;
+        let start = (off + HEADER_LEN).div_ceil(PAGE) * PAGE;
         Some(start + (8usize << val_len) - off)
     } else {
         Some((HEADER_LEN + key_len + val_len as usize).div_ceil(8) * 8)
@@ -166,12 +177,12 @@ pub fn walk_items(file: &[u8], max: usize) -> Vec<ItemPos> {
     let mut out = Vec::new();
     let mut off = ARENA;
     while out.len() < max && off + HEADER_LEN <= file.len() {
-        let kind = file[off + 8];
-        if !(KIND_PUT..=KIND_INDEX).contains(&kind) {
+        let kind = file[off + header::KIND];
+        if ![KIND_PUT, KIND_DEL, KIND_INDEX].contains(&kind) {
             break;
         }
-        let key_len = get_le(file, off + 10, 2) as usize;
-        let val_len = get_le(file, off + 12, 4);
+        let key_len = get_le(file, off + header::KEY_LEN, 2) as usize;
+        let val_len = get_le(file, off + header::VAL_LEN, 4);
         let Some(len) = item_len(off, kind, key_len, val_len) else {
             break;
         };
@@ -189,17 +200,21 @@ pub fn reseal_items(file: &mut [u8], max: usize) {
     for it in walk_items(file, max) {
         let off = it.off;
         let offb = (off as u64).to_le_bytes();
-        let tail: [u8; 16] = file[off + 8..off + 24].try_into().expect("16 bytes");
+        // The header CRC covers the header from `kind` on.
+        let tail: [u8; 16] = file[off + header::KIND..off + HEADER_LEN]
+            .try_into()
+            .expect("16 bytes");
         let hdr = crc32(salt ^ HDR_SALT, &[&offb, &tail]);
-        put_le(file, off + 4, 4, hdr as u64);
+        put_le(file, off + header::HDR_CRC, 4, hdr as u64);
         if it.kind == KIND_INDEX {
-            put_le(file, off, 4, hdr as u64);
+            put_le(file, off + header::CRC, 4, hdr as u64);
             continue;
         }
-        let body = get_le(file, off + 10, 2) as usize + get_le(file, off + 12, 4) as usize;
+        let body = get_le(file, off + header::KEY_LEN, 2) as usize
+            + get_le(file, off + header::VAL_LEN, 4) as usize;
         if let Some(b) = file.get(off + HEADER_LEN..off + HEADER_LEN + body) {
             let crc = crc32(salt, &[&offb, &tail, b]);
-            put_le(file, off, 4, crc as u64);
+            put_le(file, off + header::CRC, 4, crc as u64);
         }
     }
 }
@@ -209,14 +224,15 @@ pub fn reseal_items(file: &mut [u8], max: usize) {
 pub fn chosen_meta(file: &[u8]) -> Option<usize> {
     let valid = |at: usize| {
         file.len() >= at + META_LEN
-            && file[at..at + 8] == MAGIC
+            && file[at + meta::MAGIC..][..8] == MAGIC
             && crc32(
-                (get_le(file, at + 32, 4) as u32) ^ META_SALT,
-                &[&file[at..at + META_LEN - 4]],
-            ) == get_le(file, at + META_LEN - 4, 4) as u32
+                (get_le(file, at + meta::CRC_SALT, 4) as u32) ^ META_SALT,
+                &[&file[at..at + meta::CRC]],
+            ) == get_le(file, at + meta::CRC, 4) as u32
     };
+    let seq = |at: usize| get_le(file, at + meta::META_SEQ, 8);
     match (valid(META_A), valid(META_B)) {
-        (true, true) => Some(if get_le(file, 16, 8) >= get_le(file, META_B + 16, 8) {
+        (true, true) => Some(if seq(META_A) >= seq(META_B) {
             META_A
         } else {
             META_B
@@ -230,9 +246,9 @@ pub fn chosen_meta(file: &[u8]) -> Option<usize> {
 /// `(table offset, slot count)` of the index named by the chosen meta.
 pub fn index_table(file: &[u8]) -> Option<(usize, usize)> {
     let at = chosen_meta(file)?;
-    let d = get_le(file, at + 88, 8);
-    let log2 = (d & 4095) as u32;
-    let start = (d & !4095) as usize;
+    let d = get_le(file, at + meta::INDEX_DESC, 8) as usize;
+    let log2 = (d & DESC_LOG2_MASK) as u32;
+    let start = d & !DESC_LOG2_MASK;
     if !(9..=20).contains(&log2) || start == 0 {
         return None;
     }

@@ -149,7 +149,8 @@ impl Store {
     }
 
     pub(crate) fn control(&self) -> Result<Control<'_>, Error> {
-        Control::new(&self.arena)
+        self.arena
+            .control()
             .map_err(|_| self.corrupt(CONTROL_OFFSET, "control block outside the file"))
     }
 
@@ -178,13 +179,10 @@ impl Store {
 
     /// Tell waiters in every process that a commit landed.
     pub(crate) fn notify(&self) {
-        let (Ok(c), Ok(word)) = (
-            self.control(),
-            self.arena
-                .atomic_u32(CONTROL_OFFSET + crate::storage::control::NOTIFY),
-        ) else {
+        let Ok(c) = self.control() else {
             return;
         };
+        let word = c.notify_word();
         word.fetch_add(1, Ordering::SeqCst);
         if c.waiters().load(Ordering::SeqCst) > 0 {
             crate::storage::lock::futex_wake_all(word);

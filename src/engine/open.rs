@@ -11,12 +11,12 @@ use parking_lot::Mutex;
 
 use crate::index::{self, Desc};
 use crate::log::record;
-use crate::storage::control::{Durable, CONTROL_MAGIC};
+use crate::storage::control::{ControlCopy, Durable, CONTROL_MAGIC};
 use crate::storage::file::{self, OpenLock};
 use crate::storage::lock::Registration;
 use crate::storage::mapping::{Arena, MapMode};
 use crate::storage::meta::{self, Meta, MetaRead, FLAG_CLEAN, FORMAT_VERSION, MAGIC, META_LEN};
-use crate::storage::{align_up, ARENA_START, CONTROL_OFFSET, FORMAT_PAGE, GRANULE, META_B_OFFSET};
+use crate::storage::{align_up, ARENA_START, FORMAT_PAGE, GRANULE, META_B_OFFSET};
 use crate::{Error, Options};
 
 use super::grow::Limits;
@@ -351,16 +351,7 @@ fn lock_shared_within(file: &std::fs::File, timeout: std::time::Duration) -> std
 /// writer has opened since the last boot, or a process that is not mapkv
 /// at all: then the control block is stale, and nobody maintains it.)
 fn session_is_live(f: &std::fs::File, boot_id: &[u8; 16]) -> bool {
-    use crate::storage::control::{MOVED_MAGIC, MOVING_MAGIC, SESSION_BOOT};
-    let at = SESSION_BOOT as usize;
-    let mut b = [0u8; SESSION_BOOT as usize + 16];
-    if f.read_exact_at(&mut b, CONTROL_OFFSET).is_err() {
-        return false;
-    }
-    let magic = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
-    [CONTROL_MAGIC, MOVING_MAGIC, MOVED_MAGIC].contains(&magic)
-        && b[at..at + 16] == boot_id[..]
-        && *boot_id != [0; 16]
+    ControlCopy::read(f).is_ok_and(|c| c.is_session_of(boot_id))
 }
 
 /// For a read-only opener that is alone: was the store closed cleanly, with
@@ -369,21 +360,9 @@ fn clean_and_current(f: &std::fs::File, meta: &Meta) -> bool {
     if !meta.is_clean() {
         return false;
     }
-    let mut b = [0u8; 80];
-    if f.read_exact_at(&mut b, CONTROL_OFFSET).is_err() {
-        return false;
-    }
-    let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-    let st = state_of(meta);
-    w(0) == CONTROL_MAGIC
-        && w(1) % 2 == 0
-        && w(2) == st.tail
-        && w(3) == st.seq_gen
-        && w(4) == st.index_desc
-        && w(5) == st.index_used
-        && w(6) == st.live_keys
-        && w(7) == st.live_bytes
-        && w(8) == st.generation
+    ControlCopy::read(f).is_ok_and(|c| {
+        c.magic() == CONTROL_MAGIC && c.version() % 2 == 0 && c.state() == state_of(meta)
+    })
 }
 
 /// Read both meta copies with `pread` (nothing is mapped or written before
@@ -425,10 +404,10 @@ fn read_meta(f: &std::fs::File, len: u64, path: &Path) -> crate::Result<(Meta, u
             found,
             supported: FORMAT_VERSION,
         },
-        meta::Refused::Damaged => Error::Corrupted {
+        meta::Refused::Damaged(why) => Error::Corrupted {
             path: path.to_path_buf(),
             offset: 0,
-            what: "no valid meta copy: both fail their checksums or field checks".into(),
+            what: format!("no valid meta copy: {why}"),
         },
         meta::Refused::Foreign => Error::NotMapkv {
             path: path.to_path_buf(),

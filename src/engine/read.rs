@@ -5,7 +5,7 @@
 use crate::index::{self, Desc, Table};
 use crate::log::read::{now_ms, Dest, Load, Put};
 use crate::log::record::Header;
-use crate::storage::control::{CONTROL_MAGIC, MOVED_MAGIC, MOVING_MAGIC};
+use crate::storage::control::{CONTROL_MAGIC, INDEX_DESC, MOVED_MAGIC, MOVING_MAGIC};
 use crate::storage::mapping::MapMode;
 use crate::storage::{ARENA_START, CONTROL_OFFSET};
 
@@ -43,7 +43,7 @@ impl Store {
             .filter(|d| d.start >= ARENA_START)
             .ok_or_else(|| {
                 self.corrupt(
-                    CONTROL_OFFSET + 32,
+                    CONTROL_OFFSET + INDEX_DESC,
                     format!("bad index descriptor {desc:#x}"),
                 )
             })?;

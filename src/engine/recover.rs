@@ -245,8 +245,12 @@ pub(crate) fn durable_meta_and_copy(store: &Store) -> Result<(Meta, u64)> {
         }
     };
     let a = read(0);
-    let m = meta::choose(a, read(META_B_OFFSET))
-        .map_err(|_| store.corrupt(0, "no valid meta copy while repairing the store"))?;
+    let m = meta::choose(a, read(META_B_OFFSET)).map_err(|r| {
+        store.corrupt(
+            0,
+            format!("no valid meta copy while repairing the store: {r}"),
+        )
+    })?;
     Ok((
         m,
         if a == MetaRead::Valid(m) {

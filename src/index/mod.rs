@@ -98,6 +98,10 @@ pub(crate) fn is_live(w: u64) -> bool {
     w > TOMBSTONE
 }
 
+/// The bits of a descriptor word below the format page hold log2 of the
+/// table's capacity; the rest is the table's page-aligned offset.
+pub(crate) const DESC_LOG2_MASK: u64 = crate::storage::FORMAT_PAGE - 1;
+
 /// Where a table lives: a page-aligned offset and log2 of its capacity,
 /// packed into one word so readers load both at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,14 +112,14 @@ pub(crate) struct Desc {
 
 impl Desc {
     pub(crate) fn encode(self) -> u64 {
-        debug_assert!(self.start % 4096 == 0 && self.log2cap < 64);
+        debug_assert!(self.start & DESC_LOG2_MASK == 0 && self.log2cap < 64);
         self.start | self.log2cap as u64
     }
 
     /// Decode and sanity-check a descriptor read from the file.
     pub(crate) fn decode(w: u64) -> Option<Desc> {
-        let log2cap = (w & 4095) as u32;
-        let start = w & !4095;
+        let log2cap = (w & DESC_LOG2_MASK) as u32;
+        let start = w & !DESC_LOG2_MASK;
         if !(MIN_LOG2CAP..=MAX_LOG2CAP).contains(&log2cap) || start == 0 {
             return None;
         }

@@ -1,4 +1,6 @@
-//! Record framing.
+//! Record framing: every arena item starts with the 24-byte [`Header`],
+//! a `#[repr(C)]` Pod struct whose fields are the byte map below (a unit
+//! test checks this table against the struct).
 //!
 //! ```text
 //! { crc u32 | hdr_crc u32 | kind u8 | flags u8 | key_len u16 | val_len u32 | seq_gen u64 }
@@ -6,15 +8,20 @@
 //!
 //! offset size field
 //! 0      4    crc      CRC32 over (offset as u64 LE, header bytes 8..24, key,
-//!                      value), initial value = the file's crc_salt
+//!                      value), initial value = the file's crc_salt; for an
+//!                      index chunk, equal to hdr_crc
 //! 4      4    hdr_crc  CRC32 over (offset as u64 LE, header bytes 8..24),
 //!                      initial value = crc_salt ^ 0x48445243 ("HDRC")
 //! 8      1    kind     0xA5 put, 0xA6 delete (tombstone), 0xA7 index chunk;
 //!                      0 (zeroed space) and anything else: not a record
-//! 9      1    flags    bit 0 END: last record of its commit
-//! 10     2    key_len
+//! 9      1    flags    bit 0 END: last record of its commit;
+//!                      bit 1 TTL (puts only): the value area starts with an
+//!                      8-byte little-endian expiry in ms since the Unix
+//!                      epoch, counted in val_len; other bits 0
+//! 10     2    key_len  (index chunk: 0)
 //! 12     4    val_len  (delete: 0; index chunk: log2 of the slot count)
-//! 16     8    seq_gen  commit sequence (bits 0..48) | generation (48..64)
+//! 16     8    seq_gen  commit sequence (bits 0..48) | generation (48..64);
+//!                      index chunk: 0
 //! ```
 //!
 //! The salt makes zeroed or foreign bytes fail the CRC; the offset makes a
@@ -25,9 +32,14 @@
 //! boundary and then `8 << val_len` bytes of slot table, which no CRC
 //! covers (the index is never trusted across an OS crash).
 
-use crate::storage::align_up;
+use std::mem::{offset_of, size_of};
 
-pub(crate) const HEADER_LEN: u64 = 24;
+use bytemuck::{Pod, Zeroable};
+
+use crate::storage::{align_up, FORMAT_PAGE};
+
+/// Bytes of a record header.
+pub(crate) const HEADER_LEN: u64 = size_of::<Header>() as u64;
 pub(crate) const KIND_PUT: u8 = 0xA5;
 pub(crate) const KIND_DEL: u8 = 0xA6;
 pub(crate) const KIND_INDEX: u8 = 0xA7;
@@ -96,7 +108,8 @@ pub const MAX_VALUE_LEN: usize = u32::MAX as usize;
 
 const SEQ_BITS: u32 = 48;
 pub(crate) const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
-const HDR_SALT: u32 = 0x4844_5243;
+/// XOR'd into the CRC salt for the header CRC ("HDRC").
+pub(crate) const HDR_SALT: u32 = 0x4844_5243;
 
 pub(crate) fn seq_of(seq_gen: u64) -> u64 {
     seq_gen & SEQ_MASK
@@ -121,8 +134,11 @@ pub(crate) fn record_len(key_len: usize, val_len: usize) -> u64 {
     (HEADER_LEN + key_len as u64 + val_len as u64 + 7) & !7
 }
 
-/// A decoded header. Fields are plain values copied out of the file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A record header, as it lies in the file (little-endian; mapkv builds
+/// only for little-endian targets). Values are copied out of the mapping
+/// (never borrowed from it) and checked with [`Header::check`] before use.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub(crate) struct Header {
     pub crc: u32,
     pub hdr_crc: u32,
@@ -133,37 +149,38 @@ pub(crate) struct Header {
     pub seq_gen: u64,
 }
 
+/// Where the CRC'd part of the header starts: `kind` and everything after.
+const CRC_COVERED: usize = offset_of!(Header, kind);
+
+// The layout is the format: these offsets never change.
+const _: () = {
+    assert!(size_of::<Header>() == 24);
+    assert!(offset_of!(Header, crc) == 0);
+    assert!(offset_of!(Header, hdr_crc) == 4);
+    assert!(offset_of!(Header, kind) == 8);
+    assert!(offset_of!(Header, flags) == 9);
+    assert!(offset_of!(Header, key_len) == 10);
+    assert!(offset_of!(Header, val_len) == 12);
+    assert!(offset_of!(Header, seq_gen) == 16);
+    assert!(size_of::<Header>() - CRC_COVERED == 16);
+};
+
 impl Header {
     pub(crate) fn from_bytes(b: &[u8; HEADER_LEN as usize]) -> Header {
-        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        Header {
-            crc: u32_at(0),
-            hdr_crc: u32_at(4),
-            kind: b[8],
-            flags: b[9],
-            key_len: u16::from_le_bytes([b[10], b[11]]),
-            val_len: u32_at(12),
-            seq_gen: u64::from_le_bytes([b[16], b[17], b[18], b[19], b[20], b[21], b[22], b[23]]),
-        }
+        // The bytes come from anywhere (a copy out of the mapping): read
+        // them unaligned.
+        bytemuck::pod_read_unaligned(b)
     }
 
     /// The CRC'd part of the header (bytes 8..24).
     pub(crate) fn tail_bytes(&self) -> [u8; 16] {
         let mut t = [0u8; 16];
-        t[0] = self.kind;
-        t[1] = self.flags;
-        t[2..4].copy_from_slice(&self.key_len.to_le_bytes());
-        t[4..8].copy_from_slice(&self.val_len.to_le_bytes());
-        t[8..16].copy_from_slice(&self.seq_gen.to_le_bytes());
+        t.copy_from_slice(&bytemuck::bytes_of(self)[CRC_COVERED..]);
         t
     }
 
     pub(crate) fn to_bytes(self) -> [u8; HEADER_LEN as usize] {
-        let mut b = [0u8; HEADER_LEN as usize];
-        b[0..4].copy_from_slice(&self.crc.to_le_bytes());
-        b[4..8].copy_from_slice(&self.hdr_crc.to_le_bytes());
-        b[8..24].copy_from_slice(&self.tail_bytes());
-        b
+        bytemuck::cast(self)
     }
 
     /// The record's kind; `None` for a byte that names none (zeroed space,
@@ -188,9 +205,9 @@ impl Header {
 
     /// Bytes of the record; for an index chunk, including padding and table.
     pub(crate) fn len_at(&self, off: u64) -> Option<u64> {
-        match self.kind {
-            KIND_INDEX => {
-                let start = align_up(off.checked_add(HEADER_LEN)?, 4096)?;
+        match self.kind() {
+            Some(Kind::Index) => {
+                let start = align_up(off.checked_add(HEADER_LEN)?, FORMAT_PAGE)?;
                 start
                     .checked_add(8u64.checked_shl(self.val_len)?)
                     .map(|end| end - off)
@@ -202,21 +219,21 @@ impl Header {
     /// Check the kind, the field rules and the header CRC of a header read
     /// at `off`. Says nothing about the key and value bytes.
     pub(crate) fn check(&self, salt: u32, off: u64) -> bool {
-        let fields_ok = match self.kind {
-            KIND_PUT => self.flags & FLAG_TTL == 0 || self.val_len as usize >= TTL_LEN,
-            KIND_DEL => self.val_len == 0,
-            KIND_INDEX => {
+        let fields_ok = match self.kind() {
+            Some(Kind::Put) => self.flags & FLAG_TTL == 0 || self.val_len as usize >= TTL_LEN,
+            Some(Kind::Del) => self.val_len == 0,
+            Some(Kind::Index) => {
                 self.key_len == 0
                     && self.seq_gen == 0
                     && self.flags == 0
                     && (crate::index::MIN_LOG2CAP..=crate::index::MAX_LOG2CAP)
                         .contains(&self.val_len)
             }
-            _ => false,
+            None => false,
         };
         fields_ok
             && self.flags & !(FLAG_END | FLAG_TTL) == 0
-            && (self.kind == KIND_PUT || self.flags & FLAG_TTL == 0)
+            && (self.is_put() || !self.has_ttl())
             && self.hdr_crc == header_crc(salt, off, &self.tail_bytes())
     }
 }
@@ -303,7 +320,7 @@ pub(crate) fn encode_index(salt: u32, off: u64, log2cap: u32) -> Header {
 
 /// Offset of the slot table of an index chunk whose header is at `off`.
 pub(crate) fn index_table_start(off: u64) -> Option<u64> {
-    align_up(off.checked_add(HEADER_LEN)?, 4096)
+    align_up(off.checked_add(HEADER_LEN)?, FORMAT_PAGE)
 }
 
 #[cfg(test)]
@@ -391,6 +408,45 @@ mod tests {
         bad.val_len = 1;
         bad.hdr_crc = header_crc(3, 64, &bad.tail_bytes());
         assert!(!bad.check(3, 64), "a delete with a value is malformed");
+    }
+
+    #[test]
+    fn byte_map_matches_the_struct() {
+        use crate::storage::byte_map::{self, fields};
+        let f = fields!(Header: crc, hdr_crc, kind, flags, key_len, val_len, seq_gen);
+        let rows = byte_map::doc_comment(include_str!("record.rs"));
+        byte_map::check("record.rs byte map", &rows, 0, &f, HEADER_LEN as usize);
+        let md = include_str!("../../docs/FORMAT.md");
+        let rows = byte_map::markdown_table(md, "## Arena items");
+        byte_map::check("docs/FORMAT.md header", &rows, 0, &f, HEADER_LEN as usize);
+    }
+
+    /// The Pod casts are the byte map: each field at its documented
+    /// offset, little-endian.
+    #[test]
+    fn bytes_are_the_documented_fields() {
+        let h = Header {
+            crc: 0x0403_0201,
+            hdr_crc: 0x0807_0605,
+            kind: KIND_DEL,
+            flags: FLAG_END | FLAG_TTL,
+            key_len: 0x0b0a,
+            val_len: 0x0f0e_0d0c,
+            seq_gen: 0x1716_1514_1312_1110,
+        };
+        let b = h.to_bytes();
+        assert_eq!(b[..8], [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(b[8..10], [KIND_DEL, 3]);
+        assert_eq!(
+            b[10..],
+            [0xa, 0xb, 0xc, 0xd, 0xe, 0xf, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17]
+        );
+        assert_eq!(h.tail_bytes()[..], b[8..]);
+        assert_eq!(Header::from_bytes(&b), h);
+        // Unaligned input is fine.
+        let mut shifted = [0u8; 25];
+        shifted[1..].copy_from_slice(&b);
+        assert_eq!(Header::from_bytes(shifted[1..].try_into().unwrap()), h);
     }
 
     #[test]

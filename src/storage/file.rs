@@ -602,11 +602,10 @@ mod tests {
         let reader = open_existing(&path, false).unwrap();
         let mut fl = flock_struct(Ofd::Read, 0);
         fl.l_len = 0; // every offset
-                      // SAFETY: fcntl on our own descriptor with a local flock.
-        assert_eq!(
-            unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) },
-            0
-        );
+                      // SAFETY: fcntl on our own descriptor with a pointer to a local
+                      // flock, which outlives the call.
+        let rc = unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+        assert_eq!(rc, 0);
         let w = open_existing(&path, true).unwrap();
         let s = register(&w, 0).unwrap();
         assert!(!s.exclusive);

@@ -3,10 +3,10 @@
 //!
 //! # The writer lock
 //!
-//! One 64-bit word at [`WRITER_LOCK_OFFSET`](super::WRITER_LOCK_OFFSET) of
-//! the control page, taken and released with one compare-and-swap each (no
-//! system call when uncontended), plus the kernel's word on whether its
-//! holder is alive:
+//! One 64-bit word, the control block's `writer_lock` (file offset
+//! [`WRITER_LOCK_OFFSET`](super::WRITER_LOCK_OFFSET)), taken and released
+//! with one compare-and-swap each (no system call when uncontended), plus
+//! the kernel's word on whether its holder is alive:
 //!
 //! ```text
 //! bits 0..12   holder: registration slot id, 1..=4095; 0 = free
@@ -20,7 +20,7 @@
 //!
 //! Every read-write handle claims a *registration slot* when it first
 //! writes: an OFD `fcntl` lock on one byte of the store file far past its
-//! end (see [`file::register`](super::file::register)), held for as long as
+//! end (see [`file::register`]), held for as long as
 //! the handle's file is open. The kernel drops that lock when the holder
 //! dies, in any PID namespace, and keeps it while the holder is stopped or
 //! paused. A waiter sleeps on the word with `FUTEX_WAIT` and a timeout;
@@ -37,7 +37,8 @@
 //!
 //! # The futex
 //!
-//! A 32-bit counter in the control block that every commit bumps; waiters
+//! A 32-bit counter in the control block (`notify`, reached through
+//! `Control::notify_word`) that every commit bumps; waiters
 //! sleep on it with `FUTEX_WAIT` (not the private variant: the word is in a
 //! shared file mapping, so the kernel keys it by inode and offset, and
 //! processes with different mappings of the file meet on the same futex).
@@ -49,12 +50,6 @@ use std::time::{Duration, Instant};
 
 use super::file;
 use super::mapping::{Arena, MapMode, OutOfBounds};
-use super::WRITER_LOCK_OFFSET;
-
-/// Bytes of the control page reserved for the writer lock (one word used).
-const WRITER_LOCK_LEN: u64 = 64;
-const _: () =
-    assert!(WRITER_LOCK_OFFSET + WRITER_LOCK_LEN <= super::CONTROL_OFFSET + super::FORMAT_PAGE);
 
 const HOLDER: u64 = (1 << 12) - 1;
 const WAITING: u64 = 1 << 12;
@@ -187,8 +182,8 @@ impl Arena {
                 "the writer lock needs a shared read-write mapping",
             ));
         }
-        self.atomics(WRITER_LOCK_OFFSET, 1)
-            .map(|w| &w[0])
+        self.control_block()
+            .map(|c| &c.writer_lock)
             .map_err(|OutOfBounds| io::Error::other("writer lock outside the file"))
     }
 

@@ -1,4 +1,7 @@
-//! The arena: the file, its mappings and the only `unsafe` code in mapkv.
+//! The arena: the file, its mappings, and the only `unsafe` code in mapkv
+//! that touches the mapping through raw pointers. (The rest of mapkv's
+//! `unsafe` is system calls, in `lock.rs` and `file.rs`, also in
+//! `storage`, each block with its own `// SAFETY:` comment.)
 //!
 //! # Model
 //!
@@ -14,7 +17,9 @@
 //! * No `&[u8]` into the mapping is ever created: other processes (or a
 //!   hostile writer) may change those bytes at any time. Bytes are *copied*
 //!   out with raw-pointer copies and checked afterwards; words that are shared
-//!   on purpose (index slots, control block) are accessed as `AtomicU64`.
+//!   on purpose (index slots, control block) are accessed as atomics: index
+//!   slots as `&[AtomicU64]`, the control block as `&ControlBlock`, a
+//!   `#[repr(C)]` struct made only of atomic words.
 //!
 //! # Safety argument, once
 //!
@@ -31,12 +36,19 @@
 
 use std::fs::File;
 use std::io;
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use memmap2::{MmapMut, MmapOptions, MmapRaw};
 use parking_lot::Mutex;
 
-use crate::testing::{self, IoOp, Phase};
+use super::control::{Control, ControlBlock, CONTROL_LEN};
+use super::hooks::{self, IoOp, Phase};
+use super::CONTROL_OFFSET;
+
+// `control_block` relies on these: a page-aligned view base plus
+// `CONTROL_OFFSET` is aligned for the block.
+const _: () = assert!(CONTROL_OFFSET % std::mem::align_of::<ControlBlock>() as u64 == 0);
+const _: () = assert!(CONTROL_OFFSET % super::FORMAT_PAGE == 0);
 
 /// How the file is mapped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,9 +175,9 @@ impl Arena {
     /// hooks (`crate::testing`): the single choke point for injecting I/O
     /// failures and observing what became durable.
     fn io(&self, op: IoOp, f: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
-        testing::fire(&self.path, op, Phase::Before)?;
+        hooks::fire(&self.path, op, Phase::Before)?;
         f()?;
-        testing::fire(&self.path, op, Phase::After)
+        hooks::fire(&self.path, op, Phase::After)
     }
 
     /// `fsync` the file: data and length durable.
@@ -291,16 +303,36 @@ impl Arena {
         &self.file
     }
 
-    /// The 32-bit word at `off` (4-aligned) as an atomic.
-    pub(crate) fn atomic_u32(&self, off: u64) -> Result<&AtomicU32, OutOfBounds> {
-        if off % 4 != 0 {
-            return Err(OutOfBounds);
-        }
-        let view = self.checked(off, 4)?;
-        // SAFETY: facts 1-3 for the 4 bytes; the view base is page-aligned
-        // and `off` a multiple of 4, so the word is aligned for AtomicU32;
-        // interior mutability as in `atomics`.
-        Ok(unsafe { &*(view.ptr.add(off as usize) as *const AtomicU32) })
+    /// Typed access to the control block (see `control.rs`).
+    pub(crate) fn control(&self) -> Result<Control<'_>, OutOfBounds> {
+        self.control_block().map(Control::of)
+    }
+
+    /// The control block, as the `#[repr(C)]` struct that defines its
+    /// layout. `OutOfBounds` if the file is too short to hold it.
+    pub(crate) fn control_block(&self) -> Result<&ControlBlock, OutOfBounds> {
+        let view = self.checked(CONTROL_OFFSET, CONTROL_LEN)?;
+        debug_assert!(CONTROL_OFFSET + CONTROL_LEN <= view.len);
+        let ptr = view.ptr.wrapping_add(CONTROL_OFFSET as usize);
+        debug_assert!(ptr as usize % std::mem::align_of::<ControlBlock>() == 0);
+        // SAFETY:
+        // - in bounds and backed: `checked` put the whole block,
+        //   `CONTROL_OFFSET..CONTROL_OFFSET + size_of::<ControlBlock>()`,
+        //   inside the view and below the verified length (facts 1, 2);
+        // - aligned: the view base is page-aligned (mmap), `CONTROL_OFFSET`
+        //   is a multiple of the 4096-byte format page, and the block needs
+        //   8 (const-asserted next to `ControlBlock` and below);
+        // - alive: views are never unmapped while the arena is alive and
+        //   the reference borrows the arena (fact 3);
+        // - valid: every byte of `ControlBlock`, its padding arrays
+        //   included, belongs to an `AtomicU64` or `AtomicU32`, for which
+        //   every bit pattern is a valid value, whatever the file holds;
+        // - shared access only: the atomics' interior mutability lets
+        //   other threads and processes store into these bytes while the
+        //   `&` exists; mapkv never makes a `&mut` or `&[u8]` of them, and
+        //   stores go through the atomics (never into a read-only view:
+        //   every store path checks the mapping mode first).
+        Ok(unsafe { &*(ptr as *const ControlBlock) })
     }
 
     /// Copy `buf.len()` bytes at `off` out of the mapping.
@@ -527,7 +559,7 @@ impl Arena {
         if new_len <= old {
             return Ok(());
         }
-        testing::fire(
+        hooks::fire(
             &self.path,
             IoOp::Grow {
                 from: old,
@@ -537,7 +569,7 @@ impl Arena {
         )?;
         super::file::allocate(&self.file, old, new_len)?;
         self.follow(new_len)?;
-        testing::fire(
+        hooks::fire(
             &self.path,
             IoOp::Grow {
                 from: old,

@@ -27,9 +27,15 @@
 //! 112    8    live_bytes   bytes of live records, when CLEAN
 //! 120    4    capacity     cache mode: the file's size bound in 64 KiB
 //!                          granules (`Options::capacity`); 0 = no bound
-//! 124    4    crc          CRC32 of bytes 0..124, salted with crc_salt
+//! 124    4    crc          CRC32 of bytes 0..124, initial value
+//!                          crc_salt ^ 0x4d455441 ("META")
 //! ```
 //! All integers little-endian (mapkv builds only for little-endian targets).
+//! The table is the [`Meta`] struct: const asserts pin each field's offset,
+//! and a unit test checks this table against them.
+
+use std::fmt;
+use std::mem::{offset_of, size_of};
 
 use bytemuck::{Pod, Zeroable};
 
@@ -73,7 +79,34 @@ pub(crate) struct Meta {
     pub crc: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<Meta>() == META_LEN);
+/// XOR'd into `crc_salt` for the initial value of the meta CRC ("META").
+pub(crate) const META_CRC_XOR: u32 = 0x4d45_5441;
+
+// The layout is the format: these offsets never change.
+const _: () = {
+    assert!(size_of::<Meta>() == META_LEN);
+    assert!(offset_of!(Meta, magic) == 0);
+    assert!(offset_of!(Meta, version) == 8);
+    assert!(offset_of!(Meta, page_size) == 12);
+    assert!(offset_of!(Meta, meta_seq) == 16);
+    assert!(offset_of!(Meta, hash_seed) == 24);
+    assert!(offset_of!(Meta, crc_salt) == 32);
+    assert!(offset_of!(Meta, flags) == 36);
+    assert!(offset_of!(Meta, boot_id) == 40);
+    assert!(offset_of!(Meta, file_len) == 56);
+    assert!(offset_of!(Meta, tail) == 64);
+    assert!(offset_of!(Meta, seq_gen) == 72);
+    assert!(offset_of!(Meta, generation) == 80);
+    assert!(offset_of!(Meta, file_nonce) == 84);
+    assert!(offset_of!(Meta, index_desc) == 88);
+    assert!(offset_of!(Meta, index_used) == 96);
+    assert!(offset_of!(Meta, live_keys) == 104);
+    assert!(offset_of!(Meta, live_bytes) == 112);
+    assert!(offset_of!(Meta, capacity) == 120);
+    assert!(offset_of!(Meta, crc) == 124);
+    // The CRC covers everything before it.
+    assert!(offset_of!(Meta, crc) == META_LEN - 4);
+};
 #[cfg(target_endian = "big")]
 compile_error!("mapkv's on-disk structs are little-endian; big-endian targets are not supported");
 
@@ -84,16 +117,42 @@ pub(crate) enum MetaRead {
     Foreign,
     /// Our magic, but a format version this build does not know.
     Version(u32),
-    /// Our magic and version, but the checksum or a field is wrong.
-    Damaged,
+    /// Our magic and version, but the checksum or a field is wrong: which.
+    Damaged(Damage),
     Valid(Meta),
+}
+
+/// The check a meta copy with our magic and version failed (checked in
+/// this order, as odht's `sanity_check` does: each failure names itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Damage {
+    /// The stored CRC is not the CRC of the copy's bytes.
+    Crc { stored: u32, computed: u32 },
+    /// The CRC holds, but `page_size` is not this format's unit.
+    PageSize(u32),
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Damage::Crc { stored, computed } => write!(
+                f,
+                "meta CRC mismatch (stored {stored:#010x}, computed {computed:#010x})"
+            ),
+            Damage::PageSize(found) => write!(
+                f,
+                "page size {found}, this format uses {}",
+                super::FORMAT_PAGE
+            ),
+        }
+    }
 }
 
 impl Meta {
     pub(crate) fn checksum(&self) -> u32 {
         let bytes = bytemuck::bytes_of(self);
-        let mut h = crc32fast::Hasher::new_with_initial(self.crc_salt ^ 0x4d45_5441);
-        h.update(&bytes[..META_LEN - 4]);
+        let mut h = crc32fast::Hasher::new_with_initial(self.crc_salt ^ META_CRC_XOR);
+        h.update(&bytes[..offset_of!(Meta, crc)]);
         h.finalize()
     }
 
@@ -116,8 +175,15 @@ impl Meta {
         if m.version != FORMAT_VERSION && m.version != UPGRADABLE_VERSION {
             return MetaRead::Version(m.version);
         }
-        if m.crc != m.checksum() || m.page_size != super::FORMAT_PAGE as u32 {
-            return MetaRead::Damaged;
+        let computed = m.checksum();
+        if m.crc != computed {
+            return MetaRead::Damaged(Damage::Crc {
+                stored: m.crc,
+                computed,
+            });
+        }
+        if m.page_size != super::FORMAT_PAGE as u32 {
+            return MetaRead::Damaged(Damage::PageSize(m.page_size));
         }
         MetaRead::Valid(m)
     }
@@ -130,19 +196,76 @@ impl Meta {
 /// Why no meta copy can be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refused {
+    /// Neither copy carries the magic number.
     Foreign,
+    /// A copy carries the magic and a version this build does not read.
     Version(u32),
-    Damaged,
+    /// A copy carries the magic, but neither is valid: what each failed.
+    Damaged(Damaged),
+}
+
+/// Why the copies that carry the magic are unusable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Damaged {
+    /// Each copy failed a check (`None`: that copy has no magic number).
+    Copies {
+        a: Option<Damage>,
+        b: Option<Damage>,
+    },
+    /// Both copies are valid with the same sequence number, but differ.
+    SameSeq(u64),
+}
+
+impl fmt::Display for Damaged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Damaged::Copies { a, b } => {
+                let copies = [
+                    ("A", super::META_A_OFFSET, a),
+                    ("B", super::META_B_OFFSET, b),
+                ];
+                for (i, (name, off, d)) in copies.into_iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "meta {name} (offset {off}): ")?;
+                    match d {
+                        Some(d) => write!(f, "{d}")?,
+                        None => f.write_str("no mapkv magic number")?,
+                    }
+                }
+                Ok(())
+            }
+            Damaged::SameSeq(seq) => write!(
+                f,
+                "both meta copies are valid with sequence number {seq}, but they differ"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refused::Foreign => f.write_str("no mapkv magic number in either meta copy"),
+            Refused::Version(v) => write!(f, "a meta copy has format version {v}"),
+            Refused::Damaged(d) => write!(f, "{d}"),
+        }
+    }
 }
 
 /// Pick the durable state from the two copies: the valid one with the
 /// higher sequence number. Two valid copies with the same sequence number
 /// cannot be produced by mapkv and are reported as damage.
 pub(crate) fn choose(a: MetaRead, b: MetaRead) -> Result<Meta, Refused> {
+    let damage = |r: MetaRead| match r {
+        MetaRead::Damaged(d) => Some(d),
+        _ => None,
+    };
     match (a, b) {
         (MetaRead::Valid(x), MetaRead::Valid(y)) => {
             if x.meta_seq == y.meta_seq && x != y {
-                Err(Refused::Damaged)
+                Err(Refused::Damaged(Damaged::SameSeq(x.meta_seq)))
             } else if x.meta_seq >= y.meta_seq {
                 Ok(x)
             } else {
@@ -151,7 +274,12 @@ pub(crate) fn choose(a: MetaRead, b: MetaRead) -> Result<Meta, Refused> {
         }
         (MetaRead::Valid(x), _) | (_, MetaRead::Valid(x)) => Ok(x),
         (MetaRead::Version(v), _) | (_, MetaRead::Version(v)) => Err(Refused::Version(v)),
-        (MetaRead::Damaged, _) | (_, MetaRead::Damaged) => Err(Refused::Damaged),
+        (MetaRead::Damaged(_), _) | (_, MetaRead::Damaged(_)) => {
+            Err(Refused::Damaged(Damaged::Copies {
+                a: damage(a),
+                b: damage(b),
+            }))
+        }
         _ => Err(Refused::Foreign),
     }
 }
@@ -159,6 +287,7 @@ pub(crate) fn choose(a: MetaRead, b: MetaRead) -> Result<Meta, Refused> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::byte_map::{self, fields};
 
     fn sample(seq: u64) -> Meta {
         Meta {
@@ -186,7 +315,7 @@ mod tests {
             assert!(
                 matches!(
                     r,
-                    MetaRead::Foreign | MetaRead::Version(_) | MetaRead::Damaged
+                    MetaRead::Foreign | MetaRead::Version(_) | MetaRead::Damaged(_)
                 ),
                 "flip at {i} gave {r:?}"
             );
@@ -203,20 +332,77 @@ mod tests {
         let b = MetaRead::Valid(sample(5));
         assert_eq!(choose(a, b).unwrap().meta_seq, 5);
         assert_eq!(choose(b, a).unwrap().meta_seq, 5);
-        assert_eq!(choose(MetaRead::Damaged, a).unwrap().meta_seq, 4);
+        let crc = Damage::Crc {
+            stored: 1,
+            computed: 2,
+        };
+        assert_eq!(choose(MetaRead::Damaged(crc), a).unwrap().meta_seq, 4);
         assert_eq!(
             choose(MetaRead::Foreign, MetaRead::Foreign),
             Err(Refused::Foreign)
         );
         assert_eq!(
-            choose(MetaRead::Damaged, MetaRead::Foreign),
-            Err(Refused::Damaged)
+            choose(MetaRead::Damaged(crc), MetaRead::Foreign),
+            Err(Refused::Damaged(Damaged::Copies {
+                a: Some(crc),
+                b: None
+            }))
         );
         let mut other = sample(4);
         other.tail = 99;
         assert_eq!(
             choose(a, MetaRead::Valid(other.seal())),
-            Err(Refused::Damaged)
+            Err(Refused::Damaged(Damaged::SameSeq(4)))
         );
+    }
+
+    /// Each failed check names itself, with what was found.
+    #[test]
+    fn damage_says_which_check_failed() {
+        let m = sample(3);
+        let mut bytes = m.encode();
+        bytes[offset_of!(Meta, tail)] ^= 1;
+        let computed = Meta::decode(&bytes);
+        let MetaRead::Damaged(d @ Damage::Crc { stored, .. }) = computed else {
+            panic!("{computed:?}");
+        };
+        assert_eq!(stored, m.crc);
+        let text = d.to_string();
+        assert!(text.starts_with("meta CRC mismatch (stored 0x"), "{text}");
+        assert!(text.contains(&format!("{:#010x}", m.crc)), "{text}");
+
+        let wrong = Meta {
+            page_size: 16384,
+            ..m
+        }
+        .seal();
+        let r = Meta::decode(&wrong.encode());
+        assert_eq!(r, MetaRead::Damaged(Damage::PageSize(16384)));
+        let MetaRead::Damaged(d) = r else {
+            unreachable!()
+        };
+        assert_eq!(d.to_string(), "page size 16384, this format uses 4096");
+
+        let both = choose(MetaRead::Damaged(d), MetaRead::Foreign).unwrap_err();
+        assert_eq!(
+            both.to_string(),
+            "meta A (offset 0): page size 16384, this format uses 4096; \
+             meta B (offset 4096): no mapkv magic number"
+        );
+    }
+
+    fn fields() -> Vec<(&'static str, usize, usize)> {
+        fields!(Meta: magic, version, page_size, meta_seq, hash_seed, crc_salt, flags, boot_id,
+            file_len, tail, seq_gen, generation, file_nonce, index_desc, index_used, live_keys,
+            live_bytes, capacity, crc)
+    }
+
+    #[test]
+    fn byte_map_matches_the_struct() {
+        let rows = byte_map::doc_comment(include_str!("meta.rs"));
+        byte_map::check("meta.rs byte map", &rows, 0, &fields(), META_LEN);
+        let md = include_str!("../../docs/FORMAT.md");
+        let rows = byte_map::markdown_table(md, "## Meta (`src/storage/meta.rs`)");
+        byte_map::check("docs/FORMAT.md meta", &rows, 0, &fields(), META_LEN);
     }
 }

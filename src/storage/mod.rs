@@ -1,9 +1,12 @@
 //! The file and its mapping: layout constants, the meta copies, the control
 //! block, page-aligned growth, msync, locks.
 //!
-//! This module is the only place with `unsafe` code (in [`mapping`]). Everything
-//! above it sees bounds-checked byte copies and atomic words at checked,
-//! aligned offsets.
+//! This module holds all of mapkv's `unsafe` code, in three files, each
+//! block with a `// SAFETY:` comment: [`mapping`] (the raw pointers into the
+//! mapping), [`lock`] (the futex system calls and the fork hook) and
+//! [`file`](mod@file) (`fcntl` locks and other system calls on the store's
+//! descriptor). Everything above it sees bounds-checked byte copies and
+//! atomic words at checked, aligned offsets.
 //!
 //! # Byte map of the file
 //!
@@ -11,17 +14,29 @@
 //! offset      size   what
 //! 0           4096   meta A   (see meta.rs; 128 bytes used, rest zero)
 //! 4096        4096   meta B
-//! 8192        4096   control block (live, shared state; atomic words,
-//!                    the change futex and the writer mutex)
+//! 8192        4096   control block (control.rs: live, shared state;
+//!                    atomic words, the change futex and the writer lock)
 //! 12288       ...    arena: index chunks and log records, bump-allocated
 //!                    from the tail towards the end of the file
 //! ```
 //!
+//! Each offset is derived from the one before (as in redb's
+//! `page_store/header.rs`), and the control block's extent from its struct;
+//! const asserts pin the results to the numbers above, which are the
+//! format.
+//!
 //! The file length is always a multiple of [`GRANULE`] (64 KiB), which is a
 //! multiple of every common OS page size (4, 16 and 64 KiB).
 
+use std::mem::{offset_of, size_of};
+
+use control::ControlBlock;
+
+#[cfg(test)]
+pub(crate) mod byte_map;
 pub(crate) mod control;
 pub(crate) mod file;
+pub(crate) mod hooks;
 pub(crate) mod lock;
 pub(crate) mod mapping;
 pub(crate) mod meta;
@@ -30,14 +45,25 @@ pub(crate) mod meta;
 pub(crate) const FORMAT_PAGE: u64 = 4096;
 /// File offset of meta copy A.
 pub(crate) const META_A_OFFSET: u64 = 0;
-/// File offset of meta copy B.
-pub(crate) const META_B_OFFSET: u64 = FORMAT_PAGE;
-/// File offset of the control block.
-pub(crate) const CONTROL_OFFSET: u64 = 2 * FORMAT_PAGE;
-/// File offset of the writer mutex (inside the control page).
-pub(crate) const WRITER_LOCK_OFFSET: u64 = CONTROL_OFFSET + 512;
-/// First byte of the arena (index chunks and log records).
-pub(crate) const ARENA_START: u64 = 3 * FORMAT_PAGE;
+/// File offset of meta copy B: the page after copy A.
+pub(crate) const META_B_OFFSET: u64 = META_A_OFFSET + FORMAT_PAGE;
+/// File offset of the control block: the page after meta copy B.
+pub(crate) const CONTROL_OFFSET: u64 = META_B_OFFSET + FORMAT_PAGE;
+/// File offset of the writer lock word (inside the control page).
+pub(crate) const WRITER_LOCK_OFFSET: u64 =
+    CONTROL_OFFSET + offset_of!(ControlBlock, writer_lock) as u64;
+/// First byte of the arena (index chunks and log records): right after the
+/// control block.
+pub(crate) const ARENA_START: u64 = CONTROL_OFFSET + size_of::<ControlBlock>() as u64;
+
+// The derived offsets are the format: they never change.
+const _: () = {
+    assert!(META_B_OFFSET == 4096);
+    assert!(CONTROL_OFFSET == 8192);
+    assert!(WRITER_LOCK_OFFSET == 8192 + 512);
+    assert!(ARENA_START == 12288);
+    assert!(meta::META_LEN as u64 <= FORMAT_PAGE);
+};
 /// File lengths are multiples of this.
 pub(crate) const GRANULE: u64 = 64 * 1024;
 /// Largest file the slot encoding can address (36 bits of 8-byte units).
@@ -69,6 +95,7 @@ pub(crate) fn next_file_len(cur: u64, needed: u64, step: u64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::byte_map;
 
     #[test]
     fn growth_doubles_then_steps() {
@@ -90,6 +117,43 @@ mod tests {
             }
         }
         assert_eq!(next_file_len(u64::MAX - 10, u64::MAX, step), None);
+    }
+
+    /// The file's byte map, here and in docs/FORMAT.md, says what the
+    /// constants say.
+    #[test]
+    fn file_byte_map_matches_the_constants() {
+        let expected = [
+            (META_A_OFFSET, Some(FORMAT_PAGE), "meta A"),
+            (META_B_OFFSET, Some(FORMAT_PAGE), "meta B"),
+            (CONTROL_OFFSET, Some(control::CONTROL_LEN), "control block"),
+            (ARENA_START, None, "arena"),
+        ];
+        let rows = byte_map::doc_comment(include_str!("mod.rs"));
+        assert_eq!(rows.len(), expected.len(), "{rows:?}");
+        for (row, (off, size, what)) in rows.iter().zip(expected) {
+            assert_eq!(row.offset as u64, off, "{row:?}");
+            assert_eq!(row.size.map(|s| s as u64), size, "{row:?}");
+            assert!(what.starts_with(row.field.trim_end_matches(':')), "{row:?}");
+        }
+        // docs/FORMAT.md: `offset N   what   SIZE bytes ...` lines.
+        let md = include_str!("../../docs/FORMAT.md");
+        let rows: Vec<(u64, &str)> = md
+            .lines()
+            .filter_map(|l| l.strip_prefix("offset "))
+            .filter_map(|l| {
+                let (n, rest) = l.split_once(' ')?;
+                Some((n.parse().ok()?, rest.trim_start()))
+            })
+            .collect();
+        assert_eq!(rows.len(), expected.len(), "{rows:?}");
+        for ((off, rest), (want, size, what)) in rows.into_iter().zip(expected) {
+            assert_eq!(off, want, "{rest}");
+            assert!(rest.starts_with(what), "{rest}");
+            if let Some(size) = size {
+                assert!(rest.contains(&format!(" {size} bytes")), "{rest}");
+            }
+        }
     }
 
     #[test]

@@ -26,10 +26,12 @@ use std::sync::{Arc, Mutex};
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
-use mapkv::testing::{add_io_hook, HookGuard, IoOp, Phase};
+use mapkv::testing::{add_io_hook, layout, HookGuard, IoOp, Phase};
 use mapkv::Db;
 
-pub const PAGE: usize = 4096;
+/// The unit the simulator tracks and tears: the format page (msync ranges
+/// are whole pages of it).
+pub const PAGE: usize = layout::FORMAT_PAGE as usize;
 pub const SECTOR: usize = 512;
 
 /// What the test knew about its own commits when a crash point was taken.
