@@ -62,7 +62,8 @@ pub struct CacheStats {
     /// since the store was created; counted in cache mode only. Each handle
     /// adds its reads in batches of 64 per thread, and the rest when it
     /// reports `cache_stats` or closes, so another process's latest reads
-    /// may not show yet.
+    /// may not show yet. A read-only handle cannot write the store's
+    /// counters: its reads show in its own `cache_stats` only.
     pub hits: u64,
     /// Reads that did not find their key, counted like `hits`.
     pub misses: u64,
@@ -123,8 +124,11 @@ impl Db {
             let (st, _) = c.snapshot(1000);
             let st = crate::engine::bounded(st, i.arena.refresh().unwrap_or(s.file_len));
             let [evictions, expirations, runs, hits, misses] = c.cache_counters();
-            s.hits = hits;
-            s.misses = misses;
+            // A read-only handle's reads are its own (it cannot write the
+            // store's counters).
+            let (own_hits, own_misses) = i.own_reads();
+            s.hits = hits.saturating_add(own_hits);
+            s.misses = misses.saturating_add(own_misses);
             s.capacity = c.capacity();
             s.used_bytes = st.tail;
             s.live_bytes = st.live_bytes;

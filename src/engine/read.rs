@@ -242,8 +242,10 @@ impl Default for HitCounters {
 }
 
 impl HitCounters {
+    /// Count a read; `share`: add the counts to the store's once a
+    /// stripe has enough (a read-only handle cannot write them there).
     #[inline]
-    fn record(&self, store: &Store, hit: bool) {
+    fn record(&self, store: &Store, hit: bool, share: bool) {
         thread_local! {
             static STRIPE: usize = {
                 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -252,13 +254,23 @@ impl HitCounters {
         }
         let s = &self.stripes[STRIPE.with(|s| *s)];
         let c = if hit { &s.hits } else { &s.misses };
-        if c.fetch_add(1, Ordering::Relaxed) + 1 >= FLUSH_EVERY {
+        if c.fetch_add(1, Ordering::Relaxed) + 1 >= FLUSH_EVERY && share {
             let n = c.swap(0, Ordering::Relaxed);
             if let Ok(ctl) = store.control() {
                 let (h, m) = if hit { (n, 0) } else { (0, n) };
                 ctl.add_reads(h, m);
             }
         }
+    }
+
+    /// The counts not added to the store's yet: `(hits, misses)`.
+    fn pending(&self) -> (u64, u64) {
+        self.stripes.iter().fold((0, 0), |(h, m), s| {
+            (
+                h + s.hits.load(Ordering::Relaxed),
+                m + s.misses.load(Ordering::Relaxed),
+            )
+        })
     }
 
     /// Add every count not added yet to the store's counters.
@@ -277,11 +289,12 @@ impl HitCounters {
 }
 
 impl Store {
-    /// Count a read for the store-wide hit ratio (cache mode, handles that
-    /// may write the mapping).
+    /// Count a read for the hit ratio (cache mode). A read-write handle
+    /// adds its counts to the store's, shared by every process; a
+    /// read-only one cannot write them there and keeps its own.
     #[inline]
     pub(crate) fn count_read(&self, hit: bool) {
-        if self.is_cache() && !self.read_only() {
+        if self.is_cache() {
             self.record_read(hit);
         }
     }
@@ -289,7 +302,17 @@ impl Store {
     /// Out of line: keeps the database-mode read path as small as before.
     #[inline(never)]
     fn record_read(&self, hit: bool) {
-        self.hits.record(self, hit);
+        self.hits.record(self, hit, !self.read_only());
+    }
+
+    /// Reads of a read-only handle, which only it can see: `(hits,
+    /// misses)` (0 for a read-write handle, whose reads the store counts).
+    pub(crate) fn own_reads(&self) -> (u64, u64) {
+        if self.read_only() {
+            self.hits.pending()
+        } else {
+            (0, 0)
+        }
     }
 
     /// Add this handle's uncounted reads to the store's counters.
