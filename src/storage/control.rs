@@ -598,6 +598,11 @@ mod tests {
     use super::super::mapping::Arena;
 
     fn arena() -> (tempfile::TempDir, Arena) {
+        arena_of(65536)
+    }
+
+    /// A shared arena over a new file of `len` bytes.
+    fn arena_of(len: u64) -> (tempfile::TempDir, Arena) {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c");
         let f = std::fs::OpenOptions::new()
@@ -607,8 +612,8 @@ mod tests {
             .truncate(true)
             .open(&p)
             .unwrap();
-        f.set_len(65536).unwrap();
-        let a = Arena::new(f, &p, 65536, 65536, super::super::mapping::MapMode::Shared).unwrap();
+        f.set_len(len).unwrap();
+        let a = Arena::new(f, &p, len, len, super::super::mapping::MapMode::Shared).unwrap();
         (dir, a)
     }
 
@@ -671,18 +676,7 @@ mod tests {
 
     #[test]
     fn too_short_a_file_has_no_control_block() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("c");
-        let f = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p)
-            .unwrap();
-        let len = super::super::ARENA_START - 8;
-        f.set_len(len).unwrap();
-        let a = Arena::new(f, &p, len, len, super::super::mapping::MapMode::Shared).unwrap();
+        let (_dir, a) = arena_of(super::super::ARENA_START - 8);
         assert!(a.control_block().is_err());
         assert!(a.control().is_err());
     }
