@@ -22,9 +22,13 @@ use crate::{Db, Error, Result};
 /// assert_eq!(db.len(), 2);
 /// # Ok::<(), mapkv::Error>(())
 /// ```
+///
+/// A batch borrows the handle that made it (it holds no clone of it), so
+/// [`Db::close`] closes the store even while a committed batch is still in
+/// scope.
 #[must_use = "a batch does nothing until it is committed"]
-pub struct Batch {
-    db: Db,
+pub struct Batch<'a> {
+    db: &'a Db,
     bytes: Vec<u8>,
     /// The operations, in order; keys and values live in `bytes`.
     ops: Vec<Staged>,
@@ -48,8 +52,8 @@ enum Staged {
     },
 }
 
-impl Batch {
-    pub(crate) fn new(db: Db) -> Batch {
+impl<'a> Batch<'a> {
+    pub(crate) fn new(db: &'a Db) -> Batch<'a> {
         Batch {
             db,
             bytes: Vec::new(),
@@ -113,7 +117,7 @@ impl Batch {
     /// assert!(!db.contains_key(b"ok")?); // nothing of the batch was written
     /// # Ok::<(), mapkv::Error>(())
     /// ```
-    pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut Batch {
+    pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut Batch<'a> {
         self.push(Op::Put(key.as_ref(), value.as_ref()));
         self
     }
@@ -139,7 +143,7 @@ impl Batch {
         key: impl AsRef<[u8]>,
         value: impl AsRef<[u8]>,
         ttl: std::time::Duration,
-    ) -> &mut Batch {
+    ) -> &mut Batch<'a> {
         let at = expiry_after(ttl);
         self.push(Op::PutTtl(key.as_ref(), value.as_ref(), at));
         self
@@ -159,7 +163,7 @@ impl Batch {
     /// assert!(db.is_empty());
     /// # Ok::<(), mapkv::Error>(())
     /// ```
-    pub fn remove(&mut self, key: impl AsRef<[u8]>) -> &mut Batch {
+    pub fn remove(&mut self, key: impl AsRef<[u8]>) -> &mut Batch<'a> {
         self.push(Op::Del(key.as_ref()));
         self
     }
@@ -273,12 +277,12 @@ impl Db {
     /// assert_eq!(db.len(), 2);
     /// # Ok::<(), mapkv::Error>(())
     /// ```
-    pub fn batch(&self) -> crate::Batch {
-        crate::Batch::new(self.clone())
+    pub fn batch(&self) -> crate::Batch<'_> {
+        crate::Batch::new(self)
     }
 }
 
-impl std::fmt::Debug for Batch {
+impl std::fmt::Debug for Batch<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Batch")
             .field("store", &self.db.path())

@@ -566,6 +566,7 @@ impl Db {
         // It was built unsynced; from now on it has the handle's durability.
         new.adopt(&self.handle.path, self.handle.opts.durability, growth_step);
         old.abandon();
+        old.hand_reads_to(&new);
         let nc = new.control()?;
         let (st1, _) = nc.snapshot(1_000_000);
         let len_after = new.arena.len();

@@ -305,6 +305,7 @@ impl Handle {
                 // The old store must not be closed as if it were ours: the
                 // compactor finished it.
                 old.abandon();
+                old.hand_reads_to(&new);
                 self.current.store(Arc::new(new));
             }
             // Something else now has the name, or it cannot be opened:

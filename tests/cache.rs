@@ -466,3 +466,24 @@ fn concurrent_writers_on_a_small_cache_never_fail() {
     db.check().unwrap();
     assert!(std::fs::metadata(&path).unwrap().len() <= 256 << 10);
 }
+
+/// Reads counted by a handle but not yet added to the store's counters
+/// move with the store when a compaction moves it (for the compacting
+/// handle and for one that follows), instead of going to the old file.
+#[test]
+fn hit_counts_move_with_the_store() {
+    let (_d, path) = store();
+    let a = cache(&path, CAP);
+    let b = Db::open(&path).unwrap();
+    a.insert(b"k", b"v").unwrap();
+    for _ in 0..10 {
+        a.get(b"k").unwrap();
+        b.get(b"k").unwrap();
+    }
+    b.get(b"missing").unwrap();
+    a.compact().unwrap(); // `a` moves to the new file at once
+    b.get(b"k").unwrap(); // `b` follows it here, then reads once more
+    drop(b); // adds what it has not added yet
+    let s = a.cache_stats();
+    assert_eq!((s.hits, s.misses), (21, 1), "{s:?}");
+}

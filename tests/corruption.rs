@@ -760,14 +760,26 @@ fn damaged_length_is_not_allocated() {
     let fx = fixture();
     let im = &fx.clean;
     let dir = scratch();
-    // The newest put records are the live ones; damage one whose slot the
-    // open-time sample (64 slots) does not check.
+    // Damage a live record (the newest record of its key, a put) whose
+    // slot the open-time sample (64 slots, in an order the random hash
+    // seed decides) does not check. An older put of a key written again
+    // later would not do: the get would find the newer record.
+    let key_of = |o: usize| {
+        let klen = le(&im.bytes, o + header::KEY_LEN, 2) as usize;
+        im.bytes[o + HEADER..o + HEADER + klen].to_vec()
+    };
+    let mut seen = std::collections::HashSet::new();
     let puts: Vec<usize> = im
         .items
         .iter()
         .rev()
         .map(|&(o, _)| o)
-        .filter(|&o| im.bytes[o + header::KIND] == layout::KIND_PUT)
+        .filter(|&o| {
+            let kind = im.bytes[o + header::KIND];
+            (kind == layout::KIND_PUT || kind == layout::KIND_DEL)
+                && seen.insert(key_of(o))
+                && kind == layout::KIND_PUT
+        })
         .collect();
     for off in puts.into_iter().take(60) {
         let mut b = im.bytes.clone();

@@ -273,6 +273,22 @@ impl HitCounters {
         })
     }
 
+    /// Take the counts not added yet: `(hits, misses)`.
+    fn take(&self) -> (u64, u64) {
+        self.stripes.iter().fold((0, 0), |(h, m), s| {
+            (
+                h + s.hits.swap(0, Ordering::Relaxed),
+                m + s.misses.swap(0, Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Count reads made through another store of this handle.
+    fn add(&self, hits: u64, misses: u64) {
+        self.stripes[0].hits.fetch_add(hits, Ordering::Relaxed);
+        self.stripes[0].misses.fetch_add(misses, Ordering::Relaxed);
+    }
+
     /// Add every count not added yet to the store's counters.
     fn flush(&self, store: &Store) {
         let Ok(ctl) = store.control() else {
@@ -319,6 +335,18 @@ impl Store {
     pub(crate) fn flush_reads(&self) {
         if !self.read_only() {
             self.hits.flush(self);
+        }
+    }
+
+    /// This handle follows the store from `self` to `new` (a compaction
+    /// moved it): the reads it has not added yet go to the new store's
+    /// counters, or to its own, not to the old file's.
+    pub(crate) fn hand_reads_to(&self, new: &Store) {
+        if self.read_only() {
+            let (h, m) = self.hits.take();
+            new.hits.add(h, m);
+        } else {
+            self.hits.flush(new);
         }
     }
 }
