@@ -776,9 +776,11 @@ fn damaged_length_is_not_allocated() {
         .map(|&(o, _)| o)
         .filter(|&o| {
             let kind = im.bytes[o + header::KIND];
-            (kind == layout::KIND_PUT || kind == layout::KIND_DEL)
-                && seen.insert(key_of(o))
-                && kind == layout::KIND_PUT
+            if kind != layout::KIND_PUT && kind != layout::KIND_DEL {
+                return false; // an index chunk
+            }
+            let newest_of_its_key = seen.insert(key_of(o));
+            newest_of_its_key && kind == layout::KIND_PUT
         })
         .collect();
     for off in puts.into_iter().take(60) {
