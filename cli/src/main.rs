@@ -14,9 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use mapkv::{Db, Durability, OpenKind, Options};
 use serde_json::json;
 
-#[path = "mapkv/bytes.rs"]
 mod bytes;
-#[path = "mapkv/ui.rs"]
 mod ui;
 
 use bytes::{b64, from_b64, Encoding};
