@@ -63,7 +63,7 @@ fn reader(path: &str) -> mapkv::Result<()> {
     let started = Instant::now();
     loop {
         // Sleeps until a commit lands in any process (or 5 s pass).
-        let now = db.wait_for_change(seen, Duration::from_secs(5));
+        let now = db.wait_for_change(seen, Duration::from_secs(5)).seq();
         if now == seen {
             println!("reader (pid {pid}): no change for 5 s, stopping");
             return Ok(());

@@ -22,6 +22,7 @@ use crate::{Db, Error, Result};
 /// assert_eq!(db.len(), 2);
 /// # Ok::<(), mapkv::Error>(())
 /// ```
+#[must_use = "a batch does nothing until it is committed"]
 pub struct Batch {
     db: Db,
     bytes: Vec<u8>,
@@ -197,7 +198,10 @@ impl Batch {
     }
 
     /// Write every operation as one all-or-nothing commit, with the store's
-    /// durability. An empty batch commits nothing.
+    /// durability, and empty the batch (it can be filled and committed
+    /// again). An empty batch commits nothing. Takes `&mut self`, so a
+    /// batch can be built and committed in one expression:
+    /// `db.batch().insert(k, v).insert(k2, v2).commit()?`.
     ///
     /// # Errors
     /// The first size error of any operation, or any error of
@@ -217,15 +221,19 @@ impl Batch {
     /// dropped.insert(b"lost", b"v");
     /// drop(dropped); // never committed: nothing happens
     /// assert!(!db.contains_key(b"lost")?);
+    ///
+    /// db.batch().insert(b"a", b"1").remove(b"from").commit()?; // in one go
+    /// assert_eq!(db.len(), 2);
     /// # Ok::<(), mapkv::Error>(())
     /// ```
-    pub fn commit(self) -> Result<()> {
-        if let Some(e) = self.error {
+    pub fn commit(&mut self) -> Result<()> {
+        let bytes = std::mem::take(&mut self.bytes);
+        let staged = std::mem::take(&mut self.ops);
+        if let Some(e) = self.error.take() {
             return Err(e);
         }
-        let b = &self.bytes;
-        let ops: Vec<Op<'_>> = self
-            .ops
+        let b = &bytes;
+        let ops: Vec<Op<'_>> = staged
             .iter()
             .map(|&op| match op {
                 Staged::Put {
@@ -267,5 +275,16 @@ impl Db {
     /// ```
     pub fn batch(&self) -> crate::Batch {
         crate::Batch::new(self.clone())
+    }
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("store", &self.db.path())
+            .field("operations", &self.ops.len())
+            .field("bytes", &self.bytes.len())
+            .field("error", &self.error)
+            .finish()
     }
 }

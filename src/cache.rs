@@ -15,6 +15,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::compact::Entry;
 use crate::engine::{Failure, Store};
 use crate::index::Desc;
 use crate::storage::{self, GRANULE};
@@ -31,9 +32,12 @@ use crate::{Db, Error, Result};
 /// cache.insert(b"a", b"1")?;
 /// cache.get(b"a")?; // a hit
 /// cache.get(b"b")?; // a miss
+/// let other = mapkv::Db::open(&path)?; // another handle, as another process would
+/// other.get(b"a")?; // another hit
+/// drop(other); // a closing handle adds the reads it has not added yet
 /// let s = cache.cache_stats();
-/// assert_eq!((s.hits, s.misses), (1, 1));
-/// assert_eq!(s.hit_ratio(), 0.5);
+/// assert_eq!((s.hits, s.misses), (2, 1)); // store-wide
+/// assert_eq!(s.hit_ratio(), 2.0 / 3.0);
 /// assert_eq!(s.capacity, 1 << 20);
 /// # Ok::<(), mapkv::Error>(())
 /// ```
@@ -51,13 +55,17 @@ pub struct CacheStats {
     pub used_bytes: u64,
     /// Bytes of the records of live entries.
     pub live_bytes: u64,
-    /// Live entries (expired ones included until an eviction drops them).
+    /// Live entries, as [`Db::len`] counts them (expired ones left out).
     pub keys: u64,
-    /// Reads through this handle and its clones that found their key
-    /// ([`Db::get`], [`Db::get_into`], [`Db::get_pod`]); counted in cache
-    /// mode only.
+    /// Reads that found their key ([`Db::get`], [`Db::get_into`],
+    /// [`Db::get_pod`]), through every read-write handle in every process,
+    /// since the store was created; counted in cache mode only. Each handle
+    /// adds its reads in batches of 64 per thread, and the rest when it
+    /// reports `cache_stats` or closes, so another process's latest reads
+    /// may not show yet. A read-only handle cannot write the store's
+    /// counters: its reads show in its own `cache_stats` only.
     pub hits: u64,
-    /// Reads through this handle and its clones that did not.
+    /// Reads that did not find their key, counted like `hits`.
     pub misses: u64,
     /// Entries evicted to make room, by every process, since the store was
     /// created (kept in the file's control block, which is not synced: an
@@ -85,7 +93,8 @@ impl CacheStats {
 
 impl Db {
     /// Cache statistics: the capacity, the space in use, hits and misses of
-    /// this handle, and the store's evictions and expirations. All zero but
+    /// every handle in every process, and the store's evictions and
+    /// expirations. All zero but
     /// the sizes if the store is not a cache
     /// ([`Options::capacity`](crate::Options::capacity)).
     ///
@@ -106,21 +115,28 @@ impl Db {
     /// ```
     pub fn cache_stats(&self) -> CacheStats {
         let i = self.store();
-        let (hits, misses) = self.handle.hits.totals();
+        i.flush_reads();
         let mut s = CacheStats {
-            hits,
-            misses,
             file_len: i.arena.len(),
             ..CacheStats::default()
         };
         if let Ok(c) = i.control() {
             let (st, _) = c.snapshot(1000);
             let st = crate::engine::bounded(st, i.arena.refresh().unwrap_or(s.file_len));
-            let [evictions, expirations, runs] = c.cache_counters();
+            let [evictions, expirations, runs, hits, misses] = c.cache_counters();
+            // A read-only handle's reads are its own (it cannot write the
+            // store's counters).
+            let (own_hits, own_misses) = i.own_reads();
+            s.hits = hits.saturating_add(own_hits);
+            s.misses = misses.saturating_add(own_misses);
             s.capacity = c.capacity();
             s.used_bytes = st.tail;
             s.live_bytes = st.live_bytes;
-            s.keys = st.live_keys;
+            s.keys = if c.may_hold_ttl() {
+                i.count_entries().map_or(st.live_keys, |(live, _)| live)
+            } else {
+                st.live_keys
+            };
             s.evictions = evictions;
             s.expirations = expirations;
             s.eviction_runs = runs;
@@ -131,15 +147,7 @@ impl Db {
     /// Count a read for [`CacheStats`] (cache mode only).
     #[inline]
     pub(crate) fn count_read(&self, i: &Store, hit: bool) {
-        if i.is_cache() {
-            self.record_read(hit);
-        }
-    }
-
-    /// Out of line: keeps the database-mode read path as small as before.
-    #[inline(never)]
-    fn record_read(&self, hit: bool) {
-        self.handle.hits.record(hit);
+        i.count_read(hit);
     }
 
     /// A write found the cache full: it needs the file to reach `wanted`
@@ -249,5 +257,102 @@ impl Db {
                 }
             }
         });
+    }
+}
+
+/// Choose the entries to evict so that at least `need` record bytes go, and
+/// leave in `live` the ones to keep, in the order to write them. CLOCK with
+/// a 2-bit count, over the entries in log order: the oldest entry (lowest
+/// offset: the log is written in order) goes first, unless it was read
+/// since it was written or last kept; then it stays, moves behind every
+/// newer entry and its count goes down by one. If everything left was read,
+/// the sweep goes round again with the lowered counts. Returns how many
+/// were evicted.
+pub(crate) fn select_for_eviction(live: &mut Vec<Entry>, need: u64) -> u64 {
+    if need == 0 {
+        return 0;
+    }
+    live.sort_unstable_by_key(|e| e.off);
+    let mut queue: std::collections::VecDeque<Entry> = std::mem::take(live).into();
+    let mut freed = 0;
+    let mut evicted = 0;
+    while freed < need {
+        let Some(mut e) = queue.pop_front() else {
+            break;
+        };
+        if e.freq > 0 {
+            e.freq -= 1;
+            queue.push_back(e);
+        } else {
+            freed += e.len;
+            evicted += 1;
+        }
+    }
+    *live = queue.into();
+    evicted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compact::Entry;
+
+    /// Entries written in this order (offsets 100, 110, ...) with these hit
+    /// counts, handed over newest first to show that the order comes from
+    /// the offsets.
+    fn entries(freqs: &[u64]) -> Vec<Entry> {
+        let mut v: Vec<Entry> = freqs
+            .iter()
+            .enumerate()
+            .map(|(i, &freq)| Entry {
+                off: 100 + 10 * i as u64,
+                word: 0,
+                slot: i,
+                hits: freq,
+                freq,
+                len: 10,
+            })
+            .collect();
+        v.reverse();
+        v
+    }
+
+    fn offs(v: &[Entry]) -> Vec<(u64, u64)> {
+        v.iter().map(|e| (e.off, e.freq)).collect()
+    }
+
+    #[test]
+    fn nothing_to_free_keeps_everything_in_place() {
+        let mut v = entries(&[0, 1, 2]);
+        let before = v.clone();
+        assert_eq!(select_for_eviction(&mut v, 0), 0);
+        assert_eq!(v, before);
+    }
+
+    #[test]
+    fn oldest_unread_go_first_and_read_ones_move_behind_with_one_hit_less() {
+        // 100 unread, 110 read twice, 120 and 130 unread, 140 read once.
+        let mut v = entries(&[0, 2, 0, 0, 1]);
+        // 20 bytes to free: 100 and 120 go; 110 gets a second chance and
+        // moves behind the newer ones.
+        assert_eq!(select_for_eviction(&mut v, 20), 2);
+        assert_eq!(offs(&v), [(130, 0), (140, 1), (110, 1)]);
+    }
+
+    #[test]
+    fn further_sweeps_take_the_survivors_oldest_first() {
+        let mut v = entries(&[3, 3, 3, 3]);
+        // Everyone was read three times: three sweeps free nothing (each
+        // lowers every count); the fourth takes the two oldest.
+        assert_eq!(select_for_eviction(&mut v, 20), 2);
+        assert_eq!(offs(&v), [(120, 0), (130, 0)]);
+        // Counts differ: the first to reach 0 on the way round go first.
+        let mut v = entries(&[2, 1, 2, 3]);
+        assert_eq!(select_for_eviction(&mut v, 20), 2);
+        assert_eq!(offs(&v), [(120, 0), (130, 1)]); // 110, then 100, went
+                                                    // Asking for more than there is evicts everything.
+        let mut v = entries(&[0, 1, 2]);
+        assert_eq!(select_for_eviction(&mut v, 1_000), 3);
+        assert!(v.is_empty());
     }
 }

@@ -37,9 +37,14 @@ pub struct CheckReport {
     pub commits: u64,
     /// Index chunks in the log (the current table and old ones).
     pub index_chunks: u64,
-    /// Live keys, as found by replaying the log; equal to `Db::len`.
+    /// Live keys, as found by replaying the log, leaving out entries whose
+    /// expiry has passed; equal to `Db::len` and to what `Db::iter`
+    /// returns.
     pub live_keys: u64,
-    /// Bytes of live records.
+    /// Entries still stored whose expiry has passed (dropped by the next
+    /// compaction or eviction).
+    pub expired_keys: u64,
+    /// Bytes of the records of stored entries (expired ones included).
     pub live_bytes: u64,
     /// End of the verified log.
     pub tail: u64,
@@ -109,6 +114,7 @@ fn check_state(inner: &Store, st: &crate::storage::control::State) -> engine::Re
         commits: 0,
         index_chunks: 0,
         live_keys: 0,
+        expired_keys: 0,
         live_bytes: 0,
         tail: st.tail,
     };
@@ -170,6 +176,7 @@ fn check_index(
 ) -> engine::Result<()> {
     let (t, d) = inner.table_at(st.index_desc)?;
     let rec = inner.records();
+    let now = crate::log::read::now_ms();
     let d: Desc = d;
     let mut seen = 0u64;
     let mut offsets = std::collections::HashSet::new();
@@ -214,27 +221,31 @@ fn check_index(
         report.live_bytes = report
             .live_bytes
             .saturating_add(record_len(h.key_len as usize, h.val_len as usize));
+        if rec.expired_at(off, &h, now)? {
+            report.expired_keys += 1;
+        }
         seen += 1;
     }
-    report.live_keys = latest.len() as u64;
-    if seen != report.live_keys {
+    let stored = latest.len() as u64;
+    if seen != stored {
         return Err(inner
             .corrupt(
                 d.start,
-                format!("index holds {seen} live keys, the log {}", report.live_keys),
+                format!("index holds {seen} live keys, the log {stored}"),
             )
             .into());
     }
-    if st.live_keys != report.live_keys || st.live_bytes != report.live_bytes {
+    if st.live_keys != stored || st.live_bytes != report.live_bytes {
         return Err(inner
             .corrupt(
                 crate::storage::CONTROL_OFFSET,
                 format!(
-                    "counters say {} keys / {} bytes, the log {} / {}",
-                    st.live_keys, st.live_bytes, report.live_keys, report.live_bytes
+                    "counters say {} keys / {} bytes, the log {stored} / {}",
+                    st.live_keys, st.live_bytes, report.live_bytes
                 ),
             )
             .into());
     }
+    report.live_keys = stored - report.expired_keys;
     Ok(())
 }

@@ -95,29 +95,35 @@ pub struct CompactReport {
 
 /// What a compaction does with the live entries.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Plan {
+pub(crate) enum Plan<'a> {
     /// Keep them all ([`Db::compact`]).
     Compact,
     /// Cache mode: evict the oldest to free enough room (at least
     /// `min_free` bytes), second chance for those read.
     Evict { min_free: u64 },
+    /// Keep none ([`Db::clear`]): the new file starts empty, with only
+    /// the commits that land while it is made.
+    Clear,
+    /// Keep them all, in a new file at `dest` that stays apart: the store
+    /// does not move ([`Db::backup`]).
+    Copy { dest: &'a Path },
 }
 
 /// A live entry of the old file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Entry {
-    off: u64,
+pub(crate) struct Entry {
+    pub(crate) off: u64,
     /// Its slot word when the compaction started (for the tag check).
-    word: u64,
+    pub(crate) word: u64,
     /// Its slot in the old table.
-    slot: usize,
+    pub(crate) slot: usize,
     /// Hits counted since it was written or last kept (0..=3), when the
     /// compaction started.
-    hits: u64,
+    pub(crate) hits: u64,
     /// The count to give it in the new file.
-    freq: u64,
+    pub(crate) freq: u64,
     /// Record bytes.
-    len: u64,
+    pub(crate) len: u64,
 }
 
 /// Cache mode: carry over the hits readers counted in the old table while
@@ -148,38 +154,6 @@ fn carry_late_hits(
         new.set_freq(&key, (e.freq + now - e.hits).min(index::FREQ_MAX))?;
     }
     Ok(())
-}
-
-/// Choose the entries to evict so that at least `need` record bytes go, and
-/// leave in `live` the ones to keep, in the order to write them. CLOCK with
-/// a 2-bit count, over the entries in log order: the oldest entry (lowest
-/// offset: the log is written in order) goes first, unless it was read
-/// since it was written or last kept; then it stays, moves behind every
-/// newer entry and its count goes down by one. If everything left was read,
-/// the sweep goes round again with the lowered counts. Returns how many
-/// were evicted.
-fn select_for_eviction(live: &mut Vec<Entry>, need: u64) -> u64 {
-    if need == 0 {
-        return 0;
-    }
-    live.sort_unstable_by_key(|e| e.off);
-    let mut queue: std::collections::VecDeque<Entry> = std::mem::take(live).into();
-    let mut freed = 0;
-    let mut evicted = 0;
-    while freed < need {
-        let Some(mut e) = queue.pop_front() else {
-            break;
-        };
-        if e.freq > 0 {
-            e.freq -= 1;
-            queue.push_back(e);
-        } else {
-            freed += e.len;
-            evicted += 1;
-        }
-    }
-    *live = queue.into();
-    evicted
 }
 
 /// Entries copied per commit of the new file, at most.
@@ -274,7 +248,11 @@ impl Db {
 
     /// One compaction or eviction at a time per handle; if another one
     /// moved the store meanwhile, start over on the new file.
-    fn run(&self, progress: &mut dyn FnMut(u64, u64), plan: Plan) -> engine::Result<CompactReport> {
+    pub(crate) fn run(
+        &self,
+        progress: &mut dyn FnMut(u64, u64),
+        plan: Plan<'_>,
+    ) -> engine::Result<CompactReport> {
         self.repair_if_suspect();
         let Some(_one) = self.handle.compacting.try_lock() else {
             return Err(Error::Locked {
@@ -308,7 +286,7 @@ impl Db {
     fn compact_once(
         &self,
         progress: &mut dyn FnMut(u64, u64),
-        plan: Plan,
+        plan: Plan<'_>,
     ) -> engine::Result<CompactReport> {
         let started = Instant::now();
         let old = arc_swap::Guard::into_inner(self.store());
@@ -347,7 +325,11 @@ impl Db {
         // Headers are scattered over the log: keep the loads of the next
         // slots' headers in flight while this one is read.
         const AHEAD: usize = 16;
-        let cap = d0.capacity() as usize;
+        // A clear keeps nothing: no need to look.
+        let cap = match plan {
+            Plan::Clear => 0,
+            _ => d0.capacity() as usize,
+        };
         let prefetch = |slot: usize| {
             if let Some(w) = ot.word_at(slot).filter(|&w| index::is_live(w)) {
                 old.arena.prefetch(index::word_offset(w), 32);
@@ -403,7 +385,7 @@ impl Db {
             let keep = budget.saturating_sub(overhead);
             let total = live.iter().fold(0u64, |a, e| a.saturating_add(e.len));
             let need = total.saturating_sub(keep).max(min_free);
-            evicted = select_for_eviction(&mut live, need);
+            evicted = crate::cache::select_for_eviction(&mut live, need);
         }
         let n = live.len() as u64;
         let s0 = seq_of(st0.seq_gen);
@@ -415,7 +397,16 @@ impl Db {
         };
         let per = if k == 0 { 1 } else { n.div_ceil(k) };
         let generation = st0.generation as u16;
-        let opts = self.new_file_options(&old, &st0, s0 - k, generation)?;
+        // A clear's new file is sized for nothing (a cache's keeps its table).
+        let sizing = match plan {
+            Plan::Clear => crate::storage::control::State {
+                live_keys: 0,
+                live_bytes: 0,
+                ..st0
+            },
+            _ => st0,
+        };
+        let opts = self.new_file_options(&old, &sizing, s0 - k, generation)?;
         let tmp = storage::file::compact_temp_name(&self.handle.path);
         let mut new = match Store::open(&tmp, opts) {
             Ok(i) => i,
@@ -426,7 +417,12 @@ impl Db {
         };
         // Before anything is copied: the new file gets the old one's owner,
         // group and mode, or the compaction does not happen.
-        if let Err(e) = owner.give_to(&new, &old.path) {
+        // (A backup is the caller's own file, like any copy.)
+        let given = match plan {
+            Plan::Copy { .. } => Ok(()),
+            _ => owner.give_to(&new, &old.path),
+        };
+        if let Err(e) = given {
             discard(new, &tmp);
             return Err(e.into());
         }
@@ -495,6 +491,19 @@ impl Db {
             }
         };
 
+        if let Plan::Copy { dest } = plan {
+            return finish_copy(&old, new, &tmp, dest, pos).map(|(n, len_after)| CompactReport {
+                keys: n.live_keys,
+                len_before,
+                len_after,
+                live_bytes: n.live_bytes,
+                expired,
+                evicted: 0,
+                caught_up: caught_up + n.caught_up,
+                writer_pause: Duration::ZERO,
+                duration: started.elapsed(),
+            });
+        }
         // The file was cut to its tail: let the last commits grow it by
         // granules rather than by doubling.
         let growth_step = new.set_growth_step(GRANULE);
@@ -518,12 +527,14 @@ impl Db {
             let fire = |phase| hooks::fire(&self.handle.path, IoOp::Rename, phase);
             fire(Phase::Before).map_err(|source| io_err(&old.path, "rename", source))?;
             // The cache counters move with the store.
-            let [ev, ex, runs] = c.cache_counters();
+            let [ev, ex, runs, hits, misses] = c.cache_counters();
             let is_evict = matches!(plan, Plan::Evict { .. }) as u64;
             new.control()?.set_cache_counters([
                 ev.saturating_add(evicted),
                 ex.saturating_add(expired),
                 runs.saturating_add(is_evict),
+                hits,
+                misses,
             ]);
             c.set_magic(MOVING_MAGIC);
             if let Err(source) = std::fs::rename(&tmp, &self.handle.path) {
@@ -758,6 +769,55 @@ fn replay(old: &Store, new: &Store, from: u64, to: u64) -> engine::Result<u64> {
     Ok(n)
 }
 
+/// What the last catch-up of a backup left in the copy.
+struct Copied {
+    live_keys: u64,
+    live_bytes: u64,
+    caught_up: u64,
+}
+
+/// A backup's end: catch up with the old log once more (no lock: the copy
+/// is then the store as of that commit, whole), close the copy cleanly and
+/// give it its name. Returns what it holds and its length.
+fn finish_copy(
+    old: &Store,
+    new: Store,
+    tmp: &Path,
+    dest: &Path,
+    pos: u64,
+) -> engine::Result<(Copied, u64)> {
+    let done = (|| -> engine::Result<Copied> {
+        let tail = old.control()?.snapshot(1_000_000).0.tail;
+        let caught_up = replay(old, &new, pos, tail)?;
+        let (st, _) = new.control()?.snapshot(1_000_000);
+        new.close_clean()?;
+        Ok(Copied {
+            live_keys: st.live_keys,
+            live_bytes: st.live_bytes,
+            caught_up,
+        })
+    })();
+    let copied = match done {
+        Ok(c) => c,
+        Err(e) => {
+            discard(new, tmp);
+            return Err(e);
+        }
+    };
+    let len = new.arena.len();
+    drop(new);
+    let published =
+        storage::file::publish(tmp, dest).map_err(|e| io_err(dest, "name the copy", e))?;
+    if !published {
+        return Err(Error::Refused {
+            path: dest.to_path_buf(),
+            reason: "the destination appeared while the copy was made; nothing was replaced".into(),
+        }
+        .into());
+    }
+    Ok((copied, len))
+}
+
 /// Close and delete an unfinished new file.
 fn discard(new: Store, tmp: &Path) {
     new.abandon();
@@ -796,69 +856,5 @@ impl CompactLock {
 impl Drop for CompactLock {
     fn drop(&mut self) {
         let _ = storage::file::compact_lock(self.inner.arena.file(), false);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Entries written in this order (offsets 100, 110, ...) with these hit
-    /// counts, handed over newest first to show that the order comes from
-    /// the offsets.
-    fn entries(freqs: &[u64]) -> Vec<Entry> {
-        let mut v: Vec<Entry> = freqs
-            .iter()
-            .enumerate()
-            .map(|(i, &freq)| Entry {
-                off: 100 + 10 * i as u64,
-                word: 0,
-                slot: i,
-                hits: freq,
-                freq,
-                len: 10,
-            })
-            .collect();
-        v.reverse();
-        v
-    }
-
-    fn offs(v: &[Entry]) -> Vec<(u64, u64)> {
-        v.iter().map(|e| (e.off, e.freq)).collect()
-    }
-
-    #[test]
-    fn nothing_to_free_keeps_everything_in_place() {
-        let mut v = entries(&[0, 1, 2]);
-        let before = v.clone();
-        assert_eq!(select_for_eviction(&mut v, 0), 0);
-        assert_eq!(v, before);
-    }
-
-    #[test]
-    fn oldest_unread_go_first_and_read_ones_move_behind_with_one_hit_less() {
-        // 100 unread, 110 read twice, 120 and 130 unread, 140 read once.
-        let mut v = entries(&[0, 2, 0, 0, 1]);
-        // 20 bytes to free: 100 and 120 go; 110 gets a second chance and
-        // moves behind the newer ones.
-        assert_eq!(select_for_eviction(&mut v, 20), 2);
-        assert_eq!(offs(&v), [(130, 0), (140, 1), (110, 1)]);
-    }
-
-    #[test]
-    fn further_sweeps_take_the_survivors_oldest_first() {
-        let mut v = entries(&[3, 3, 3, 3]);
-        // Everyone was read three times: three sweeps free nothing (each
-        // lowers every count); the fourth takes the two oldest.
-        assert_eq!(select_for_eviction(&mut v, 20), 2);
-        assert_eq!(offs(&v), [(120, 0), (130, 0)]);
-        // Counts differ: the first to reach 0 on the way round go first.
-        let mut v = entries(&[2, 1, 2, 3]);
-        assert_eq!(select_for_eviction(&mut v, 20), 2);
-        assert_eq!(offs(&v), [(120, 0), (130, 1)]); // 110, then 100, went
-                                                    // Asking for more than there is evicts everything.
-        let mut v = entries(&[0, 1, 2]);
-        assert_eq!(select_for_eviction(&mut v, 1_000), 3);
-        assert!(v.is_empty());
     }
 }

@@ -7,7 +7,7 @@
 //! iteration) add their methods to [`Db`] in their own files.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -49,6 +49,18 @@ pub struct Db {
     pub(crate) handle: Arc<Handle>,
 }
 
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.handle.current.load();
+        f.debug_struct("Db")
+            .field("path", &self.handle.given)
+            .field("read_only", &s.read_only())
+            .field("cache", &s.is_cache())
+            .field("durability", &self.handle.opts.durability)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What the clones of one `Db` share: the store they currently use, which
 /// changes when a compaction (in any process) moves the store to a new
 /// file, and what it takes to follow it there.
@@ -68,8 +80,6 @@ pub(crate) struct Handle {
     /// An automatic compaction or a background eviction is running in
     /// this process.
     background: Arc<AtomicBool>,
-    /// Cache mode: hits and misses of reads through this handle.
-    pub(crate) hits: HitCounters,
     /// Held while a compaction through this handle (or a clone) runs: the
     /// cross-process compaction lock is per open file description, which
     /// clones share, so it cannot tell them apart.
@@ -307,53 +317,6 @@ impl Handle {
     }
 }
 
-/// Hit and miss counters, striped over cache lines so that threads reading
-/// through clones of one handle do not contend on one line.
-pub(crate) struct HitCounters {
-    stripes: [Stripe; STRIPES],
-}
-
-const STRIPES: usize = 8;
-
-#[repr(align(128))]
-#[derive(Default)]
-struct Stripe {
-    hits: AtomicU64,
-    misses: AtomicU64,
-}
-
-impl Default for HitCounters {
-    fn default() -> Self {
-        HitCounters {
-            stripes: std::array::from_fn(|_| Stripe::default()),
-        }
-    }
-}
-
-impl HitCounters {
-    #[inline]
-    pub(crate) fn record(&self, hit: bool) {
-        thread_local! {
-            static STRIPE: usize = {
-                static NEXT: AtomicUsize = AtomicUsize::new(0);
-                NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES
-            };
-        }
-        let s = &self.stripes[STRIPE.with(|s| *s)];
-        let c = if hit { &s.hits } else { &s.misses };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn totals(&self) -> (u64, u64) {
-        self.stripes.iter().fold((0, 0), |(h, m), s| {
-            (
-                h + s.hits.load(Ordering::Relaxed),
-                m + s.misses.load(Ordering::Relaxed),
-            )
-        })
-    }
-}
-
 /// What [`Db::stats`] reports.
 ///
 /// # Examples
@@ -374,9 +337,14 @@ impl HitCounters {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Live keys.
+    /// Live keys: what [`Db::len`] says and [`Db::iter`] returns.
     pub keys: u64,
-    /// Bytes of the records of live keys (headers and padding included).
+    /// Entries still stored whose expiry has passed: invisible to reads,
+    /// dropped by the next compaction or eviction. Counted (by looking at
+    /// every entry) only if the store may hold entries with an expiry.
+    pub expired_keys: u64,
+    /// Bytes of the records of stored entries, expired ones included
+    /// (headers and padding included).
     pub live_bytes: u64,
     /// Log bytes no live key uses: overwritten and removed records,
     /// tombstones, old index tables, and the header and alignment padding
@@ -487,7 +455,6 @@ impl Db {
                 opts,
                 follow: Mutex::new(()),
                 background: Arc::new(AtomicBool::new(false)),
-                hits: Default::default(),
                 compacting: Mutex::new(()),
                 index_suspect: AtomicBool::new(false),
             }),
@@ -671,17 +638,28 @@ impl Db {
         })
     }
 
-    /// Number of live keys.
+    /// Number of live keys: the entries [`iter`](Db::iter) returns, so
+    /// entries whose expiry has passed are left out.
+    ///
+    /// Cost: one load, unless the store may hold entries with an expiry
+    /// (a TTL put was made since its last compaction): then it looks at
+    /// every entry's header, O(entries) like a scan without the copies.
+    /// [`Stats::expired_keys`] says how many expired entries are still
+    /// stored.
     ///
     /// # Examples
     ///
     /// ```
+    /// use std::time::Duration;
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let db = mapkv::Db::open(dir.path().join("len.mapkv"))?;
     /// db.insert(b"a", b"1")?;
     /// db.insert(b"b", b"2")?;
     /// db.insert(b"a", b"3")?; // an overwrite is not a new key
     /// assert_eq!(db.len(), 2);
+    /// db.insert_with_ttl(b"flash", b"gone", Duration::ZERO)?; // expires at once
+    /// assert_eq!(db.len(), 2);
+    /// assert_eq!(db.len(), db.iter().count() as u64);
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn len(&self) -> u64 {
@@ -694,7 +672,11 @@ impl Db {
             .tail()
             .min(storage::MAX_FILE_LEN)
             .saturating_sub(ARENA_START);
-        c.live_keys().min(log / engine::MIN_RECORD_LEN)
+        let stored = c.live_keys().min(log / engine::MIN_RECORD_LEN);
+        if !c.may_hold_ttl() {
+            return stored;
+        }
+        i.count_entries().map_or(stored, |(live, _)| live)
     }
 
     /// Whether the store has no keys.
@@ -769,8 +751,13 @@ impl Db {
         let cap = d.map(|d| d.capacity()).unwrap_or(0);
         let index_bytes = d.map(|d| d.bytes()).unwrap_or(0);
         let used_bytes = st.tail.saturating_sub(ARENA_START);
+        let (keys, expired_keys) = match i.control() {
+            Ok(c) if c.may_hold_ttl() => i.count_entries().unwrap_or((st.live_keys, 0)),
+            _ => (st.live_keys, 0),
+        };
         Stats {
-            keys: st.live_keys,
+            keys,
+            expired_keys,
             live_bytes: st.live_bytes,
             dead_bytes: used_bytes
                 .saturating_sub(st.live_bytes)

@@ -127,6 +127,35 @@ pub enum Error {
         found: usize,
     },
 
+    /// [`Db::increment`](crate::Db::increment) would take the counter past
+    /// the range of an `i64`. Nothing was written.
+    #[error("the counter holds {current}: adding {delta} would overflow an i64")]
+    Overflow {
+        /// The counter's value.
+        current: i64,
+        /// The increment asked for.
+        delta: i64,
+    },
+
+    /// The store was opened with a capacity ([`Options::capacity`](crate::Options::capacity))
+    /// other than the one it has: a second process must not shrink or grow
+    /// a shared cache by accident. Open it without a capacity (it keeps its
+    /// own), with the same one, or change it on purpose with
+    /// [`Db::set_capacity`](crate::Db::set_capacity).
+    #[error(
+        "{path}: the store's capacity is {}, but it was opened with a capacity of {requested} bytes; \
+         open it without one to use the store's, or change it with Db::set_capacity",
+        if *stored == 0 { "none (it is not a cache)".to_string() } else { format!("{stored} bytes") }
+    )]
+    CapacityMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The store's capacity in bytes (0: it is not a cache).
+        stored: u64,
+        /// The capacity asked for, in bytes (as rounded by `Options::capacity`).
+        requested: u64,
+    },
+
     /// [`Db::changes_after`](crate::Db::changes_after) was given a log
     /// position that this store's log does not have.
     #[error(

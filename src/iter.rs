@@ -150,3 +150,12 @@ impl Db {
         crate::Iter::new(self)
     }
 }
+
+impl std::fmt::Debug for Iter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Iter")
+            .field("store", &self.store.path)
+            .field("slot", &self.slot)
+            .finish_non_exhaustive()
+    }
+}

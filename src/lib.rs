@@ -45,6 +45,7 @@
 #[cfg(not(all(unix, target_pointer_width = "64")))]
 compile_error!("mapkv needs a 64-bit Unix target (it maps files with MAP_SHARED)");
 
+mod admin;
 mod batch;
 mod cache;
 mod check;
@@ -53,12 +54,14 @@ mod db;
 mod engine;
 mod error;
 mod feed;
+mod flight;
 mod index;
 mod iter;
 mod log;
 mod multi;
 mod options;
 mod repair;
+mod rmw;
 #[allow(unsafe_code)]
 mod storage;
 #[doc(hidden)]
@@ -66,6 +69,27 @@ pub mod testing;
 mod value;
 
 pub use batch::Batch;
+/// The crate [`insert_pod`](Db::insert_pod) and [`get_pod`](Db::get_pod)
+/// take their `Pod` types from, re-exported so that you need not depend on
+/// it yourself. Its derives then need to be told where it is:
+///
+/// ```
+/// use mapkv::bytemuck::{Pod, Zeroable};
+///
+/// #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+/// #[bytemuck(crate = "mapkv::bytemuck")]
+/// #[repr(C)]
+/// struct Point {
+///     x: i32,
+///     y: i32,
+/// }
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let db = mapkv::Db::open(dir.path().join("pod.mapkv"))?;
+/// db.insert_pod(b"p", &Point { x: 1, y: -2 })?;
+/// assert_eq!(db.get_pod::<Point>(b"p")?, Some(Point { x: 1, y: -2 }));
+/// # Ok::<(), mapkv::Error>(())
+/// ```
+pub use bytemuck;
 pub use cache::CacheStats;
 pub use check::CheckReport;
 pub use compact::CompactReport;
@@ -75,7 +99,8 @@ pub use error::{Error, Result};
 pub use feed::{Change, Commit, LogPosition};
 pub use iter::Iter;
 pub use log::record::{MAX_KEY_LEN, MAX_VALUE_LEN};
-pub use multi::ReadView;
+pub use multi::{ReadView, Wait};
 pub use options::{Durability, Options};
 pub use repair::{Dropped, RepairReport};
+pub use rmw::CasFailure;
 pub use value::Value;

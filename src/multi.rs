@@ -16,6 +16,47 @@ use crate::storage::lock::futex_wait;
 use crate::storage::mapping::MapMode;
 use crate::{Db, Error, Result, Value};
 
+/// How [`Db::wait_for_change`] returned.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use mapkv::Wait;
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let db = mapkv::Db::open(dir.path().join("w.mapkv"))?;
+/// let seen = db.commit_seq();
+/// db.insert(b"k", b"v")?;
+/// let w = db.wait_for_change(seen, Duration::from_secs(1));
+/// assert_eq!(w, Wait::Changed(seen + 1));
+/// assert!(!w.timed_out());
+/// assert_eq!(w.seq(), db.commit_seq());
+/// # Ok::<(), mapkv::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Wait {
+    /// A commit newer than `since` landed: the newest commit's sequence
+    /// number.
+    Changed(u64),
+    /// The timeout passed with no newer commit (`since` is returned).
+    TimedOut(u64),
+}
+
+impl Wait {
+    /// The newest commit sequence number seen (`since` after a timeout).
+    pub fn seq(self) -> u64 {
+        match self {
+            Wait::Changed(s) | Wait::TimedOut(s) => s,
+        }
+    }
+
+    /// Whether the wait ended by its timeout.
+    pub fn timed_out(self) -> bool {
+        matches!(self, Wait::TimedOut(_))
+    }
+}
+
 /// A consistent view for [`Db::read_consistent`]: every read through it
 /// sees the store as of one commit.
 ///
@@ -133,8 +174,8 @@ impl Db {
 
     /// Block until a commit newer than `since` (a value from
     /// [`commit_seq`](Db::commit_seq)) lands, in this or any other process,
-    /// or until `timeout` passes. Returns the newest commit sequence number:
-    /// equal to `since` if it timed out.
+    /// or until `timeout` passes. Returns [`Wait::Changed`] with the newest
+    /// commit sequence number, or [`Wait::TimedOut`].
     ///
     /// No polling on Linux: waiters sleep on a futex in the shared mapping
     /// and every commit wakes them (writers make that system call only while
@@ -149,6 +190,7 @@ impl Db {
     ///
     /// ```
     /// use std::time::Duration;
+    /// use mapkv::Wait;
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let path = dir.path().join("wait.mapkv");
     /// let db = mapkv::Db::open(&path)?;
@@ -157,22 +199,27 @@ impl Db {
     ///     let other = mapkv::Db::open(&path)?; // another handle, as another process would
     ///     std::thread::spawn(move || other.insert(b"news", b"!"))
     /// };
-    /// let now = db.wait_for_change(seen, Duration::from_secs(10));
+    /// let now = match db.wait_for_change(seen, Duration::from_secs(10)) {
+    ///     Wait::Changed(now) => now,
+    ///     Wait::TimedOut(_) => panic!("no commit within 10 s"),
+    /// };
     /// assert!(now > seen);
     /// writer.join().unwrap()?;
     /// assert!(db.contains_key(b"news")?);
-    /// // Nothing new: returns `since` after the timeout.
-    /// assert_eq!(db.wait_for_change(now, Duration::from_millis(10)), now);
+    /// // Nothing new: a timeout, told apart from a change.
+    /// assert_eq!(db.wait_for_change(now, Duration::from_millis(10)), Wait::TimedOut(now));
     /// # Ok::<(), mapkv::Error>(())
     /// ```
-    pub fn wait_for_change(&self, since: u64, timeout: Duration) -> u64 {
+    pub fn wait_for_change(&self, since: u64, timeout: Duration) -> Wait {
         let deadline = Instant::now().checked_add(timeout);
         loop {
             // Resolve the store each time round: a compaction that moves it
             // wakes us through the old file's futex.
             let i = self.store();
             let Ok(c) = i.control() else {
-                return since;
+                // No control block to wait on (a damaged file): nothing
+                // can change it either.
+                return Wait::TimedOut(since);
             };
             let word = c.notify_word();
             // Registering is a store into the file: read-only handles poll.
@@ -201,7 +248,11 @@ impl Db {
                 c.waiters().fetch_sub(1, Ordering::SeqCst);
             }
             if done {
-                return now_seq;
+                return if now_seq != since {
+                    Wait::Changed(now_seq)
+                } else {
+                    Wait::TimedOut(since)
+                };
             }
         }
     }

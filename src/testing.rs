@@ -189,6 +189,12 @@ pub mod layout {
         pub const EVICT_RUNS: usize = offset_of!(ControlBlock, evict_runs);
         /// `session_boot`: 16 bytes, two u64 words.
         pub const SESSION_BOOT: usize = offset_of!(ControlBlock, session_boot);
+        /// `hits`: u64, store-wide cache hits.
+        pub const HITS: usize = offset_of!(ControlBlock, hits);
+        /// `misses`: u64, store-wide cache misses.
+        pub const MISSES: usize = offset_of!(ControlBlock, misses);
+        /// `ttl`: u64, 1 if the store may hold entries with an expiry.
+        pub const TTL: usize = offset_of!(ControlBlock, ttl);
         /// `notify`: u32, the change futex word.
         pub const NOTIFY: usize = offset_of!(ControlBlock, notify);
         /// `waiters`: u64.

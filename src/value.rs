@@ -141,3 +141,15 @@ impl From<Value> for Vec<u8> {
         v.into_vec()
     }
 }
+
+/// A value that owns `bytes` (no copy).
+///
+/// ```
+/// let v = mapkv::Value::from(b"abc".to_vec());
+/// assert_eq!(&*v, b"abc");
+/// ```
+impl From<Vec<u8>> for Value {
+    fn from(bytes: Vec<u8>) -> Value {
+        Value::from_parts(bytes, 0)
+    }
+}

@@ -211,8 +211,16 @@ fn the_capacity_is_stored_in_the_file() {
     assert!(std::fs::metadata(&path).unwrap().len() <= 2 * CAP);
     assert!(db.cache_stats().evictions > 0);
     db.close().unwrap();
-    // ...and an open with another capacity changes it, for every handle.
-    let small = cache(&path, CAP);
+    // ...an open with another capacity is refused, naming both...
+    match Options::new().capacity(CAP).open(&path) {
+        Err(mapkv::Error::CapacityMismatch {
+            stored, requested, ..
+        }) => assert_eq!((stored, requested), (2 * CAP, CAP)),
+        other => panic!("expected CapacityMismatch, got {:?}", other.map(|_| ())),
+    }
+    // ...and set_capacity changes it, for every handle.
+    let small = Db::open(&path).unwrap();
+    small.set_capacity(CAP).unwrap();
     let plain = Db::open(&path).unwrap();
     assert_eq!(plain.cache_stats().capacity, CAP);
     for i in 0..20_000u64 {

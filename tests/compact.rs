@@ -229,7 +229,7 @@ fn waiters_and_watchers_follow_a_compaction() {
     let pos = b.log_position();
     let seen = b.commit_seq();
     let waiter = std::thread::spawn(move || {
-        let now = b.wait_for_change(seen, Duration::from_secs(30));
+        let now = b.wait_for_change(seen, Duration::from_secs(30)).seq();
         (now, b.get(b"k").unwrap(), b)
     });
     std::thread::sleep(Duration::from_millis(50));

@@ -300,7 +300,10 @@ fn a_read_only_handle_leaves_the_file_byte_for_byte_unchanged() {
         ro.check().unwrap();
         let seq = ro.commit_seq();
         let waited = Instant::now();
-        assert_eq!(ro.wait_for_change(seq, Duration::from_millis(50)), seq);
+        assert_eq!(
+            ro.wait_for_change(seq, Duration::from_millis(50)),
+            mapkv::Wait::TimedOut(seq)
+        );
         assert!(waited.elapsed() >= Duration::from_millis(50));
         assert!(ro.insert("k", "v").is_err());
         ro.close().unwrap();
@@ -330,7 +333,7 @@ fn a_read_only_waiter_sees_a_commit_quickly() {
         db.insert("news", "!").unwrap();
         Instant::now()
     });
-    let now = ro.wait_for_change(seq, Duration::from_secs(10));
+    let now = ro.wait_for_change(seq, Duration::from_secs(10)).seq();
     let woke = Instant::now();
     let committed = w.join().unwrap();
     assert!(now > seq);

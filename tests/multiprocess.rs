@@ -908,7 +908,7 @@ impl<'a> Reader<'a> {
     fn wait(&mut self) {
         let since = self.db.commit_seq();
         let t = Instant::now();
-        let now = self.db.wait_for_change(since, WAIT_TIMEOUT);
+        let now = self.db.wait_for_change(since, WAIT_TIMEOUT).seq();
         let took = t.elapsed();
         if now < since {
             self.env.fail(format!(
@@ -935,7 +935,7 @@ impl<'a> Reader<'a> {
         }
         // A `since` in the past returns at once (no assertion on time: it
         // must just return a newer commit).
-        let past = self.db.wait_for_change(since, WAIT_TIMEOUT);
+        let past = self.db.wait_for_change(since, WAIT_TIMEOUT).seq();
         if past <= since {
             self.env.fail(format!(
                 "wait_for_change({since}) returned {past} although commit {now} had landed"
@@ -1293,7 +1293,7 @@ fn ro_reader_main(env: &ChildEnv) {
                 ));
             }
         }
-        if db.wait_for_change(since, Duration::from_millis(200)) > since {
+        if db.wait_for_change(since, Duration::from_millis(200)).seq() > since {
             woke += 1;
         }
     }

@@ -72,7 +72,7 @@ fn read_only_handle_follows_a_writer_that_joins_later() {
     assert_eq!(w2.stats().opened, OpenKind::Joined);
     drop(w2);
     w.insert(b"k", b"v1").unwrap();
-    assert!(ro.wait_for_change(seen, Duration::from_secs(10)) > seen);
+    assert!(ro.wait_for_change(seen, Duration::from_secs(10)).seq() > seen);
     assert_eq!(ro.get(b"k").unwrap().as_deref(), Some(&b"v1"[..]));
     assert!(matches!(ro.insert(b"x", b"y"), Err(Error::ReadOnly { .. })));
     ro.check().unwrap();
@@ -138,7 +138,7 @@ fn wait_for_change_wakes_on_commits_from_another_handle() {
     });
     let mut wakes = 0;
     while seen < 50 {
-        let now = waiter.wait_for_change(seen, Duration::from_secs(30));
+        let now = waiter.wait_for_change(seen, Duration::from_secs(30)).seq();
         assert!(now > seen, "timed out at {seen}");
         seen = now;
         wakes += 1;
@@ -151,7 +151,9 @@ fn wait_for_change_wakes_on_commits_from_another_handle() {
     );
     // No commit: times out and returns `since`.
     assert_eq!(
-        waiter.wait_for_change(seen, Duration::from_millis(20)),
+        waiter
+            .wait_for_change(seen, Duration::from_millis(20))
+            .seq(),
         seen
     );
 }

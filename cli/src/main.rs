@@ -550,7 +550,7 @@ fn watch(
         if commits.len() == 1024 {
             continue; // more are waiting
         }
-        let now = db.wait_for_change(seen, nap);
+        let now = db.wait_for_change(seen, nap).seq();
         if now == seen && idle.is_some() {
             return Ok(());
         }

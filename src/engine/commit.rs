@@ -177,6 +177,9 @@ impl Store {
             self.prefetch_keys(&t, d, ops.iter().map(|o| o.key()));
         }
         let c = self.control()?;
+        if ops.iter().any(|o| matches!(o, Op::PutTtl(..))) {
+            c.set_may_hold_ttl(true);
+        }
         c.begin();
         let mut st = wr.st;
         let mut off = start;

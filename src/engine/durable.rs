@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use crate::index::Desc;
 use crate::storage::file::{self, OpenLock};
-use crate::storage::meta::{Meta, FLAG_CLEAN, FORMAT_VERSION, MAGIC};
+use crate::storage::meta::{Meta, FLAG_CLEAN, FLAG_TTL, FORMAT_VERSION, MAGIC};
 use crate::storage::{self, FORMAT_PAGE, GRANULE, META_A_OFFSET, META_B_OFFSET};
 use crate::Error;
 
@@ -64,6 +64,10 @@ impl Store {
     /// `sync`. An unsynced meta may reach the disk at any time or never;
     /// either is fine, because it names only bytes that are already durable.
     pub(crate) fn write_meta(&self, wr: &mut Writer, flags: u32, sync: bool) -> Result<(), Error> {
+        // The meta says whether entries with an expiry may be live (read
+        // back at a clean open).
+        let ttl = self.control().is_ok_and(|c| c.may_hold_ttl());
+        let flags = flags | if ttl { FLAG_TTL } else { 0 };
         let m = Meta {
             magic: MAGIC,
             version: FORMAT_VERSION,

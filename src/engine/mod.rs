@@ -16,6 +16,7 @@
 //! | recover.rs | replay and rebuild (the index brought in line with the log) |
 
 mod apply;
+mod claim;
 mod commit;
 mod durable;
 mod grow;
@@ -95,6 +96,11 @@ pub(crate) struct Store {
     /// it alone.
     open_lock: Mutex<OpenLock>,
     poison: Poison,
+    /// Cache mode: reads through this handle not yet added to the store's
+    /// counters.
+    hits: read::HitCounters,
+    /// Single-flight claims this process holds (see claim.rs).
+    claims: Mutex<claim::Claims>,
     /// Closed (by `close_clean`), or never to be closed as ours: a
     /// compaction finished this file and moved the store on.
     closed: AtomicBool,
@@ -284,6 +290,7 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
+        self.flush_reads();
         // Errors cannot be reported from drop; the next open recovers.
         let _ = self.close_clean();
     }

@@ -568,6 +568,8 @@ impl Store {
                 OpenLock::Shared
             }),
             poison: Poison::default(),
+            claims: super::claim::new_claims(),
+            hits: Default::default(),
             // Nothing to close before recovery is done: see `finish`.
             closed: AtomicBool::new(true),
             opened: OpenKind::Clean,
@@ -623,6 +625,20 @@ impl Store {
         Ok(store.finish(opened))
     }
 
+    /// A capacity given at open must be the store's: a second process
+    /// must not resize a shared cache by accident (see
+    /// `Db::set_capacity`).
+    fn same_capacity(&self, opts: &Options, stored: u64) -> Result<(), Error> {
+        match opts.capacity {
+            Some(requested) if requested != stored => Err(Error::CapacityMismatch {
+                path: self.path.clone(),
+                stored,
+                requested,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Join the live session another handle runs. Taking the writer lock
     /// repairs the store if a writer died mid-change. If the store still
     /// says it was closed cleanly (only read-only handles had it open),
@@ -634,15 +650,11 @@ impl Store {
         }
         let mut wr = self.lock_writer()?;
         let c = self.control()?;
+        self.same_capacity(opts, c.capacity())?;
         c.writers().fetch_add(1, Ordering::AcqRel);
-        // A capacity given now replaces the store's.
-        let recap = opts.capacity.filter(|&b| b != c.capacity());
-        if let Some(b) = recap {
-            c.set_capacity(b);
-        }
         // Re-read under the lock: the last writer may have closed cleanly
         // since we read the meta.
-        if meta.is_clean() || recover::live_meta_is_clean(self) || recap.is_some() {
+        if meta.is_clean() || recover::live_meta_is_clean(self) {
             self.write_meta(&mut wr, 0, true)?;
         }
         Ok(OpenKind::Joined)
@@ -680,14 +692,16 @@ impl Store {
         }
         let start = |wr: &mut Writer, meta: &Meta| -> Result<OpenKind> {
             let c = self.control()?;
+            let stored = meta.capacity as u64 * GRANULE;
+            self.same_capacity(opts, stored)?;
             // Not alone, readers may be in the current table: a rebuild
             // writes a new one.
             let opened = recover::recover(self, wr, meta, boot_id, sole)?;
-            // The capacity given now, or the store's (0: not a cache).
-            c.set_capacity(opts.capacity.unwrap_or(meta.capacity as u64 * GRANULE));
+            // The store's capacity (0: not a cache).
+            c.set_capacity(stored);
             if opened == OpenKind::Rebuilt {
                 // After an OS crash the control block may hold anything.
-                c.set_cache_counters([0; 3]);
+                c.set_cache_counters([0; 5]);
             }
             // Clear the clean flag, and record this boot and the new
             // generation, durably before anything else is written.

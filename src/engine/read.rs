@@ -2,6 +2,8 @@
 //! record out and checks it. `get`, `get_into`, `get_pod`, the reads of
 //! `read_consistent`/`get_many` and iteration all come through here.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
 use crate::index::{self, Desc, Table};
 use crate::log::read::{now_ms, Dest, Load, Put};
 use crate::log::record::Header;
@@ -93,6 +95,14 @@ impl Store {
         Ok(live.then_some(at))
     }
 
+    /// The live entry of `key`, read whole (value and expiry), or `None`.
+    pub(crate) fn get_entry(&self, key: &[u8]) -> Result<Option<Put>> {
+        let mut buf = Vec::new();
+        Ok(self
+            .fetch(key, &mut buf)?
+            .map(|at| Put::from_loaded(buf, key.len(), at)))
+    }
+
     /// Find `key` and copy its value into `out`, which must be exactly the
     /// value's length; verify the record's CRC over the key and `out`.
     pub(crate) fn fetch_exact(&self, key: &[u8], out: &mut [u8]) -> Result<bool> {
@@ -144,6 +154,40 @@ impl Store {
         Ok(put)
     }
 
+    /// Count the entries of the current table: `(live, expired)`, where
+    /// expired ones are still stored but past their expiry. Reads every
+    /// live slot's record header (and expiry): O(entries), with the loads
+    /// of the next slots' records in flight.
+    pub(crate) fn count_entries(&self) -> Result<(u64, u64)> {
+        let (t, _) = self.table()?;
+        let rec = self.records();
+        let now = now_ms();
+        let (mut live, mut expired) = (0u64, 0u64);
+        const AHEAD: usize = 16;
+        let prefetch = |slot: usize| {
+            if let Some(word) = t.word_at(slot).filter(|&w| index::is_live(w)) {
+                self.arena.prefetch(index::word_offset(word), 64);
+            }
+        };
+        (0..AHEAD).for_each(prefetch);
+        let mut slot = 0;
+        while let Some(word) = t.word_at(slot) {
+            prefetch(slot + AHEAD);
+            slot += 1;
+            if !index::is_live(word) {
+                continue;
+            }
+            let off = index::word_offset(word);
+            let h = rec.header(off)?;
+            if rec.expired_at(off, &h, now)? {
+                expired += 1;
+            } else {
+                live += 1;
+            }
+        }
+        Ok((live, expired))
+    }
+
     /// The full hash of the key a live slot word points at.
     pub(crate) fn rehash(&self, word: u64) -> Result<u64> {
         let o = index::word_offset(word);
@@ -165,5 +209,116 @@ impl Store {
             t.set_freq(slot, word, f);
         }
         Ok(())
+    }
+}
+
+/// Hit and miss counters of a handle, striped over cache lines so that
+/// threads reading through clones of one handle do not contend on one
+/// line. Each stripe adds its counts to the store's (in the control block,
+/// shared by every process) once it has `FLUSH_EVERY`, and the rest when
+/// the handle reports [``Db::cache_stats``] or is dropped: one shared atomic
+/// add per batch of reads instead of one per read.
+pub(crate) struct HitCounters {
+    stripes: [Stripe; STRIPES],
+}
+
+const STRIPES: usize = 8;
+/// Reads a stripe counts before it adds them to the store's counters.
+const FLUSH_EVERY: u64 = 64;
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Stripe {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl Default for HitCounters {
+    fn default() -> Self {
+        HitCounters {
+            stripes: std::array::from_fn(|_| Stripe::default()),
+        }
+    }
+}
+
+impl HitCounters {
+    /// Count a read; `share`: add the counts to the store's once a
+    /// stripe has enough (a read-only handle cannot write them there).
+    #[inline]
+    fn record(&self, store: &Store, hit: bool, share: bool) {
+        thread_local! {
+            static STRIPE: usize = {
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES
+            };
+        }
+        let s = &self.stripes[STRIPE.with(|s| *s)];
+        let c = if hit { &s.hits } else { &s.misses };
+        if c.fetch_add(1, Ordering::Relaxed) + 1 >= FLUSH_EVERY && share {
+            let n = c.swap(0, Ordering::Relaxed);
+            if let Ok(ctl) = store.control() {
+                let (h, m) = if hit { (n, 0) } else { (0, n) };
+                ctl.add_reads(h, m);
+            }
+        }
+    }
+
+    /// The counts not added to the store's yet: `(hits, misses)`.
+    fn pending(&self) -> (u64, u64) {
+        self.stripes.iter().fold((0, 0), |(h, m), s| {
+            (
+                h + s.hits.load(Ordering::Relaxed),
+                m + s.misses.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Add every count not added yet to the store's counters.
+    fn flush(&self, store: &Store) {
+        let Ok(ctl) = store.control() else {
+            return;
+        };
+        for s in &self.stripes {
+            let (h, m) = (
+                s.hits.swap(0, Ordering::Relaxed),
+                s.misses.swap(0, Ordering::Relaxed),
+            );
+            ctl.add_reads(h, m);
+        }
+    }
+}
+
+impl Store {
+    /// Count a read for the hit ratio (cache mode). A read-write handle
+    /// adds its counts to the store's, shared by every process; a
+    /// read-only one cannot write them there and keeps its own.
+    #[inline]
+    pub(crate) fn count_read(&self, hit: bool) {
+        if self.is_cache() {
+            self.record_read(hit);
+        }
+    }
+
+    /// Out of line: keeps the database-mode read path as small as before.
+    #[inline(never)]
+    fn record_read(&self, hit: bool) {
+        self.hits.record(self, hit, !self.read_only());
+    }
+
+    /// Reads of a read-only handle, which only it can see: `(hits,
+    /// misses)` (0 for a read-write handle, whose reads the store counts).
+    pub(crate) fn own_reads(&self) -> (u64, u64) {
+        if self.read_only() {
+            self.hits.pending()
+        } else {
+            (0, 0)
+        }
+    }
+
+    /// Add this handle's uncounted reads to the store's counters.
+    pub(crate) fn flush_reads(&self) {
+        if !self.read_only() {
+            self.hits.flush(self);
+        }
     }
 }

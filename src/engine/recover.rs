@@ -125,6 +125,9 @@ pub(crate) fn recover(
     if meta.is_clean() && plausible(store, &clean) && sample_ok(store, &clean) {
         wr.st = clean;
         publish(store, wr);
+        store
+            .control()?
+            .set_may_hold_ttl(meta.flags & meta::FLAG_TTL != 0);
         return Ok(OpenKind::Clean);
     }
     // Every check below reads only; nothing is written to the file until
@@ -434,7 +437,9 @@ fn replay(store: &Store, wr: &mut Writer, plan: ReplayPlan) -> Result<()> {
             records, seq_gen, ..
         } = item
         {
-            apply_records(store, &t, &mut st, &records)?;
+            if apply_records(store, &t, &mut st, &records)? {
+                store.control()?.set_may_hold_ttl(true);
+            }
             st.seq_gen = seq_gen;
         }
     }
@@ -442,17 +447,21 @@ fn replay(store: &Store, wr: &mut Writer, plan: ReplayPlan) -> Result<()> {
     Ok(())
 }
 
+/// Apply a commit's records to `t`. Returns whether one of them is a put
+/// with an expiry.
 fn apply_records(
     store: &Store,
     t: &Table<'_>,
     st: &mut State,
     records: &[RecordRef],
-) -> Result<()> {
+) -> Result<bool> {
+    let mut ttl = false;
     for r in records {
         let key = store.records().key(r.off, &r.header)?;
         store.apply(t, st, r.off, &r.header, &key)?;
+        ttl |= r.header.has_ttl();
     }
-    Ok(())
+    Ok(ttl)
 }
 
 fn heap_table(log2: u32) -> Vec<std::sync::atomic::AtomicU64> {
@@ -469,6 +478,8 @@ pub(crate) struct Scanned {
     chunks: Vec<Desc>,
     /// Where and why the valid log ends.
     pub(crate) stop: crate::log::Stop,
+    /// The log holds a put with an expiry (which may still be live).
+    ttl: bool,
 }
 
 /// Read-only first half of a rebuild: verify the whole log and build the
@@ -481,6 +492,7 @@ pub(crate) fn scan_log(store: &Store, meta: &Meta) -> Result<Scanned> {
         ..State::default()
     };
     let mut chunks: Vec<Desc> = Vec::new();
+    let mut ttl = false;
     let mut sc = Scanner::new(
         &store.arena,
         store.salt,
@@ -503,7 +515,7 @@ pub(crate) fn scan_log(store: &Store, meta: &Meta) -> Result<Scanned> {
                     log2 = nl;
                     st.index_used = n;
                 }
-                apply_records(store, &Table::new(&heap, log2), &mut st, &records)?;
+                ttl |= apply_records(store, &Table::new(&heap, log2), &mut st, &records)?;
             }
             Ok(Item::Index { desc, .. }) => chunks.push(desc),
             Err(stop) => break stop,
@@ -524,6 +536,7 @@ pub(crate) fn scan_log(store: &Store, meta: &Meta) -> Result<Scanned> {
         st,
         chunks,
         stop,
+        ttl,
     })
 }
 
@@ -539,8 +552,11 @@ pub(crate) fn install(store: &Store, wr: &mut Writer, scanned: Scanned, reuse: b
         log2,
         mut st,
         chunks,
+        ttl,
         ..
     } = scanned;
+    // Whether entries with an expiry may be live: as the log says.
+    store.control()?.set_may_hold_ttl(ttl);
     let target = chunks
         .iter()
         .copied()

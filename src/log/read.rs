@@ -54,6 +54,17 @@ pub(crate) struct Put {
 }
 
 impl Put {
+    /// The put `Records::load` copied into `buf` (key, then the value
+    /// area), its value at `value_at`.
+    pub(crate) fn from_loaded(buf: Vec<u8>, key_len: usize, value_at: usize) -> Put {
+        let expires = (value_at > key_len).then(|| expiry_of(&buf[key_len..]));
+        Put {
+            buf,
+            key_len,
+            expires,
+        }
+    }
+
     pub(crate) fn key(&self) -> &[u8] {
         &self.buf[..self.key_len]
     }

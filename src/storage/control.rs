@@ -45,7 +45,13 @@
 //! 168    16   session_boot    boot id of the writer that started the
 //!                             current session (the control block is live
 //!                             state only within that boot); two words
-//! 184    72   (unused)        padding: `notify` starts a cache line
+//! 184    8    hits            reads that found their key, by every handle
+//!                             (cache mode; handles add theirs in batches)
+//! 192    8    misses          and reads that did not
+//! 200    8    ttl             1 if the store may hold entries with an
+//!                             expiry (`len` then counts the live ones by
+//!                             looking), 0 if it holds none
+//! 208    48   (unused)        padding: `notify` starts a cache line
 //! 256    4    notify          u32 futex word, bumped after every commit
 //! 260    4    (unused)        high half of notify's word
 //! 264    8    waiters         processes sleeping on `notify` (writers skip
@@ -119,7 +125,10 @@ pub(crate) struct ControlBlock {
     pub(crate) evict_runs: AtomicU64,
     /// 16 bytes of boot id, as two little-endian words.
     pub(crate) session_boot: [AtomicU64; 2],
-    _pad_to_notify: [AtomicU64; 9],
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) ttl: AtomicU64,
+    _pad_to_notify: [AtomicU64; 6],
     /// The change futex: bumped after every commit.
     pub(crate) notify: AtomicU32,
     _notify_high: AtomicU32,
@@ -172,7 +181,10 @@ const _: () = {
     assert!(offset_of!(ControlBlock, evict_runs) == 160);
     assert!(offset_of!(ControlBlock, session_boot) == 168);
     assert!(size_of::<[AtomicU64; 2]>() == 16);
-    assert!(offset_of!(ControlBlock, _pad_to_notify) == 184);
+    assert!(offset_of!(ControlBlock, hits) == 184);
+    assert!(offset_of!(ControlBlock, misses) == 192);
+    assert!(offset_of!(ControlBlock, ttl) == 200);
+    assert!(offset_of!(ControlBlock, _pad_to_notify) == 208);
     assert!(offset_of!(ControlBlock, notify) == 256);
     assert!(offset_of!(ControlBlock, _notify_high) == 260);
     assert!(offset_of!(ControlBlock, waiters) == 264);
@@ -376,20 +388,41 @@ impl<'a> Control<'a> {
     }
 
     /// The cache counter words, in the order of `cache_counters`.
-    fn counter_words(&self) -> [&'a AtomicU64; 3] {
+    fn counter_words(&self) -> [&'a AtomicU64; 5] {
         let b = self.block;
-        [&b.evicted, &b.expired, &b.evict_runs]
+        [&b.evicted, &b.expired, &b.evict_runs, &b.hits, &b.misses]
     }
 
-    /// Cache counters: entries evicted, expired entries dropped, and
-    /// evictions run, since the store was created (they move with the
-    /// store to a compaction's new file; statistics only, zeroed when
-    /// recovery cannot trust the control block).
-    pub(crate) fn cache_counters(&self) -> [u64; 3] {
+    /// Cache counters: entries evicted, expired entries dropped,
+    /// evictions run, hits and misses, since the store was created (they
+    /// move with the store to a compaction's new file; statistics only,
+    /// zeroed when recovery cannot trust the control block).
+    pub(crate) fn cache_counters(&self) -> [u64; 5] {
         self.counter_words().map(|w| w.load(Ordering::Acquire))
     }
 
-    pub(crate) fn set_cache_counters(&self, v: [u64; 3]) {
+    /// Add a handle's hits and misses to the store's.
+    pub(crate) fn add_reads(&self, hits: u64, misses: u64) {
+        if hits > 0 {
+            self.block.hits.fetch_add(hits, Ordering::Relaxed);
+        }
+        if misses > 0 {
+            self.block.misses.fetch_add(misses, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the store may hold entries with an expiry.
+    pub(crate) fn may_hold_ttl(&self) -> bool {
+        self.block.ttl.load(Ordering::Acquire) != 0
+    }
+
+    /// Say whether the store may hold entries with an expiry (a writer,
+    /// before it publishes a TTL put; recovery; compaction).
+    pub(crate) fn set_may_hold_ttl(&self, yes: bool) {
+        self.block.ttl.store(yes as u64, Ordering::Release);
+    }
+
+    pub(crate) fn set_cache_counters(&self, v: [u64; 5]) {
         for (w, v) in self.counter_words().into_iter().zip(v) {
             w.store(v, Ordering::Release);
         }
@@ -520,7 +553,7 @@ mod tests {
         fields!(ControlBlock: magic, version, tail, seq_gen, index_desc, index_used, live_keys,
             live_bytes, generation, file_len, durable_tail, durable_seq_gen, durable_len,
             meta_seq, synced_copy, writer, writers, capacity, evicted, expired, evict_runs,
-            session_boot, notify, waiters, writer_lock)
+            session_boot, hits, misses, ttl, notify, waiters, writer_lock)
     }
 
     #[test]
@@ -612,7 +645,7 @@ mod tests {
         c.set_writer(14);
         c.writers().store(15, Ordering::Relaxed);
         c.set_capacity(16);
-        c.set_cache_counters([17, 18, 19]);
+        c.set_cache_counters([17, 18, 19, 20, 21]);
         c.set_session_boot(&[0x20; 16]);
         c.waiters().store(21, Ordering::Relaxed);
         c.notify_word().store(22, Ordering::Relaxed);
@@ -633,7 +666,7 @@ mod tests {
         a.read(WRITER_LOCK_OFFSET, &mut b).unwrap();
         assert_eq!(u64::from_le_bytes(b), 23);
         assert_eq!(c.session_boot(), [0x20; 16]);
-        assert_eq!(c.cache_counters(), [17, 18, 19]);
+        assert_eq!(c.cache_counters(), [17, 18, 19, 20, 21]);
     }
 
     #[test]

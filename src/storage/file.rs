@@ -99,6 +99,23 @@ const OPEN_LOCK_BYTE: i64 = COMPACT_LOCK_BYTE + 1;
 /// lock tell a live holder from a dead one.
 const REGISTRATION_BYTE: i64 = COMPACT_LOCK_BYTE + 4096;
 
+/// Single-flight claims (`Db::get_or_insert_with`): a caller computing a
+/// missing key holds a write lock on byte `CLAIM_BYTE + bucket`, where the
+/// bucket comes from the key's hash; the kernel drops it if the caller
+/// dies.
+const CLAIM_BYTE: i64 = COMPACT_LOCK_BYTE + (1 << 32);
+/// How many claim buckets there are (keys that share one wait for each
+/// other, then each computes: correct, only slower).
+pub(crate) const CLAIM_BUCKETS: u64 = 1 << 20;
+
+/// Take (`true`) or release the single-flight claim of `bucket` through
+/// `file` (open for writing), without waiting. `Ok(false)`: another open
+/// file description holds it.
+pub(crate) fn claim(file: &File, bucket: u64, take: bool) -> io::Result<bool> {
+    let at = CLAIM_BYTE + (bucket % CLAIM_BUCKETS) as i64;
+    ofd_set(file, at, if take { Ofd::Write } else { Ofd::Unlock })
+}
+
 /// The kinds of [`ofd_set`] lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Ofd {

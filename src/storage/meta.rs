@@ -10,7 +10,8 @@
 //!                          with the higher value wins
 //! 24     8    hash_seed    random per file: seeds the key hash (xxh3)
 //! 32     4    crc_salt     random per file: initial value of every CRC
-//! 36     4    flags        bit 0 CLEAN: closed cleanly, index durable
+//! 36     4    flags        bit 0 CLEAN: closed cleanly, index durable;
+//!                          bit 1 TTL: may hold entries with an expiry
 //! 40     16   boot_id      boot of the last writer that opened the file
 //! 56     8    file_len     file length that is durable (fsync'd)
 //! 64     8    tail         log tail that is durable: every byte below was
@@ -50,6 +51,9 @@ pub(crate) const FORMAT_VERSION: u32 = 2;
 pub(crate) const UPGRADABLE_VERSION: u32 = 1;
 /// Meta flag: the store was closed cleanly and the index is durable.
 pub(crate) const FLAG_CLEAN: u32 = 1;
+/// Meta flag: the store may hold entries with an expiry (see the control
+/// block's `ttl` word).
+pub(crate) const FLAG_TTL: u32 = 2;
 
 /// Size of the encoded meta.
 pub(crate) const META_LEN: usize = 128;
