@@ -465,7 +465,7 @@ impl Db {
 impl Db {
     /// Insert `key` with `value`, replacing any previous value.
     ///
-    /// With [`Durability::Sync`] the write is on stable storage when this
+    /// With [`Durability::Sync`](crate::Durability::Sync) the write is on stable storage when this
     /// returns; otherwise it survives a process crash but not an OS crash
     /// until the next [`flush`](Db::flush).
     ///

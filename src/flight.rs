@@ -21,6 +21,8 @@ impl Db {
     /// others wait and return the value it stored. Precisely:
     ///
     /// - A caller that finds the key runs nothing and returns its value.
+    ///   For [`cache_stats`](Db::cache_stats), a call is one read: a hit if
+    ///   it found the key at once, else a miss.
     /// - Otherwise it claims the key (a lock the kernel drops if the
     ///   process dies) and runs `f` only if the claim is its own; having
     ///   claimed, it looks once more, so a value stored meanwhile is
@@ -102,15 +104,23 @@ impl Db {
             Ok(v) => self.insert_or_get(k, &v, ttl).map(Ok),
             Err(e) => Ok(Err(e)),
         };
+        // One read for the hit ratio: a hit if the first look finds the
+        // key, else a miss (the looks while waiting are not counted).
+        let mut first = true;
         loop {
             let seen = self.commit_seq();
-            if let Some(v) = self.get(k)? {
+            let found = self.look(k)?;
+            if first {
+                self.count_read(&self.store(), found.is_some());
+                first = false;
+            }
+            if let Some(v) = found {
                 return Ok(Ok(v));
             }
             let store = arc_swap::Guard::into_inner(self.store());
             if let Some(claim) = store.try_claim(k)? {
                 // Stored between our look and our claim?
-                if let Some(v) = self.get(k)? {
+                if let Some(v) = self.look(k)? {
                     return Ok(Ok(v));
                 }
                 let r = compute(Box::new(f));
@@ -125,5 +135,12 @@ impl Db {
             // A commit (the value landing, most likely) wakes us at once.
             let _ = self.wait_for_change(seen, NAP.min(deadline - now));
         }
+    }
+
+    /// `get` without counting the read for the hit ratio.
+    fn look(&self, k: &[u8]) -> Result<Option<Value>> {
+        let mut buf = Vec::new();
+        let found = self.read(|s| s.fetch(k, &mut buf))?;
+        Ok(found.map(|at| Value::from_parts(buf, at)))
     }
 }

@@ -35,6 +35,41 @@
 //! # Ok::<(), mapkv::Error>(())
 //! ```
 //!
+//! ## A cache shared by processes
+//!
+//! Give the store a capacity and it never grows past it: a write that would
+//! need more evicts the oldest entries (those read since they were written
+//! get a second chance), in a new file every handle moves to. Entries may
+//! expire ([`Db::insert_with_ttl`], [`Db::expire`]). Of several processes
+//! that miss the same key at once, [`Db::get_or_insert_with`] computes it
+//! in one; [`Db::insert_if_absent`], [`Db::compare_and_swap`] and
+//! [`Db::increment`] are atomic across processes; [`Db::cache_stats`]
+//! counts hits and misses of every process.
+//!
+//! ```
+//! use std::time::Duration;
+//! use mapkv::Options;
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let path = dir.path().join("cache.mapkv");
+//! // Every worker process opens the same file; the first one creates it.
+//! let cache = Options::new().capacity(64 << 20).open(&path)?;
+//! let page = cache.get_or_insert_with(b"/index.html", Some(Duration::from_secs(30)), || {
+//!     b"<html>rendered once, by one process</html>".to_vec()
+//! })?;
+//! assert!(page.starts_with(b"<html>"));
+//! assert_eq!(cache.increment(b"visits", 1)?, 1);
+//! # Ok::<(), mapkv::Error>(())
+//! ```
+//!
+//! ## Keeping the file small
+//!
+//! The log only grows: overwritten and removed entries leave dead space
+//! until [`Db::compact`] rewrites the live entries into a new file, online
+//! (readers never wait, writers only for the last commits), or
+//! [`Options::auto_compact`] does it when the log is mostly dead.
+//! [`Db::backup`] writes a compacted, consistent copy elsewhere, and
+//! [`Db::clear`] empties the store for everyone.
+//!
 //! See `docs/ARCHITECTURE.md` and `docs/FORMAT.md` in the repository for how
 //! it works and the byte layout of the file.
 
@@ -45,6 +80,7 @@
 #[cfg(not(all(unix, target_pointer_width = "64")))]
 compile_error!("mapkv needs a 64-bit Unix target (it maps files with MAP_SHARED)");
 
+// `db` first: rustdoc lists `Db`'s methods in this order, `open` first.
 mod admin;
 mod batch;
 mod cache;

@@ -14,7 +14,7 @@ const MAX_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(100
 ///
 /// In every mode, after any crash: opening succeeds, no call returns a value
 /// that was never written, a commit (a batch too) is all-or-nothing, and
-/// everything acknowledged under `Sync`, or before a [`Db::flush`] that
+/// everything acknowledged under `Sync`, or before a [`Db::flush`](crate::Db::flush) that
 /// returned, is there with its exact bytes.
 ///
 /// # Examples
@@ -42,7 +42,7 @@ pub enum Durability {
     /// No system call on the write path. The write is in the page cache when
     /// the call returns: it survives the crash of this or any process, but an
     /// OS crash or power loss may lose writes since the last
-    /// [`Db::flush`] or synced commit (never more, never a partial commit).
+    /// [`Db::flush`](crate::Db::flush) or synced commit (never more, never a partial commit).
     #[default]
     None,
     /// As `None`, and write-back of the commit's bytes is started
@@ -57,7 +57,7 @@ pub enum Durability {
 }
 
 /// Options for opening a store. `Options::new().open(path)` equals
-/// [`Db::open`].
+/// [`Db::open`](crate::Db::open).
 ///
 /// ```
 /// use mapkv::{Durability, Options};
@@ -385,7 +385,7 @@ impl Options {
 
     /// Compact automatically: when a commit leaves more than `fraction` of
     /// the log dead (overwritten or removed data, old index tables) and the
-    /// log is over 1 MiB, a background thread runs [`Db::compact`]. `None`
+    /// log is over 1 MiB, a background thread runs [`Db::compact`](crate::Db::compact). `None`
     /// (the default) never compacts by itself. Values are clamped to
     /// 0.1..=0.95; NaN means `None`.
     ///

@@ -111,6 +111,10 @@ fn child() {
                 db.insert(format!("{who}{i}"), b"v").unwrap();
             }
             if pid == 0 {
+                // The child lets go of the handle it inherited: that must
+                // not close the parent's session (count it out as a
+                // writer, mark the store clean).
+                drop(db);
                 // SAFETY: leave the forked child without running the
                 // parent's destructors or the harness.
                 unsafe { libc::_exit(0) };
@@ -119,6 +123,11 @@ fn child() {
             // SAFETY: waiting for our own child.
             unsafe { libc::waitpid(pid, &mut status, 0) };
             assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+            assert!(
+                !newest_meta_is_clean(&path),
+                "the child's drop marked the store clean under the parent"
+            );
+            db.insert(b"after the child", b"v").unwrap();
             say("done");
         }
         // Open (after a simulated reboot, by MAPKV_BOOT_ID), insert `key`,
@@ -265,6 +274,24 @@ fn read_lock_everything(ro: &std::fs::File) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Whether the newest valid meta copy of the store says "closed cleanly".
+fn newest_meta_is_clean(path: &Path) -> bool {
+    use mapkv::testing::layout::{self, meta};
+    let b = std::fs::read(path).unwrap();
+    let word = |at: usize, n: usize| {
+        let mut w = [0u8; 8];
+        w[..n].copy_from_slice(&b[at..at + n]);
+        u64::from_le_bytes(w)
+    };
+    let newest = layout::META_COPIES
+        .iter()
+        .map(|&c| c as usize)
+        .filter(|&c| b[c..c + 8] == layout::META_MAGIC)
+        .max_by_key(|&c| word(c + meta::META_SEQ, 8))
+        .expect("a meta copy");
+    word(newest + meta::FLAGS, 4) & layout::FLAG_CLEAN as u64 != 0
 }
 
 fn new_store(dir: &Path) -> PathBuf {
@@ -478,7 +505,7 @@ fn forked_processes_exclude_each_other() {
     kid.expect("done");
     kid.wait_ok();
     let db = Db::open(&path).unwrap();
-    assert_eq!(db.len(), 1500);
+    assert_eq!(db.len(), 1501);
     for who in ["pre", "parent", "child"] {
         for i in 0..500 {
             assert!(db.get(format!("{who}{i}")).unwrap().is_some(), "{who}{i}");

@@ -107,6 +107,24 @@ enum Op {
     },
     /// Compact the store into a new file (the handle follows it).
     Compact,
+    /// Insert only if absent.
+    InsertIfAbsent { key: u8, value: Val },
+    /// Compare and swap: expect the model's value (or a wrong one), and
+    /// set a new value or remove.
+    Cas {
+        key: u8,
+        expect_current: bool,
+        new: Option<Val>,
+    },
+    /// Add to an 8-byte counter (an error for a value of another length).
+    Increment { key: u8, delta: i16 },
+    /// Set (0: an hour, 1: zero, which removes it) or clear (else) the
+    /// key's expiry.
+    Expire { key: u8, how: u8 },
+    /// Read through: the stored value, or `value` stored now.
+    GetOrInsert { key: u8, value: Val },
+    /// Remove every entry.
+    Clear,
 }
 
 /// The u8 key space, mapped to keys of different lengths (0 to 300 bytes;
@@ -193,6 +211,26 @@ impl Harness {
             seen.insert(k.to_vec(), v.to_vec());
         }
         self.model = seen;
+    }
+
+    /// Evictions run so far (cache mode).
+    fn runs(&self) -> u64 {
+        self.db().cache_stats().eviction_runs
+    }
+
+    /// Cache mode: an eviction ran since `runs` (a write that found the
+    /// cache full evicts, then runs again, reading anew): the model cannot
+    /// say what the operation saw, so take the key as the store has it,
+    /// and the other entries the eviction took go at the end of the step.
+    fn evicted_since(&mut self, runs: u64, k: &[u8]) -> bool {
+        if !self.cache || self.runs() == runs {
+            return false;
+        }
+        match self.db().get(k).expect("get after an eviction") {
+            Some(v) => self.model.insert(k.to_vec(), v.to_vec()),
+            None => self.model.remove(k),
+        };
+        true
     }
 
     fn expect_get(&self, k: &[u8], what: &str) {
@@ -394,6 +432,152 @@ impl Harness {
                         self.db = rw;
                     }
                 }
+            }
+            Op::InsertIfAbsent { key: k, value } => {
+                let (k, v) = (key(*k), value.bytes());
+                self.forget_evicted("before insert_if_absent");
+                let runs = self.runs();
+                let r = match self.db().insert_if_absent(&k, &v) {
+                    Err(Error::OutOfSpace { .. }) if self.cache => return,
+                    r => r.expect("insert_if_absent"),
+                };
+                if self.evicted_since(runs, &k) {
+                    return;
+                }
+                assert_eq!(r, !self.model.contains_key(&k), "insert_if_absent {k:?}");
+                if r {
+                    self.model.insert(k.clone(), v);
+                }
+                self.expect_get(&k, "after insert_if_absent");
+            }
+            Op::Cas {
+                key: k,
+                expect_current,
+                new,
+            } => {
+                let k = key(*k);
+                self.forget_evicted("before compare_and_swap");
+                let cur = self.model.get(&k).cloned();
+                let expected = if *expect_current {
+                    cur.clone()
+                } else {
+                    Some(b"\xffnever stored".to_vec())
+                };
+                let new = new.as_ref().map(|v| v.bytes());
+                let runs = self.runs();
+                let r = match self
+                    .db()
+                    .compare_and_swap(&k, expected.as_deref(), new.as_deref())
+                {
+                    Err(Error::OutOfSpace { .. }) if self.cache => return,
+                    r => r.expect("compare_and_swap"),
+                };
+                if self.evicted_since(runs, &k) {
+                    return;
+                }
+                if expected == cur {
+                    assert!(r.is_ok(), "compare_and_swap {k:?} should swap");
+                    match new {
+                        Some(n) => self.model.insert(k.clone(), n),
+                        None => self.model.remove(&k),
+                    };
+                } else {
+                    let failed = r.expect_err("compare_and_swap should fail");
+                    assert_eq!(failed.current.map(|v| v.to_vec()), cur, "cas current");
+                }
+                self.expect_get(&k, "after compare_and_swap");
+            }
+            Op::Increment { key: k, delta } => {
+                let k = key(*k);
+                self.forget_evicted("before increment");
+                let delta = *delta as i64;
+                let runs = self.runs();
+                let r = self.db().increment(&k, delta);
+                if matches!(r, Err(Error::OutOfSpace { .. })) && self.cache {
+                    return;
+                }
+                if self.evicted_since(runs, &k) {
+                    return;
+                }
+                match self.model.get(&k) {
+                    None => {
+                        assert_eq!(r.expect("increment"), delta);
+                        self.model.insert(k.clone(), delta.to_le_bytes().to_vec());
+                    }
+                    Some(v) if v.len() == 8 => {
+                        let old = i64::from_le_bytes(v[..].try_into().unwrap());
+                        match old.checked_add(delta) {
+                            Some(n) => {
+                                assert_eq!(r.expect("increment"), n);
+                                self.model.insert(k.clone(), n.to_le_bytes().to_vec());
+                            }
+                            None => assert!(matches!(r, Err(Error::Overflow { .. })), "{r:?}"),
+                        }
+                    }
+                    Some(v) => assert!(
+                        matches!(r, Err(Error::ValueSize { expected: 8, found }) if found == v.len()),
+                        "increment of a {}-byte value: {r:?}",
+                        v.len()
+                    ),
+                }
+                self.expect_get(&k, "after increment");
+            }
+            Op::Expire { key: k, how } => {
+                let k = key(*k);
+                self.forget_evicted("before expire");
+                let ttl = match how % 3 {
+                    0 => Some(std::time::Duration::from_secs(3600)),
+                    1 => Some(std::time::Duration::ZERO),
+                    _ => None,
+                };
+                let runs = self.runs();
+                let r = match self.db().expire(&k, ttl) {
+                    Err(Error::OutOfSpace { .. }) if self.cache => return,
+                    r => r.expect("expire"),
+                };
+                if self.evicted_since(runs, &k) {
+                    return;
+                }
+                assert_eq!(r, self.model.contains_key(&k), "expire {k:?}");
+                if ttl == Some(std::time::Duration::ZERO) {
+                    self.model.remove(&k);
+                }
+                let left = self.db().time_to_live(&k).expect("time_to_live");
+                assert_eq!(left.is_some(), r && how % 3 == 0, "time_to_live {k:?}");
+                self.expect_get(&k, "after expire");
+            }
+            Op::GetOrInsert { key: k, value } => {
+                let (k, v) = (key(*k), value.bytes());
+                self.forget_evicted("before get_or_insert_with");
+                let runs = self.runs();
+                let mut ran = false;
+                let got = match self.db().get_or_insert_with(&k, None, || {
+                    ran = true;
+                    v.clone()
+                }) {
+                    Err(Error::OutOfSpace { .. }) if self.cache => return,
+                    r => r.expect("get_or_insert_with"),
+                };
+                if self.evicted_since(runs, &k) {
+                    return;
+                }
+                match self.model.get(&k) {
+                    Some(old) => {
+                        assert!(!ran, "get_or_insert_with computed a present key");
+                        assert_eq!(&got[..], &old[..]);
+                    }
+                    None => {
+                        assert!(ran, "get_or_insert_with did not compute");
+                        assert_eq!(&got[..], &v[..]);
+                        self.model.insert(k.clone(), v);
+                    }
+                }
+                self.expect_get(&k, "after get_or_insert_with");
+            }
+            Op::Clear => {
+                self.db().clear().expect("clear");
+                self.model.clear();
+                self.verify_all("after clear");
             }
             Op::Large { key: k, byte } => {
                 let (k, v) = (key(*k), vec![*byte; 70_000 + *byte as usize]);

@@ -113,9 +113,15 @@ impl Store {
     /// Close. The last read-write handle (in any process) makes everything
     /// durable and marks the store clean; if no other handle at all has the
     /// file open, it also gives back the space past the tail. Otherwise
-    /// closing just lets go: the other handles carry on.
+    /// closing just lets go: the other handles carry on. In a child
+    /// forked from the process that opened the handle, closing only lets
+    /// go: the session is the parent's (the child never counted itself in
+    /// as a writer), so it must not be counted out or marked clean.
     pub(crate) fn close_clean(&self) -> Result<(), Error> {
         if self.read_only() || self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if self.arena.opener_pid() != std::process::id() {
             return Ok(());
         }
         self.check_writable()?;

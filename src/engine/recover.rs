@@ -527,9 +527,13 @@ pub(crate) fn scan_log(store: &Store, meta: &Meta) -> Result<Scanned> {
     }
     .check(store, tail, &stop)?;
     st.tail = tail;
+    // A log without commits goes on from the meta's last commit: a
+    // compaction's new file that copied nothing continues its store's
+    // sequence (counting from 0 again would send `commit_seq` back, and
+    // make a later crash image fail the replay checks).
     st.seq_gen = sc
         .last_seq_gen()
-        .unwrap_or(seq_gen(0, st.generation as u16));
+        .unwrap_or(seq_gen(seq_of(meta.seq_gen), st.generation as u16));
     Ok(Scanned {
         heap,
         log2,
