@@ -149,7 +149,7 @@ fn put_get_del_round_trip() {
     let r = mapkv(["get", "--json", f, "nope"], None);
     assert_eq!(r.code, 1);
     assert!(r.json()["value"].is_null());
-    let j = ok(["--json", "put", f, "k", "v"], None).json();
+    let j = ok(["put", "--json", f, "k", "v"], None).json();
     assert_eq!(j["ok"], true);
     let j = ok(["del", f, "k", "--json"], None).json();
     assert_eq!(j["removed"], true);
@@ -401,7 +401,7 @@ fn dump_then_load_round_trips_every_byte() {
         Some(want.len().div_ceil(1000) as u64)
     );
 
-    // A bad line: named, and the batches before it are kept.
+    // A bad line: named; the store did not exist, so none is left behind.
     let mut bad = dump.clone();
     bad.extend_from_slice(b"\n{\"key\":\"a2V5\"}\n");
     let fourth = d.path().join("fourth.mapkv");
@@ -409,10 +409,26 @@ fn dump_then_load_round_trips_every_byte() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     let line = want.len() + 2;
     assert!(
-        r.stderr.contains(&format!("line {line}:")) && r.stderr.contains("no \"value\" field"),
+        r.stderr.contains(&format!("line {line}:"))
+            && r.stderr.contains("no \"value\" field")
+            && r.stderr.contains("nothing was loaded"),
         "{}",
         r.stderr
     );
+    assert!(!fourth.exists());
+    // Into an existing store, the batches before the bad line are kept.
+    ok(["put", p(&fourth), "first", "1"], None);
+    let r = mapkv(["load", "--batch", "1000", p(&fourth)], Some(&bad));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(want.len(), 3_002);
+    assert!(
+        r.stderr.contains("3,000 entries committed before it"),
+        "{}",
+        r.stderr
+    );
+    let db = mapkv::Options::new().read_only(true).open(&fourth).unwrap();
+    assert_eq!(db.len(), 3_001);
+    drop(db);
     for junk in [
         &b"not json\n"[..],
         b"[1,2]\n",
@@ -795,7 +811,7 @@ fn check_suggests_repair_and_repair_fixes_the_index() {
     assert_eq!(ok(["dump", p(&path)], None).lines().len(), 2_000);
 
     // JSON, on a healthy store: nothing to fix.
-    let j = ok(["--json", "repair", p(&path)], None).json();
+    let j = ok(["repair", "--json", p(&path)], None).json();
     assert_eq!(j["keys"], 2_000);
     assert_eq!(j["index_mismatches"], 0);
     assert_eq!(j["dropped"].as_array().unwrap().len(), 0);
@@ -822,4 +838,678 @@ fn dump_salvage_skips_damaged_entries_and_exits_non_zero() {
     ok(["repair", p(&path)], None);
     let r = ok(["dump", "--salvage", p(&path)], None);
     assert_eq!(r.lines().len(), 2_000);
+}
+
+/// A duration as `mapkv ttl` prints it (`1h2m3s4ms`), in milliseconds.
+fn ttl_ms(s: &str) -> u64 {
+    let mut ms = 0;
+    let mut num = String::new();
+    let mut unit = String::new();
+    let mut flush = |num: &mut String, unit: &mut String| {
+        let per = match unit.as_str() {
+            "d" => 86_400_000,
+            "h" => 3_600_000,
+            "m" => 60_000,
+            "s" => 1_000,
+            "ms" => 1,
+            u => panic!("unit {u:?} in {s:?}"),
+        };
+        ms += num.parse::<u64>().expect("a number") * per;
+        num.clear();
+        unit.clear();
+    };
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            if !unit.is_empty() {
+                flush(&mut num, &mut unit);
+            }
+            num.push(c);
+        } else {
+            unit.push(c);
+        }
+    }
+    flush(&mut num, &mut unit);
+    ms
+}
+
+#[test]
+fn put_ttl_and_expire_set_and_show_expiries() {
+    let (_d, path) = store();
+    let f = p(&path);
+    ok(["put", "--ttl", "30s", f, "session", "token"], None);
+    let left = ttl_ms(&ok(["ttl", f, "session"], None).text());
+    assert!(left > 25_000 && left <= 30_000, "{left}");
+    ok(["put", f, "plain", "v"], None);
+    assert_eq!(ok(["ttl", f, "plain"], None).text(), "no expiry\n");
+    let r = fails(1, ["ttl", f, "absent"]);
+    assert!(r.stderr.contains("key not found: absent"), "{}", r.stderr);
+    assert!(r.stdout.is_empty());
+
+    // Each unit, and a compound one.
+    for (d, ms) in [
+        ("500ms", 500),
+        ("5m", 300_000),
+        ("2h", 7_200_000),
+        ("1d", 86_400_000),
+        ("1h30m", 5_400_000),
+    ] {
+        ok(["expire", f, "plain", d], None);
+        let left = ttl_ms(&ok(["ttl", f, "plain"], None).text());
+        assert!(left <= ms && left + 5_000 > ms, "{d}: {left}");
+    }
+    ok(["expire", f, "plain", "never"], None);
+    assert_eq!(ok(["ttl", f, "plain"], None).text(), "no expiry\n");
+    assert_eq!(ok(["get", f, "plain"], None).stdout, b"v", "value kept");
+    let r = fails(1, ["expire", f, "absent", "5s"]);
+    assert!(r.stderr.contains("key not found"), "{}", r.stderr);
+    assert!(!mapkv::Db::open(&path)
+        .unwrap()
+        .contains_key(b"absent")
+        .unwrap());
+
+    // JSON, with --hex.
+    let j = ok(["ttl", "--json", "--hex", f, &hex(b"session")], None).json();
+    assert_eq!(j["present"], true);
+    let ms = j["ttl_ms"].as_u64().unwrap();
+    assert!(ms > 20_000 && ms <= 30_000, "{j}");
+    let at = j["expires_at_ms"].as_u64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(at > now && at <= now + 30_000, "{j}");
+    let r = mapkv(["ttl", "--json", f, "plain"], None);
+    assert_eq!((r.code, r.json()["ttl_ms"].is_null()), (0, true));
+    let r = mapkv(["ttl", "--json", f, "absent"], None);
+    assert_eq!(
+        (r.code, r.json()["present"].clone()),
+        (1, Json::from(false))
+    );
+    let j = ok(["expire", "--json", f, "plain", "1m"], None).json();
+    assert_eq!(
+        (j["found"].clone(), j["ttl_ms"].clone()),
+        (Json::from(true), Json::from(60_000))
+    );
+
+    // It does expire.
+    ok(["put", "--ttl", "100ms", f, "brief", "x"], None);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    fails(1, ["get", f, "brief"]);
+    fails(1, ["ttl", f, "brief"]);
+    fails(1, ["expire", f, "brief", "1h"]);
+
+    // Durations that are not: usage errors that say why.
+    for (args, why) in [
+        (vec!["put", "--ttl", "30", f, "k", "v"], "needs a unit"),
+        (vec!["put", "--ttl", "1y", f, "k", "v"], "unknown unit"),
+        (vec!["put", "--ttl=-1s", f, "k", "v"], "expected a number"),
+        (vec!["expire", f, "plain", "soon"], "or 'never'"),
+    ] {
+        let r = mapkv(&args, None);
+        assert_eq!(r.code, 2, "{args:?}");
+        assert!(r.stderr.contains(why), "{args:?}: {}", r.stderr);
+    }
+    assert!(!mapkv::Db::open(&path).unwrap().contains_key(b"k").unwrap());
+}
+
+/// Each command takes only the options it uses: global options used to be
+/// accepted (and ignored) everywhere.
+#[test]
+fn commands_refuse_options_they_do_not_use() {
+    let (_d, path) = store();
+    let f = p(&path);
+    ok(["put", f, "k", "v"], None);
+    let before = std::fs::read(&path).unwrap();
+    for args in [
+        vec!["stats", "--hex", "--sync", f],
+        vec!["stats", "--sync", f],
+        vec!["stats", "--hex", f],
+        vec!["check", "--base64", f],
+        vec!["get", "--sync", f, "k"],
+        vec!["scan", "--sync", f],
+        vec!["dump", "--json", f],
+        vec!["dump", "--hex", f],
+        vec!["compact", "--hex", f],
+        vec!["copy", "--sync", f, "/nonexistent/copy"],
+        vec!["ttl", "--sync", f, "k"],
+        vec!["del", "--capacity", "1M", f, "k"],
+        vec!["load", "--hex", f],
+        vec!["--json", "get", f, "k"],
+        vec!["--hex", "stats", f],
+    ] {
+        let r = mapkv(&args, None);
+        assert_eq!(r.code, 2, "{args:?} was accepted: {}", r.stderr);
+        assert!(
+            r.stderr.contains("unexpected argument") || r.stderr.contains("cannot be used"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "a refused command wrote"
+    );
+    // The ones they do use still work, before or after FILE.
+    ok(["stats", "--json", "--lock-timeout", "1", f], None);
+    ok(["get", f, "k", "--json"], None);
+    ok(["del", "--sync", f, "k"], None);
+}
+
+#[test]
+fn counts_have_their_plurals_right() {
+    let (_d, path) = store();
+    let f = p(&path);
+    ok(["put", f, "only", "v"], None);
+    let check = ok(["check", f], None).text();
+    for want in ["1 live key (", "1 commit,", "1 record and 1 index chunk"] {
+        assert!(check.contains(want), "{want:?} missing from:\n{check}");
+    }
+    let compact = ok(["compact", f], None).text();
+    assert!(compact.contains("(1 live key,"), "{compact}");
+    let repair = ok(["repair", f], None).text();
+    assert!(repair.contains("kept 1 live key ("), "{repair}");
+    assert!(repair.contains("0 slots of the old index"), "{repair}");
+
+    ok(["put", f, "second", "v"], None);
+    let check = ok(["check", f], None).text();
+    assert!(check.contains("2 live keys ("), "{check}");
+    assert!(check.contains("2 commits,"), "{check}");
+    let compact = ok(["compact", f], None).text();
+    assert!(compact.contains("(2 live keys,"), "{compact}");
+    let copy = path.with_file_name("copy.mapkv");
+    let text = ok(["copy", f, p(&copy)], None).text();
+    assert!(text.contains(": 2 live keys ("), "{text}");
+    for text in [check, compact, text] {
+        assert!(
+            !text.contains("1 live keys") && !text.contains("entrys"),
+            "{text}"
+        );
+    }
+}
+
+/// `stats` and `check` report the same number of commits, also after a
+/// compaction dropped the old ones from the log.
+#[test]
+fn stats_and_check_count_commits_the_same_way() {
+    let (_d, path) = store();
+    let f = p(&path);
+    for i in 0..20 {
+        ok(["put", f, &format!("k{}", i % 5), "v"], None);
+    }
+    ok(["del", f, "k0"], None);
+    for compacted in [false, true] {
+        if compacted {
+            ok(["compact", f], None);
+        }
+        let s = ok(["stats", "--json", f], None).json();
+        let c = ok(["check", "--json", f], None).json();
+        assert_eq!(s["commits"], 21, "{s}");
+        assert_eq!(c["commits"], s["commits"], "compacted {compacted}: {c}");
+        assert_eq!(c["live_keys"], s["keys"]);
+        let in_log = c["commits_in_log"].as_u64().unwrap();
+        assert_eq!(in_log < 21, compacted, "{c}");
+        let stats_text = ok(["stats", f], None).text();
+        let check_text = ok(["check", f], None).text();
+        assert!(stats_text.contains("commits       21\n"), "{stats_text}");
+        assert!(check_text.contains("  21 commits, "), "{check_text}");
+    }
+}
+
+/// `stats` of a cache: capacity, the hit ratio of reads by every process,
+/// evictions, expired entries dropped.
+#[test]
+fn stats_shows_a_caches_counters() {
+    let (_d, path) = store();
+    let f = p(&path);
+    {
+        let db = mapkv::Options::new()
+            .capacity(256 << 10)
+            .open(&path)
+            .unwrap();
+        // The oldest entries, expired by the time an eviction looks.
+        for i in 0..100u32 {
+            db.insert_with_ttl(
+                format!("brief{i}"),
+                b"x",
+                std::time::Duration::from_millis(1),
+            )
+            .unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        for i in 0..5_000u32 {
+            db.insert(i.to_le_bytes(), [7u8; 100]).unwrap();
+        }
+        db.close().unwrap();
+    }
+    {
+        // Three hits and one miss, in this process, through a handle
+        // that no eviction moves while it reads.
+        let db = mapkv::Db::open(&path).unwrap();
+        for k in [4_999u32, 4_998, 4_997] {
+            assert!(db.get(k.to_le_bytes()).unwrap().is_some());
+        }
+        assert!(db.get(b"never there").unwrap().is_none());
+        db.close().unwrap();
+    }
+    let j = ok(["stats", "--json", f], None).json();
+    assert_eq!(j["capacity"], 256 << 10, "{j}");
+    assert!(j["evictions"].as_u64().unwrap() > 0, "{j}");
+    assert!(j["eviction_runs"].as_u64().unwrap() > 0, "{j}");
+    assert!(j["expirations"].as_u64().unwrap() > 0, "{j}");
+    assert_eq!(
+        (j["hits"].clone(), j["misses"].clone()),
+        (Json::from(3), Json::from(1)),
+        "{j}"
+    );
+    assert_eq!(j["hit_ratio"], 0.75, "{j}");
+    let text = ok(["stats", f], None).text();
+    for want in [
+        "capacity 256.0 KiB",
+        "75.0% (3 hits of 4 reads, by every process)",
+        " entries evicted in ",
+        " entries dropped\n",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+}
+
+/// `stats` and `check` of any store count live and expired keys apart.
+#[test]
+fn stats_and_check_show_expired_keys() {
+    let (_d, path) = store();
+    let f = p(&path);
+    ok(["put", f, "live", "v"], None);
+    ok(["put", "--ttl", "50ms", f, "brief", "v"], None);
+    let text = ok(["stats", f], None).text();
+    assert!(text.contains("2 live, none expired"), "{text}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let j = ok(["stats", "--json", f], None).json();
+    assert_eq!(
+        (j["keys"].clone(), j["expired_keys"].clone()),
+        (Json::from(1), Json::from(1)),
+        "{j}"
+    );
+    let text = ok(["stats", f], None).text();
+    assert!(
+        text.contains("1 live, 1 expired (not dropped yet)"),
+        "{text}"
+    );
+    assert!(text.contains("cache         none"), "{text}");
+    let j = ok(["check", "--json", f], None).json();
+    assert_eq!(
+        (j["live_keys"].clone(), j["expired_keys"].clone()),
+        (Json::from(1), Json::from(1)),
+        "{j}"
+    );
+    let text = ok(["check", f], None).text();
+    assert!(
+        text.contains("1 live key (") && text.contains("1 expired"),
+        "{text}"
+    );
+}
+
+/// `copy` while another process commits: the copy is one commit's state
+/// (the counter and the keys it counts agree), verifies, and is compact.
+#[test]
+fn copy_is_consistent_while_another_process_writes() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let (d, path) = store();
+    {
+        let db = mapkv::Db::open(&path).unwrap();
+        let mut b = db.batch();
+        for i in 0..30_000u32 {
+            b.insert(format!("pre{i}"), [1u8; 100]);
+        }
+        b.commit().unwrap();
+        // Dead space, for the copy to leave out.
+        for i in 0..10_000u32 {
+            db.remove(format!("pre{i}")).unwrap();
+        }
+        db.close().unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (path, stop, done) = (path.clone(), stop.clone(), done.clone());
+        std::thread::spawn(move || {
+            // Each commit: k<i> and the counter that says i is the last.
+            let db = mapkv::Db::open(&path).unwrap();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut b = db.batch();
+                b.insert(format!("k{i}"), i.to_le_bytes())
+                    .insert(b"count", i.to_le_bytes());
+                b.commit().unwrap();
+                i += 1;
+                done.store(i, Ordering::Relaxed);
+                // A steady stream, not a flood that starves the copy.
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            i
+        })
+    };
+    while done.load(Ordering::Relaxed) < 100 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let copy = d.path().join("copy.mapkv");
+    let started = done.load(Ordering::Relaxed);
+    let j = ok(["copy", "--json", p(&path), p(&copy)], None).json();
+    let ended = done.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let total = writer.join().unwrap();
+    assert!(ended > started, "the writer made no commit during the copy");
+
+    ok(["check", p(&copy)], None);
+    let db = mapkv::Options::new().read_only(true).open(&copy).unwrap();
+    let count = u64::from_le_bytes(
+        db.get(b"count").unwrap().expect("the counter")[..]
+            .try_into()
+            .unwrap(),
+    );
+    assert!(count < total, "{count} {total}");
+    for i in (0..=count).step_by(7).chain([count]) {
+        assert!(db.contains_key(format!("k{i}")).unwrap(), "k{i} of {count}");
+    }
+    assert!(!db.contains_key(format!("k{}", count + 1)).unwrap());
+    assert_eq!(db.len(), 20_000 + count + 2);
+    assert_eq!(j["keys"], db.len());
+    // Compacted: without the 10,000 removed entries (the commits it
+    // caught up with may leave some dead space of their own).
+    let (copy_len, src_len) = (db.stats().file_len, std::fs::metadata(&path).unwrap().len());
+    assert!(copy_len < src_len, "copy {copy_len} >= source {src_len}");
+    drop(db);
+
+    // The copy never replaces a file, and a missing source is not created.
+    let r = fails(2, ["copy", p(&path), p(&copy)]);
+    assert!(r.stderr.contains("exists"), "{}", r.stderr);
+    let missing = d.path().join("missing.mapkv");
+    fails(2, ["copy", p(&missing), p(&d.path().join("c2.mapkv"))]);
+    assert!(!missing.exists() && !d.path().join("c2.mapkv").exists());
+}
+
+/// Every byte value in keys and values, and expiries, through `dump
+/// --text` and `load --text` (and through the JSON format).
+#[test]
+fn text_dump_and_load_round_trip_every_byte_and_expiries() {
+    use std::time::Duration;
+
+    let (d, path) = store();
+    let all: Vec<u8> = (0..=255).collect();
+    let mut want: BTreeMap<Vec<u8>, (Vec<u8>, Option<Duration>)> = BTreeMap::new();
+    {
+        let db = mapkv::Db::open(&path).unwrap();
+        for b in 0..=255u8 {
+            // Each byte value first in a key (a '#' too) and alone.
+            let mut k = vec![b];
+            k.extend_from_slice(&all);
+            let v: Vec<u8> = all.iter().map(|x| x.wrapping_add(b)).collect();
+            db.insert(&k, &v).unwrap();
+            want.insert(k, (v, None));
+            db.insert([b], [b]).unwrap();
+            want.insert(vec![b], (vec![b], None));
+        }
+        for (k, ttl) in [(&b"in an hour"[..], 3_600), (b"#tomorrow\t\n", 86_400)] {
+            let ttl = Duration::from_secs(ttl);
+            db.insert_with_ttl(k, &all, ttl).unwrap();
+            want.insert(k.to_vec(), (all.clone(), Some(ttl)));
+        }
+        db.insert(b"", b"").unwrap();
+        want.insert(Vec::new(), (Vec::new(), None));
+        // Gone before the dump: not in it.
+        db.insert_with_ttl(b"brief", b"x", Duration::from_millis(1))
+            .unwrap();
+        db.close().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(20));
+
+    let dump = ok(["dump", "--text", p(&path)], None).stdout;
+    // Printable, one line an entry after the two comment lines.
+    assert!(dump
+        .iter()
+        .all(|&b| (0x20..=0x7e).contains(&b) || b == b'\t' || b == b'\n'));
+    let lines: Vec<&[u8]> = dump
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(lines.len(), want.len() + 2);
+    assert!(lines[..2].iter().all(|l| l.starts_with(b"#")));
+    assert!(lines[2..].iter().all(|l| !l.starts_with(b"#")));
+    // The key that starts with '#' does not start its line with one.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(b"\\23tomorrow\\09\\0a\t")),
+        "{}",
+        String::from_utf8_lossy(&dump)
+    );
+    assert!(!dump.windows(5).any(|w| w == b"brief"));
+
+    let check_copy = |copy: &Path| {
+        let db = mapkv::Options::new().read_only(true).open(copy).unwrap();
+        assert_eq!(db.len(), want.len() as u64);
+        for (k, (v, ttl)) in &want {
+            assert_eq!(db.get(k).unwrap().as_deref(), Some(&v[..]), "{k:?}");
+            let left = db.time_to_live(k).unwrap();
+            match (ttl, left) {
+                (None, None) => {}
+                (Some(t), Some(l)) => {
+                    assert!(l <= *t && *t - l < Duration::from_secs(60), "{t:?} {l:?}")
+                }
+                _ => panic!("{k:?}: expiry {ttl:?} came back as {left:?}"),
+            }
+        }
+    };
+    let copy = d.path().join("text.mapkv");
+    ok(["load", "--text", p(&copy)], Some(&dump));
+    check_copy(&copy);
+    // A dump of the copy is the same dump, but for the clock's
+    // millisecond in the absolute expiries.
+    let entries = |dump: &[u8]| -> BTreeMap<Vec<u8>, Option<u64>> {
+        dump.split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty() && !l.starts_with(b"#"))
+            .map(|l| {
+                let mut f = l.split(|&b| b == b'\t');
+                let kv = [f.next().unwrap(), b"\t", f.next().unwrap()].concat();
+                let at = f
+                    .next()
+                    .map(|t| std::str::from_utf8(t).unwrap().parse().unwrap());
+                (kv, at)
+            })
+            .collect()
+    };
+    let (a, b) = (
+        entries(&dump),
+        entries(&ok(["dump", "--text", p(&copy)], None).stdout),
+    );
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, at) in &a {
+        match (at, b[k]) {
+            (None, None) => {}
+            (Some(x), Some(y)) => assert!(x.abs_diff(y) <= 5, "{x} {y}"),
+            _ => panic!("{}: {at:?} {:?}", String::from_utf8_lossy(k), b[k]),
+        }
+    }
+
+    // The JSON format carries expiries too.
+    let json = ok(["dump", p(&path)], None).stdout;
+    let with_expiry = json
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter(|l| serde_json::from_slice::<Json>(l).unwrap()["expires_at_ms"].is_u64())
+        .count();
+    assert_eq!(with_expiry, 2);
+    let copy2 = d.path().join("json.mapkv");
+    ok(["load", p(&copy2)], Some(&json));
+    check_copy(&copy2);
+
+    // An expiry already past when loaded: skipped and counted.
+    let past = b"old\tv\t1000\nnew\tv\n";
+    let third = d.path().join("third.mapkv");
+    let j = ok(["load", "--text", "--json", p(&third)], Some(past)).json();
+    assert_eq!(
+        (j["loaded"].clone(), j["expired"].clone()),
+        (Json::from(1), Json::from(1)),
+        "{j}"
+    );
+}
+
+#[test]
+fn load_no_overwrite_keeps_existing_keys() {
+    let (_d, path) = store();
+    let f = p(&path);
+    ok(["put", f, "a", "old"], None);
+    ok(["put", "--ttl", "1h", f, "b", "old"], None);
+    let input = "a\tnew\nb\tnew\nc\tnew\nd\tnew\t99999999999999\n";
+    let j = ok(
+        ["load", "--text", "--no-overwrite", "--json", f],
+        Some(input.as_bytes()),
+    )
+    .json();
+    assert_eq!(j["loaded"], 2, "{j}");
+    assert_eq!(j["kept"], 2, "{j}");
+    assert_eq!(ok(["get", f, "a"], None).stdout, b"old");
+    assert_eq!(ok(["get", f, "b"], None).stdout, b"old");
+    assert_ne!(
+        ok(["ttl", f, "b"], None).text(),
+        "no expiry\n",
+        "b keeps its expiry"
+    );
+    assert_eq!(ok(["get", f, "c"], None).stdout, b"new");
+    assert_ne!(
+        ok(["ttl", f, "d"], None).text(),
+        "no expiry\n",
+        "d gets its expiry"
+    );
+    // Without it, the load overwrites.
+    ok(["load", "--text", f], Some(input.as_bytes()));
+    assert_eq!(ok(["get", f, "a"], None).stdout, b"new");
+    // --batch means nothing to it.
+    let r = mapkv(["load", "--no-overwrite", "--batch", "5", f], None);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("cannot be used with"), "{}", r.stderr);
+}
+
+/// A load that fails leaves no store (and no temporary file) behind when
+/// there was none before.
+#[test]
+fn failed_load_leaves_no_file_behind() {
+    let (d, path) = store();
+    let f = p(&path);
+    let good = format!(
+        "{{\"key\":\"{}\",\"value\":\"{}\"}}\n",
+        b64(b"k"),
+        b64(b"v")
+    );
+    for (args, input, line) in [
+        (vec!["load", f], format!("{good}{good}not json\n"), 3),
+        (
+            vec!["load", "--batch", "1", f],
+            format!("{good}{good}{{\"key\":1}}\n"),
+            3,
+        ),
+        (
+            vec!["load", "--text", f],
+            "k\tv\nk2\tv\\zz\n".to_string(),
+            2,
+        ),
+        (vec!["load", "--text", f], "no tab here\n".to_string(), 1),
+    ] {
+        let r = mapkv(&args, Some(input.as_bytes()));
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(&format!("line {line}:")), "{}", r.stderr);
+        assert!(r.stderr.contains("nothing was loaded"), "{}", r.stderr);
+        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().collect();
+        assert!(left.is_empty(), "{args:?} left {left:?}");
+    }
+    // A missing input file: nothing created either.
+    fails(2, ["load", f, p(&d.path().join("no-such-input"))]);
+    assert!(std::fs::read_dir(d.path()).unwrap().next().is_none());
+    // A good load creates it, in place.
+    ok(["load", f], Some(good.as_bytes()));
+    let names: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, [OsString::from("test.mapkv")]);
+    assert_eq!(ok(["get", f, "k"], None).stdout, b"v");
+}
+
+/// A capacity other than the store's is explained, with the command that
+/// changes it; `set-capacity` changes it for everyone.
+#[test]
+fn capacity_mismatch_is_explained_and_set_capacity_changes_it() {
+    let (_d, path) = store();
+    let f = p(&path);
+    ok(["put", "--capacity", "1M", f, "k", "v"], None);
+    assert_eq!(ok(["stats", "--json", f], None).json()["capacity"], 1 << 20);
+    ok(["put", "--capacity", "1024K", f, "k2", "v"], None); // the same
+    let r = fails(2, ["put", "--capacity", "2M", f, "k3", "v"]);
+    assert!(
+        r.stderr.contains("capacity is 1.0 MiB")
+            && r.stderr.contains("2.0 MiB")
+            && r.stderr.contains("mapkv set-capacity"),
+        "{}",
+        r.stderr
+    );
+    let r = fails(2, ["load", "--capacity", "2M", f]);
+    assert!(r.stderr.contains("mapkv set-capacity"), "{}", r.stderr);
+    fails(1, ["get", f, "k3"]);
+
+    let text = ok(["set-capacity", f, "2M"], None).text();
+    assert!(
+        text.contains("capacity 2.0 MiB") && text.contains("was 1.0 MiB"),
+        "{text}"
+    );
+    ok(["put", "--capacity", "2M", f, "k3", "v"], None);
+    let j = ok(["set-capacity", "--json", f, "512K"], None).json();
+    assert_eq!(
+        (j["capacity"].clone(), j["was"].clone()),
+        (Json::from(512 << 10), Json::from(2 << 20))
+    );
+
+    // A plain store becomes a cache.
+    let plain = path.with_file_name("plain.mapkv");
+    ok(["put", p(&plain), "k", "v"], None);
+    let r = fails(2, ["put", "--capacity", "1M", p(&plain), "k", "v"]);
+    assert!(r.stderr.contains("not a cache"), "{}", r.stderr);
+    let text = ok(["set-capacity", p(&plain), "1M"], None).text();
+    assert!(text.contains("was none"), "{text}");
+    for bad in ["lots", "1MB", "1.5M"] {
+        let r = mapkv(["set-capacity", p(&plain), bad], None);
+        assert_eq!(r.code, 2, "{bad}");
+        assert!(r.stderr.contains("not a size"), "{}", r.stderr);
+    }
+    fails(
+        2,
+        ["set-capacity", p(&path.with_file_name("missing")), "1M"],
+    );
+}
+
+/// A value file over the limit is refused by its length, at once, without
+/// reading it (it used to read all 4 GiB first).
+#[test]
+fn put_file_over_the_limit_is_refused_before_reading() {
+    let (d, path) = store();
+    let big = d.path().join("big");
+    // Sparse: no disk used.
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(mapkv::MAX_VALUE_LEN as u64 + 1)
+        .unwrap();
+    let started = std::time::Instant::now();
+    let r = fails(2, ["put", p(&path), "key", "--file", p(&big)]);
+    assert!(
+        r.stderr.contains("at most") && r.stderr.contains("big"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!path.exists(), "nothing was written");
 }

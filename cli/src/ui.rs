@@ -53,9 +53,33 @@ pub fn count(n: u64) -> String {
     s
 }
 
-/// `1 record`, `2,000 records`.
-pub fn plural(n: u64, what: &str) -> String {
-    format!("{} {what}{}", count(n), if n == 1 { "" } else { "s" })
+/// `1 entry`, `2,000 entries`: the count and the word that goes with it.
+pub fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{} {}", count(n), if n == 1 { one } else { many })
+}
+
+/// Commits made to the store, and how many of them its log still holds
+/// (compactions and evictions drop the older ones): `stats` and `check`
+/// both count the first.
+pub fn commits(total: u64, in_log: u64) -> String {
+    let all = plural(total, "commit", "commits");
+    if in_log >= total {
+        format!("{all}, all in the log")
+    } else {
+        format!(
+            "{all}, {} still in the log (compaction dropped the others)",
+            count(in_log)
+        )
+    }
+}
+
+/// `, 3 expired (not dropped yet)`, or `, none expired`.
+pub fn expired_suffix(n: u64) -> String {
+    if n == 0 {
+        ", none expired".into()
+    } else {
+        format!(", {} expired (not dropped yet)", count(n))
+    }
 }
 
 /// A size in binary units: `512 B`, `1.5 KiB`, `222.8 MiB`.
@@ -158,7 +182,11 @@ pub fn stats_text(
         let _ = writeln!(s, "{k:<14}{v}");
     };
     line(&mut s, "file", path.to_string());
-    line(&mut s, "keys", count(st.keys));
+    line(
+        &mut s,
+        "keys",
+        format!("{} live{}", count(st.keys), expired_suffix(st.expired_keys)),
+    );
     line(
         &mut s,
         "file size",
@@ -205,13 +233,45 @@ pub fn stats_text(
             &mut s,
             "cache",
             format!(
-                "capacity {} ({:.1}% used); {} evicted in {} evictions, {} expired dropped",
+                "capacity {} ({:.1}% used)",
                 size(cache.capacity),
-                percent(cache.used_bytes, cache.capacity),
-                count(cache.evictions),
-                count(cache.eviction_runs),
-                count(cache.expirations)
+                percent(cache.used_bytes, cache.capacity)
             ),
+        );
+        let reads = cache.hits + cache.misses;
+        line(
+            &mut s,
+            "  hit ratio",
+            if reads == 0 {
+                "no reads counted yet".to_string()
+            } else {
+                format!(
+                    "{:.1}% ({} of {}, by every process)",
+                    cache.hit_ratio() * 100.0,
+                    plural(cache.hits, "hit", "hits"),
+                    plural(reads, "read", "reads")
+                )
+            },
+        );
+        line(
+            &mut s,
+            "  evictions",
+            format!(
+                "{} evicted in {}",
+                plural(cache.evictions, "entry", "entries"),
+                plural(cache.eviction_runs, "run", "runs")
+            ),
+        );
+        line(
+            &mut s,
+            "  expired",
+            format!("{} dropped", plural(cache.expirations, "entry", "entries")),
+        );
+    } else {
+        line(
+            &mut s,
+            "cache",
+            "none (not a cache: 'mapkv set-capacity' makes it one)".to_string(),
         );
     }
     s.push('\n');
@@ -260,6 +320,20 @@ mod tests {
         assert_eq!(c[0], 1);
         assert_eq!(c[2], 0);
         assert_eq!(c[3], 1);
+    }
+
+    #[test]
+    fn plurals() {
+        assert_eq!(plural(1, "live key", "live keys"), "1 live key");
+        assert_eq!(plural(2, "live key", "live keys"), "2 live keys");
+        assert_eq!(plural(0, "entry", "entries"), "0 entries");
+        assert_eq!(plural(1_000, "entry", "entries"), "1,000 entries");
+        assert_eq!(commits(3, 3), "3 commits, all in the log");
+        assert_eq!(commits(1, 1), "1 commit, all in the log");
+        assert_eq!(
+            commits(3, 1),
+            "3 commits, 1 still in the log (compaction dropped the others)"
+        );
     }
 
     #[test]
