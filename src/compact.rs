@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::engine::{self, Failure, Op, Store};
+use crate::evict::Entry;
 use crate::index;
 use crate::log::read::now_ms;
 use crate::log::record::{seq_gen, seq_of};
@@ -107,23 +108,6 @@ pub(crate) enum Plan<'a> {
     /// Keep them all, in a new file at `dest` that stays apart: the store
     /// does not move ([`Db::backup`]).
     Copy { dest: &'a Path },
-}
-
-/// A live entry of the old file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Entry {
-    pub(crate) off: u64,
-    /// Its slot word when the compaction started (for the tag check).
-    pub(crate) word: u64,
-    /// Its slot in the old table.
-    pub(crate) slot: usize,
-    /// Hits counted since it was written or last kept (0..=3), when the
-    /// compaction started.
-    pub(crate) hits: u64,
-    /// The count to give it in the new file.
-    pub(crate) freq: u64,
-    /// Record bytes.
-    pub(crate) len: u64,
 }
 
 /// Cache mode: carry over the hits readers counted in the old table while
@@ -385,7 +369,7 @@ impl Db {
             let keep = budget.saturating_sub(overhead);
             let total = live.iter().fold(0u64, |a, e| a.saturating_add(e.len));
             let need = total.saturating_sub(keep).max(min_free);
-            evicted = crate::cache::select_for_eviction(&mut live, need);
+            evicted = crate::evict::select_for_eviction(&mut live, need);
         }
         let n = live.len() as u64;
         let s0 = seq_of(st0.seq_gen);

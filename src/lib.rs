@@ -89,6 +89,7 @@ mod compact;
 mod db;
 mod engine;
 mod error;
+mod evict;
 mod feed;
 mod flight;
 mod index;
