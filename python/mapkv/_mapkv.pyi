@@ -1,6 +1,7 @@
 """Type stubs of the Rust extension ``mapkv._mapkv`` (re-exported by ``mapkv``)."""
 
 import os
+import pathlib
 from types import TracebackType
 from typing import Callable, Literal, Optional, Tuple, Type, TypeVar, Union, overload
 
@@ -114,7 +115,7 @@ class Db:
     def __enter__(self) -> "Db": ...
     def __exit__(self, *exc: object) -> bool: ...
     @property
-    def path(self) -> str: ...
+    def path(self) -> pathlib.Path: ...
     @property
     def read_only(self) -> bool: ...
     @property

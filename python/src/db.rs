@@ -363,9 +363,7 @@ impl PyDb {
         let e = expected.as_ref().map(bytes_of).transpose()?;
         let n = new.as_ref().map(bytes_of).transpose()?;
         self.blocking(py, |db| {
-            Ok(db
-                .compare_and_swap(&k, e.as_deref(), n.as_deref())?
-                .is_ok())
+            Ok(db.compare_and_swap(&k, e.as_deref(), n.as_deref())?.is_ok())
         })
     }
 
@@ -524,7 +522,9 @@ impl PyDb {
         };
         let db = self.db(py)?;
         loop {
-            let left = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
+            let left = deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
             let w = py.detach(|| db.wait_for_change(since, left.min(SLICE)));
             match w {
                 Wait::Changed(seq) => return Ok(seq),
@@ -580,8 +580,16 @@ impl PyDb {
             "mapkv.Db({:?}, durability={:?}{}{})",
             self.path,
             self.durability,
-            if self.read_only { ", read_only=True" } else { "" },
-            if self.state.read().is_none() { ", closed" } else { "" },
+            if self.read_only {
+                ", read_only=True"
+            } else {
+                ""
+            },
+            if self.state.read().is_none() {
+                ", closed"
+            } else {
+                ""
+            },
         )
     }
 
@@ -607,10 +615,7 @@ impl PyDb {
     }
 }
 
-fn compact_report<'py>(
-    py: Python<'py>,
-    r: &mapkv::CompactReport,
-) -> PyResult<Bound<'py, PyDict>> {
+fn compact_report<'py>(py: Python<'py>, r: &mapkv::CompactReport) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("keys", r.keys)?;
     d.set_item("len_before", r.len_before)?;
