@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import os
 import pickle
-from typing import Any, Callable, Iterator, Optional, TypeVar, Union
+from typing import Any, Callable, Dict, Iterator, Tuple, Literal, Optional, TypeVar, Union
 
 from ._mapkv import Db, Error
 
@@ -37,11 +37,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _key(key: Any) -> bytes:
-    t = type(key)
-    if t is bytes:
+    if type(key) is bytes:
         return b"b" + key
-    if t is str:
+    if type(key) is str:
         return b"s" + key.encode()
+    t = type(key)
     if t is int or t is bool:
         return b"i" + str(int(key)).encode()
     return b"p" + pickle.dumps(key, protocol=_KEY_PICKLE)
@@ -65,12 +65,11 @@ def _counter(n: int) -> bytes:
 
 
 def _dump(value: Any) -> bytes:
-    t = type(value)
-    if t is int and _I64_MIN <= value <= _I64_MAX:
+    if type(value) is int and _I64_MIN <= value <= _I64_MAX:
         return _counter(value)
-    if t is bytes:
+    if type(value) is bytes:
         tag, body = b"B", value
-    elif t is str:
+    elif type(value) is str:
         tag, body = b"S", value.encode()
     else:
         tag, body = b"P", pickle.dumps(value, protocol=_PICKLE)
@@ -120,7 +119,7 @@ class Cache:
         path: Union[str, "os.PathLike[str]"],
         capacity: Optional[int] = None,
         *,
-        durability: str = "none",
+        durability: Literal["none", "async", "sync"] = "none",
         read_only: bool = False,
         lock_timeout: Optional[float] = None,
     ) -> None:
@@ -237,7 +236,7 @@ class Cache:
         self._db.clear()
         return n
 
-    def stats(self) -> dict:
+    def stats(self) -> Dict[str, Any]:
         """Hits and misses of every process, evictions, sizes: see
         ``Db.cache_stats``."""
         return self._db.cache_stats()
@@ -268,8 +267,8 @@ class Cache:
         def decorator(func: F) -> F:
             base = (name if name is not None else _full_name(func),)
 
-            def __cache_key__(*args: Any, **kwargs: Any) -> tuple:
-                key: tuple = base + args
+            def __cache_key__(*args: Any, **kwargs: Any) -> Tuple[Any, ...]:
+                key: Tuple[Any, ...] = base + args
                 if kwargs:
                     items = tuple(sorted(kwargs.items()))
                     key += (_KWARGS_MARK,) + items
