@@ -1,4 +1,3 @@
-import os
 import sys
 
 import pytest
@@ -15,8 +14,3 @@ def run_python(code, *args, **kwargs):
     import subprocess
 
     return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], **kwargs)
-
-
-def pytest_configure(config):
-    # Multiprocessing tests fork; keep the start method explicit.
-    os.environ.setdefault("PYTHONHASHSEED", "0")
