@@ -89,9 +89,46 @@ impl Db {
         })
     }
 
-    /// [`insert_if_absent`](Db::insert_if_absent) with an expiry, which
-    /// returns the entry that is there afterwards: the one found, or the
-    /// one inserted. Used by [`get_or_insert_with`](Db::get_or_insert_with).
+    /// [`insert_if_absent`](Db::insert_if_absent) for an entry that
+    /// expires `ttl` from now (like [`insert_with_ttl`](Db::insert_with_ttl)).
+    /// Returns whether it inserted; atomic across threads and processes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("ifat.mapkv"))?;
+    /// let lease = Duration::from_secs(30);
+    /// assert!(db.insert_if_absent_with_ttl(b"lock:job7", b"worker-1", lease)?);
+    /// assert!(!db.insert_if_absent_with_ttl(b"lock:job7", b"worker-2", lease)?);
+    /// assert!(db.time_to_live(b"lock:job7")?.is_some());
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn insert_if_absent_with_ttl(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let (k, v) = (key.as_ref(), value.as_ref());
+        let at = expiry_after(ttl);
+        Op::PutTtl(k, v, at).check()?;
+        self.write(|s| {
+            let s: &Store = s;
+            locked(s, k, |wr, cur| {
+                if cur.is_some() {
+                    return Ok(false);
+                }
+                s.commit_locked(wr, &[Op::PutTtl(k, v, at)])?;
+                Ok(true)
+            })
+        })
+    }
+
+    /// [`insert_if_absent`](Db::insert_if_absent) with an optional expiry,
+    /// which returns the entry that is there afterwards: the one found, or
+    /// the one inserted. Used by [`get_or_insert_with`](Db::get_or_insert_with).
     pub(crate) fn insert_or_get(&self, k: &[u8], v: &[u8], ttl: Option<Duration>) -> Result<Value> {
         let op = |at: Option<u64>| match at {
             Some(at) => Op::PutTtl(k, v, at),

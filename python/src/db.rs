@@ -1,7 +1,6 @@
 //! `mapkv.Db`: a handle to a store.
 
 use std::cell::{Cell, RefCell};
-use std::convert::Infallible;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -325,19 +324,7 @@ impl PyDb {
         let Some(ttl) = opt_seconds(ttl, "ttl")? else {
             return self.blocking(py, |db| db.insert_if_absent(&k, &v));
         };
-        // The library's insert_if_absent takes no expiry; its read-through
-        // stores with one, atomically, if the key is still absent. It ran
-        // `f` and returned `f`'s bytes: then this call inserted (or another
-        // writer stored the very same bytes in between).
-        self.blocking(py, |db| {
-            let mut ran = false;
-            let found = db.get_or_try_insert_with(&k, Some(ttl), || {
-                ran = true;
-                Ok::<_, Infallible>(v.to_vec())
-            })?;
-            let Ok(found) = found;
-            Ok(ran && *found == *v)
-        })
+        self.blocking(py, |db| db.insert_if_absent_with_ttl(&k, &v, ttl))
     }
 
     /// Add `delta` to the counter at `key` (an 8-byte little-endian signed
