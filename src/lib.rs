@@ -141,3 +141,21 @@ pub use options::{Durability, Options};
 pub use repair::{Dropped, RepairReport};
 pub use rmw::CasFailure;
 pub use value::Value;
+
+/// A number that changes in every child forked (by `fork(2)`, from any
+/// language) after this process first called it, and stays the same
+/// otherwise: one atomic load, no system call. For code that keeps one
+/// handle per process, such as language bindings: a handle opened under
+/// another generation was inherited from a parent; open the store again
+/// rather than use it (using it is safe, but the child then shares the
+/// parent's open file description and its locks).
+///
+/// # Examples
+///
+/// ```
+/// let g = mapkv::fork_generation();
+/// assert_eq!(mapkv::fork_generation(), g); // no fork in between
+/// ```
+pub fn fork_generation() -> u64 {
+    storage::lock::forks()
+}

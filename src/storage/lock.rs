@@ -152,7 +152,7 @@ fn holder_of(w: u64) -> file::Slot {
 /// a child's count differs from its parent's (a `pthread_atfork` child
 /// handler bumps it), so a registration knows the process that made it
 /// without a system call.
-fn forks() -> u64 {
+pub(crate) fn forks() -> u64 {
     static FORKS: AtomicU64 = AtomicU64::new(0);
     static HOOKED: std::sync::Once = std::sync::Once::new();
     extern "C" fn in_child() {
