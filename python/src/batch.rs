@@ -7,7 +7,6 @@ use pyo3::prelude::*;
 use pyo3::types::PyType;
 
 use crate::convert::{bytes_of, opt_seconds};
-use crate::db::PyDb;
 use crate::errors::to_py;
 
 /// One staged write.
@@ -25,13 +24,18 @@ enum Op {
 /// batch filled in a forked child commits through the child's own handle.
 #[pyclass(frozen, name = "Batch", module = "mapkv")]
 pub(crate) struct PyBatch {
-    db: Py<PyDb>,
+    /// This process's handle of the store, at commit time (a batch filled
+    /// before a fork commits through the child's own handle).
+    db: DbOf,
     /// Locked only with the GIL held, never across a blocking call.
     ops: Mutex<Vec<Op>>,
 }
 
+/// How a batch gets the handle it commits through.
+pub(crate) type DbOf = Box<dyn Fn(Python<'_>) -> PyResult<mapkv::Db> + Send + Sync>;
+
 impl PyBatch {
-    pub(crate) fn new(db: Py<PyDb>) -> PyBatch {
+    pub(crate) fn new(db: DbOf) -> PyBatch {
         PyBatch {
             db,
             ops: Mutex::new(Vec::new()),
@@ -85,7 +89,7 @@ impl PyBatch {
         if ops.is_empty() {
             return Ok(());
         }
-        let db = self.db.get().db(py)?;
+        let db = (self.db)(py)?;
         py.detach(|| {
             let mut b = db.batch();
             for op in &ops {

@@ -406,7 +406,8 @@ impl PyDb {
     /// A batch of writes applied all-or-nothing by `commit()`, or by the
     /// end of a `with` block that raised nothing.
     fn batch(slf: &Bound<'_, PyDb>) -> PyBatch {
-        PyBatch::new(slf.clone().unbind())
+        let me: Py<PyDb> = slf.clone().unbind();
+        PyBatch::new(Box::new(move |py| me.get().db(py)))
     }
 
     /// Make every acknowledged write durable (survive an OS crash).
