@@ -69,6 +69,12 @@ pub enum OpenKind {
     Joined,
 }
 
+/// The generation after `g`: 16 bits, wrapping. `g` may come from the
+/// control block, which may hold any value.
+fn next_generation(g: u64) -> u64 {
+    (g & 0xffff).wrapping_add(1) & 0xffff
+}
+
 /// The recovery rule (in the manner of fjall's
 /// `RecoveryMode::TolerateCorruptTail`): every item below the durable tail
 /// must verify, since it was synced before a meta named it, so damage
@@ -198,7 +204,8 @@ pub(crate) fn repair_live(store: &Store, wr: &mut Writer) -> Result<()> {
         install(store, wr, scanned, false)?;
         wr.st.generation = wr.st.generation.max(generation);
     }
-    wr.st.generation = (wr.st.generation + 1) & 0xffff;
+    // Generations are 16 bits; the control block's word may hold anything.
+    wr.st.generation = next_generation(wr.st.generation);
     sane_durable(store, wr, wr.st.tail)?;
     publish(store, wr);
     store.write_meta(wr, 0, true)?;
@@ -654,7 +661,7 @@ pub(crate) fn rebuild_index(store: &Store) -> Result<Rebuild> {
     };
     mark_changing(store);
     install(store, &mut g, scanned, false)?;
-    g.st.generation = (g.st.generation.max(generation) + 1) & 0xffff;
+    g.st.generation = next_generation(g.st.generation.max(generation));
     if g.dur.tail > g.st.tail {
         g.dur.tail = meta.tail;
         g.dur.seq_gen = meta.seq_gen;
