@@ -52,6 +52,11 @@ impl Db {
     /// and durable when this returns. Like `mdb_copy -c`. Writers are
     /// never paused; compactions and evictions wait until it is done.
     ///
+    /// The copy is written beside `dest` under a hidden name
+    /// (`.NAME.mapkv-compact-*`) and linked into place when complete, so
+    /// `dest` may be on another file system, and a crash leaves at most
+    /// that hidden file there, never a partial `dest`.
+    ///
     /// # Errors
     /// [`Error::Refused`] if `dest` exists (nothing is replaced);
     /// [`Error::ReadOnly`] on a read-only handle (it takes the

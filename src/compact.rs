@@ -391,7 +391,13 @@ impl Db {
             _ => st0,
         };
         let opts = self.new_file_options(&old, &sizing, s0 - k, generation)?;
-        let tmp = storage::file::compact_temp_name(&self.handle.path);
+        // The new file is made next to where it ends up: beside the store,
+        // or beside a backup's destination (which may be on another file
+        // system: it is linked into place, and a link cannot cross one).
+        let tmp = match plan {
+            Plan::Copy { dest } => storage::file::compact_temp_name(dest),
+            _ => storage::file::compact_temp_name(&self.handle.path),
+        };
         let mut new = match Store::open(&tmp, opts) {
             Ok(i) => i,
             Err(e) => {

@@ -647,3 +647,39 @@ fn clones_never_compact_at_the_same_time() {
     db.check().unwrap();
     assert_only_the_store(&path);
 }
+
+/// A backup is made next to its destination, so it may go to another
+/// file system than the store's (the copy is linked into place, and a link
+/// cannot cross file systems). Here: the store on the test's temporary
+/// directory, the copy on tmpfs, when the machine has one.
+#[test]
+fn backup_to_another_file_system() {
+    let (_d, path) = store();
+    let db = Db::open(&path).unwrap();
+    for i in 0..1_000u32 {
+        db.insert(i.to_le_bytes(), [3u8; 40]).unwrap();
+    }
+    let shm = std::path::Path::new("/dev/shm");
+    let other = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
+    let dest = other.path().join("copy.mapkv");
+    let report = db.backup(&dest).unwrap();
+    assert_eq!(report.keys, 1_000);
+    // Nothing is left beside either file but the copy.
+    let names: Vec<_> = std::fs::read_dir(other.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["copy.mapkv"]);
+    let copy = Db::open(&dest).unwrap();
+    assert_eq!(copy.len(), 1_000);
+    copy.check().unwrap();
+    // And it refuses to replace anything.
+    assert!(matches!(
+        db.backup(&dest),
+        Err(mapkv::Error::Refused { .. })
+    ));
+}
