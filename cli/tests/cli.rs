@@ -1,6 +1,8 @@
 //! The `mapkv` command-line tool, run as a user would: a built binary,
 //! arguments, stdin, stdout, stderr and exit status.
 
+// The library's test helpers, shared rather than copied.
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
