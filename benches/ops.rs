@@ -109,6 +109,55 @@ fn reads(c: &mut Criterion) {
             t.elapsed()
         })
     });
+    // The floor of a random get, measured the same way: two dependent
+    // cache misses in a shared file mapping of the store's size (a random
+    // 8-byte slot of a 16 MiB table, then the 192 bytes it points at in a
+    // 256 MiB log, copied out), with no hashing, checking or counting.
+    let floor = Floor::new(f.path.parent().unwrap());
+    // Each read's address depends on the last one's bytes, so that the
+    // CPU cannot start the next read early (a get's code path is too long
+    // for that anyway).
+    let mut copy = [0u8; 192];
+    let mut last = 0u8;
+    g.bench_function("floor_slot_then_record", |b| {
+        b.iter(|| {
+            // (Multiplied so that every bit of the address depends on it.)
+            last = floor.read(
+                r.next() ^ (last as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                &mut copy,
+            );
+            black_box(last)
+        })
+    });
+    g.finish();
+
+    // Batches of 64 keys: get_many overlaps the lookups' cache misses;
+    // "loop_64" is the same 64 gets one after the other. Per key.
+    let mut g = c.benchmark_group("get_many");
+    g.throughput(Throughput::Elements(64));
+    let mut out = Vec::with_capacity(64);
+    g.bench_function("hit_64", |b| {
+        b.iter(|| {
+            let keys: [[u8; 24]; 64] = std::array::from_fn(|_| key(r.next() % N));
+            assert_eq!(f.db.get_many_into(&keys, &mut out).unwrap(), 64);
+            black_box(&out);
+        })
+    });
+    g.bench_function("miss_64", |b| {
+        b.iter(|| {
+            let keys: [[u8; 24]; 64] = std::array::from_fn(|_| key(N + r.next() % N));
+            assert_eq!(f.db.get_many_into(&keys, &mut out).unwrap(), 0);
+            black_box(&out);
+        })
+    });
+    g.bench_function("loop_64", |b| {
+        b.iter(|| {
+            let keys: [[u8; 24]; 64] = std::array::from_fn(|_| key(r.next() % N));
+            for k in &keys {
+                black_box(f.db.get(k).unwrap().unwrap());
+            }
+        })
+    });
     g.finish();
 
     let mut g = c.benchmark_group("iter");
@@ -231,6 +280,44 @@ fn bulk(c: &mut Criterion) {
         )
     });
     g.finish();
+}
+
+/// Two dependent random reads in a shared file mapping, laid out like a
+/// store: a table of 2 M slot words, each the offset of a 192-byte
+/// "record" in a 256 MiB region after it.
+struct Floor {
+    map: memmap2::MmapMut,
+    _file: std::fs::File,
+}
+
+const FLOOR_SLOTS: u64 = 1 << 21;
+const FLOOR_LOG: u64 = 256 << 20;
+
+impl Floor {
+    fn new(dir: &std::path::Path) -> Floor {
+        let file = tempfile::tempfile_in(dir).unwrap();
+        let table = FLOOR_SLOTS * 8;
+        file.set_len(table + FLOOR_LOG).unwrap();
+        // SAFETY: a private temporary file nothing else maps.
+        let mut map = unsafe { memmap2::MmapMut::map_mut(&file).unwrap() };
+        let mut r = Rng(99);
+        for s in 0..FLOOR_SLOTS as usize {
+            let rec = table + (r.next() % (FLOOR_LOG / 8 - 24)) * 8;
+            map[s * 8..s * 8 + 8].copy_from_slice(&rec.to_le_bytes());
+        }
+        for b in map[table as usize..].chunks_mut(4096) {
+            b[0] = 1; // fault every page in, as the store's are
+        }
+        Floor { map, _file: file }
+    }
+
+    #[inline]
+    fn read(&self, h: u64, out: &mut [u8; 192]) -> u8 {
+        let s = (h >> 43) as usize * 8; // top 21 bits: the "home slot"
+        let rec = u64::from_le_bytes(self.map[s..s + 8].try_into().unwrap()) as usize;
+        out.copy_from_slice(&self.map[rec..rec + 192]);
+        out[17]
+    }
 }
 
 fn report_file(what: &str, f: &Fixture) {

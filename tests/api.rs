@@ -398,3 +398,60 @@ fn close_gives_back_preallocated_space() {
     assert_eq!(db.get(b"k").unwrap().unwrap().len(), 1000);
     db.insert(b"more", [2u8; 100_000]).unwrap();
 }
+
+/// `get_many` runs its lookups through a prefetching pipeline several keys
+/// deep: for every batch length around the pipeline's depths, with hits,
+/// misses, removed keys, repeated keys, expired entries and keys sharing
+/// probe paths, it answers exactly what `get` answers, in order.
+#[test]
+fn get_many_answers_as_get_does_for_every_batch_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path().join("gm.mapkv")).unwrap();
+    let mut model = std::collections::HashMap::new();
+    for i in 0..3000u32 {
+        let k = format!("key-{i}");
+        let v = format!("value-{i}-").repeat(1 + i as usize % 40);
+        db.insert(&k, &v).unwrap();
+        model.insert(k, v.into_bytes());
+    }
+    for i in (0..3000u32).step_by(7) {
+        let k = format!("key-{i}");
+        db.remove(&k).unwrap();
+        model.remove(&k);
+    }
+    db.insert_with_ttl(b"gone", b"x", std::time::Duration::from_millis(1))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let mut r = 12345u64;
+    let mut next = move || {
+        r ^= r << 13;
+        r ^= r >> 7;
+        r ^= r << 17;
+        r
+    };
+    let mut out = Vec::new();
+    for len in (0..40).chain([63, 64, 65, 100, 257, 1000]) {
+        let keys: Vec<String> = (0..len)
+            .map(|j| match next() % 10 {
+                0 => "gone".to_string(),
+                1 => format!("absent-{}", next() % 5000),
+                2 if j > 0 => "key-1".to_string(), // a repeat
+                _ => format!("key-{}", next() % 3000),
+            })
+            .collect();
+        let want: Vec<Option<Vec<u8>>> = keys.iter().map(|k| model.get(k).cloned()).collect();
+        let got: Vec<Option<Vec<u8>>> = db
+            .get_many(&keys)
+            .unwrap()
+            .into_iter()
+            .map(|v| v.map(|v| v.into_vec()))
+            .collect();
+        assert_eq!(got, want, "get_many of {len} keys");
+        let found = db.get_many_into(&keys, &mut out).unwrap();
+        assert_eq!(found, want.iter().filter(|v| v.is_some()).count());
+        assert_eq!(out.len(), len);
+        for (k, v) in keys.iter().zip(&out) {
+            assert_eq!(v.as_deref(), db.get(k).unwrap().as_deref(), "{k}");
+        }
+    }
+}

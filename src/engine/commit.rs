@@ -92,22 +92,11 @@ pub(crate) fn check_key(key: &[u8]) -> Result<(), Error> {
 }
 
 impl Store {
-    /// Start the cache misses of a batch in parallel: first every key's home
-    /// slot, then the record each home slot points at (when its tag
-    /// matches). Applying the batch then finds most lines in cache instead
-    /// of waiting for two misses per key, one after the other.
+    /// Start the cache misses of a batch's index updates in parallel
+    /// (see [`prefetch_lookups`](Store::prefetch_lookups)).
     fn prefetch_keys<'k>(&self, t: &Table<'_>, d: Desc, keys: impl Iterator<Item = &'k [u8]>) {
         let hashes: Vec<u64> = keys.map(|k| index::hash(self.hash_seed, k)).collect();
-        for &h in &hashes {
-            self.arena.prefetch(d.start + 8 * t.home(h) as u64, 8);
-        }
-        for &h in &hashes {
-            if let Some(word) = t.word_at(t.home(h)) {
-                if index::is_live(word) && index::same_tag(word, h) {
-                    self.arena.prefetch(index::word_offset(word), 64);
-                }
-            }
-        }
+        self.prefetch_lookups(t, d, &hashes, 64);
     }
 
     /// Write, publish and (per durability) sync one commit.

@@ -12,6 +12,18 @@ use crate::storage::mapping::MapMode;
 use crate::storage::{ARENA_START, CONTROL_OFFSET};
 
 use super::{check_key, Failure, Result, Store};
+use crate::Value;
+
+/// How far ahead [`Store::fetch_many`]'s pipeline stages run, in keys.
+const AHEAD: usize = 8;
+/// The ring of hashes the pipeline keeps (a power of two > 2 * AHEAD).
+const RING: usize = 32;
+const _: () = assert!(RING.is_power_of_two() && RING > 2 * AHEAD);
+/// Slots the record prefetch looks at along a probe path.
+const PROBE_AHEAD: usize = 4;
+/// Bytes of a record prefetched ahead of its lookup: header, a short key
+/// and a value of about 150 bytes (what `load` itself prefetches).
+const PREFETCH_RECORD: u64 = 256;
 
 impl Store {
     /// The current slot table, checked against the file.
@@ -61,9 +73,23 @@ impl Store {
     /// [`Dest::Copy`] buffer. In cache mode a hit marks the slot (a second
     /// chance at the next eviction).
     #[inline]
-    fn find_live(&self, key: &[u8], mut dest: Dest<'_>, value_at: &mut usize) -> Result<bool> {
+    fn find_live(&self, key: &[u8], dest: Dest<'_>, value_at: &mut usize) -> Result<bool> {
         let (t, d) = self.table()?;
         let h = index::hash(self.hash_seed, key);
+        self.find_live_in(&t, d, key, h, dest, value_at)
+    }
+
+    /// `find_live` in a table already loaded, for a key already hashed.
+    #[inline]
+    fn find_live_in(
+        &self,
+        t: &Table<'_>,
+        d: Desc,
+        key: &[u8],
+        h: u64,
+        mut dest: Dest<'_>,
+        value_at: &mut usize,
+    ) -> Result<bool> {
         let rec = self.records();
         let mut live = false;
         let found = t
@@ -93,6 +119,96 @@ impl Store {
         let mut at = 0;
         let live = self.find_live(key, Dest::Copy(buf), &mut at)?;
         Ok(live.then_some(at))
+    }
+
+    /// Start the cache misses of many lookups at once: first every home
+    /// slot, then the record each home slot points at when its tag
+    /// matches (`span` bytes of it). The lookups that follow then find
+    /// their lines in cache instead of waiting for two misses per key, one
+    /// after the other (group prefetching, as in hash joins). A hint only:
+    /// nothing read here is trusted or kept.
+    pub(crate) fn prefetch_lookups(&self, t: &Table<'_>, d: Desc, hashes: &[u64], span: u64) {
+        for &h in hashes {
+            self.arena.prefetch(d.start + 8 * t.home(h) as u64, 8);
+        }
+        for &h in hashes {
+            if let Some(word) = t.word_at(t.home(h)) {
+                if index::is_live(word) && index::same_tag(word, h) {
+                    self.arena.prefetch(index::word_offset(word), span);
+                }
+            }
+        }
+    }
+
+    /// Look up many keys with their cache misses overlapped: `out[i]`
+    /// gets the value of `keys[i]` (or `None`), each copied and checked
+    /// exactly as [`fetch`](Store::fetch) does. Returns the number of hits.
+    ///
+    /// A software pipeline `AHEAD` keys deep on two stages, in the manner
+    /// of group prefetching for hash joins: while key `i` is looked up,
+    /// the record of key `i + AHEAD` and the home slot of key
+    /// `i + 2 * AHEAD` are already loading. A steady number of misses is
+    /// in flight (about `AHEAD` slots and `AHEAD` records), where a loop
+    /// of single gets waits for two misses per key, one after the other.
+    /// The stages only prefetch: the lookup itself is the ordinary one,
+    /// trusting nothing the prefetch stages saw.
+    pub(crate) fn fetch_many<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        out: &mut Vec<Option<Value>>,
+    ) -> Result<u64> {
+        out.clear();
+        out.reserve(keys.len());
+        let (t, d) = self.table()?;
+        let n = keys.len();
+        // Hashes of the keys ahead, in a ring indexed by key position.
+        let mut ring = [0u64; RING];
+        let hash = |i: usize| index::hash(self.hash_seed, keys[i].as_ref());
+        let slot_stage = |h: u64| self.arena.prefetch(d.start + 8 * t.home(h) as u64, 8);
+        for (i, h) in ring.iter_mut().enumerate().take(n.min(2 * AHEAD)) {
+            *h = hash(i);
+            slot_stage(*h);
+        }
+        for i in 0..n.min(AHEAD) {
+            self.prefetch_record(&t, ring[i % RING]);
+        }
+        let mut hits = 0;
+        for i in 0..n {
+            if i + 2 * AHEAD < n {
+                let h = hash(i + 2 * AHEAD);
+                ring[(i + 2 * AHEAD) % RING] = h;
+                slot_stage(h);
+            }
+            if i + AHEAD < n {
+                self.prefetch_record(&t, ring[(i + AHEAD) % RING]);
+            }
+            let key = keys[i].as_ref();
+            let mut buf = Vec::new();
+            let mut at = 0;
+            let live =
+                self.find_live_in(&t, d, key, ring[i % RING], Dest::Copy(&mut buf), &mut at)?;
+            hits += live as u64;
+            out.push(live.then(|| Value::from_parts(buf, at)));
+        }
+        Ok(hits)
+    }
+
+    /// Prefetch the record that the first slot on `h`'s probe path with a
+    /// matching tag points at (the probe stops at an empty slot, and after
+    /// a few slots: a hint only, never a lookup).
+    #[inline]
+    fn prefetch_record(&self, t: &Table<'_>, h: u64) {
+        let mut slot = t.home(h);
+        for _ in 0..PROBE_AHEAD {
+            match t.word_at(slot) {
+                Some(w) if index::is_live(w) && index::same_tag(w, h) => {
+                    self.arena.prefetch(index::word_offset(w), PREFETCH_RECORD);
+                    return;
+                }
+                Some(index::EMPTY) | None => return,
+                Some(_) => slot += 1,
+            }
+        }
     }
 
     /// The live entry of `key`, read whole (value and expiry), or `None`.
@@ -242,10 +358,10 @@ impl Default for HitCounters {
 }
 
 impl HitCounters {
-    /// Count a read; `share`: add the counts to the store's once a
-    /// stripe has enough (a read-only handle cannot write them there).
+    /// Count reads; `share`: add the counts to the store's once a stripe
+    /// has enough (a read-only handle cannot write them there).
     #[inline]
-    fn record(&self, store: &Store, hit: bool, share: bool) {
+    fn record(&self, store: &Store, hits: u64, misses: u64, share: bool) {
         thread_local! {
             static STRIPE: usize = {
                 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -253,12 +369,16 @@ impl HitCounters {
             };
         }
         let s = &self.stripes[STRIPE.with(|s| *s)];
-        let c = if hit { &s.hits } else { &s.misses };
-        if c.fetch_add(1, Ordering::Relaxed) + 1 >= FLUSH_EVERY && share {
-            let n = c.swap(0, Ordering::Relaxed);
-            if let Ok(ctl) = store.control() {
-                let (h, m) = if hit { (n, 0) } else { (0, n) };
-                ctl.add_reads(h, m);
+        for (c, n, hit) in [(&s.hits, hits, true), (&s.misses, misses, false)] {
+            if n == 0 {
+                continue;
+            }
+            if c.fetch_add(n, Ordering::Relaxed) + n >= FLUSH_EVERY && share {
+                let n = c.swap(0, Ordering::Relaxed);
+                if let Ok(ctl) = store.control() {
+                    let (h, m) = if hit { (n, 0) } else { (0, n) };
+                    ctl.add_reads(h, m);
+                }
             }
         }
     }
@@ -318,7 +438,15 @@ impl Store {
     /// Out of line: keeps the database-mode read path as small as before.
     #[inline(never)]
     fn record_read(&self, hit: bool) {
-        self.hits.record(self, hit, !self.read_only());
+        let (h, m) = if hit { (1, 0) } else { (0, 1) };
+        self.hits.record(self, h, m, !self.read_only());
+    }
+
+    /// Count `hits` and `misses` reads at once (`get_many`).
+    pub(crate) fn count_reads(&self, hits: u64, misses: u64) {
+        if self.is_cache() {
+            self.hits.record(self, hits, misses, !self.read_only());
+        }
     }
 
     /// Reads of a read-only handle, which only it can see: `(hits,
