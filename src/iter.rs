@@ -3,19 +3,33 @@
 use std::sync::Arc;
 
 use crate::db::Follows;
-use crate::engine::{self, Store};
+use crate::engine::{self, LogScan, Step, Store};
 use crate::index;
+use crate::log::read::Put;
 use crate::{Db, Result, Value};
 
 /// Iterator over the live entries of a store, from [`Db::iter`].
 ///
-/// It walks the index table that was current when it was created, in slot
-/// order, and copies each entry out (checksum-verified), taking no lock.
-/// Entries present for the whole iteration are returned exactly once;
-/// entries inserted, overwritten or removed meanwhile may or may not be
-/// seen, and a value may be older than one written during the iteration.
-/// An entry that fails its checks is returned as an `Err`, and iteration
-/// goes on with the next slot.
+/// It reads the log front to back, up to the end of the last commit
+/// published when the iterator was made, and returns each entry the index
+/// (as of then) still points at, copied out and checksum-verified, taking
+/// no lock. Reading the log in order is sequential memory; the only random
+/// loads, one slot per record, are prefetched several records ahead.
+///
+/// What it guarantees:
+/// - Entries present and unchanged for the whole iteration are returned
+///   exactly once.
+/// - Entries inserted, overwritten or removed meanwhile may or may not be
+///   returned (an entry overwritten during the iteration may be missed:
+///   its old record is no longer live, its new one is past the end), and a
+///   value may be older than one written during the iteration. No entry is
+///   returned twice.
+/// - Entries come in the order they were last written (oldest first),
+///   which is not a contract: it may change.
+/// - An entry that fails its checks is returned as an `Err`, and iteration
+///   goes on. If a record header fails its checks, the log cannot be
+///   followed past it: the iterator returns one `Err` naming it and then
+///   walks the index table for the entries whose records lie past it.
 ///
 /// ```
 /// # let dir = tempfile::tempdir().unwrap();
@@ -37,16 +51,22 @@ pub struct Iter<'a> {
     /// moves the store, the iterator finishes on the old file (which stays
     /// mapped, and unchanged, while the iterator holds it).
     store: std::sync::Arc<Store>,
-    /// The slot table's descriptor word, if it was valid.
+    /// The log-order scan, while it runs.
+    scan: Option<LogScan>,
+    /// The slot table's descriptor word, if it was valid (for the walk of
+    /// the slots).
     desc: Option<u64>,
     slot: usize,
     /// Records of the slots before this one have been prefetched.
     ahead: usize,
+    /// The slot walk returns only entries whose records lie at or past
+    /// this offset (the log-order scan returned the ones before it).
+    from: u64,
     failed: Option<crate::Error>,
 }
 
-/// How many slots ahead of the one being read the iterator starts loading
-/// records, so that their cache misses overlap instead of queueing.
+/// How many slots ahead of the one being read the slot walk starts
+/// loading records, so that their cache misses overlap instead of queueing.
 const LOOKAHEAD: usize = 64;
 
 impl<'a> Iter<'a> {
@@ -57,24 +77,58 @@ impl<'a> Iter<'a> {
         let res = Follows::new(db.handle.opts.lock_timeout).run(
             &db.handle.path,
             || arc_swap::Guard::into_inner(db.store()),
-            |s: &Arc<Store>| -> engine::Result<u64> {
+            |s: &Arc<Store>| -> engine::Result<(u64, Option<LogScan>)> {
                 store = Some(s.clone());
-                Ok(s.table()?.1.encode())
+                let desc = s.table()?.1.encode();
+                Ok((desc, LogScan::new(s)?))
             },
             |s| db.handle.follow(s),
         );
         let store = store.unwrap_or_else(|| arc_swap::Guard::into_inner(db.store()));
-        let (desc, failed) = match res {
-            Ok(d) => (Some(d), None),
-            Err(f) => (None, Some(f.into_error(&db.handle.path))),
+        let (desc, scan, failed) = match res {
+            Ok((d, scan)) => (Some(d), scan, None),
+            Err(f) => (None, None, Some(f.into_error(&db.handle.path))),
         };
         Iter {
             db,
             store,
+            scan,
             desc,
             slot: 0,
             ahead: 0,
+            from: 0,
             failed,
+        }
+    }
+
+    fn entry(put: Put) -> (Value, Value) {
+        let key = Value::from_parts(put.key().to_vec(), 0);
+        let (buf, at) = put.into_buf();
+        (key, Value::from_parts(buf, at))
+    }
+
+    /// The next entry of the log-order scan; `None` once it has ended
+    /// (the slot walk takes over if it broke off).
+    fn next_in_log(&mut self) -> Option<Result<(Value, Value)>> {
+        let scan = self.scan.as_mut()?;
+        let store = &*self.store;
+        match scan.next(store) {
+            Step::Entry(put) => Some(Ok(Self::entry(put))),
+            Step::Damaged(f) => Some(Err(self.db.note_damage(f.into_error(&store.path)))),
+            Step::Broken(at) => {
+                // Walk the slots for the entries past `at`.
+                self.scan = None;
+                self.from = at;
+                Some(Err(self.db.note_damage(store.corrupt(
+                    at,
+                    "record header fails its checks: iteration goes on by the index",
+                ))))
+            }
+            Step::Done => {
+                self.scan = None;
+                self.desc = None;
+                None
+            }
         }
     }
 }
@@ -86,6 +140,11 @@ impl Iterator for Iter<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         if let Some(e) = self.failed.take() {
             return Some(Err(self.db.note_damage(e)));
+        }
+        if self.scan.is_some() {
+            if let Some(item) = self.next_in_log() {
+                return Some(item);
+            }
         }
         let store = &*self.store;
         let t = match store.table_at(self.desc?) {
@@ -99,7 +158,7 @@ impl Iterator for Iter<'_> {
             // Keep the record loads of the next slots in flight.
             while self.ahead < self.slot + LOOKAHEAD {
                 match t.word_at(self.ahead) {
-                    Some(a) if index::is_live(a) => {
+                    Some(a) if index::is_live(a) && index::word_offset(a) >= self.from => {
                         store.arena.prefetch(index::word_offset(a), 256)
                     }
                     Some(_) => {}
@@ -108,16 +167,12 @@ impl Iterator for Iter<'_> {
                 self.ahead += 1;
             }
             self.slot += 1;
-            if !index::is_live(word) {
+            if !index::is_live(word) || index::word_offset(word) < self.from {
                 continue;
             }
             match store.entry_at(word) {
                 Ok(put) if put.expired() => continue, // expired: skipped
-                Ok(put) => {
-                    let key = Value::from_parts(put.key().to_vec(), 0);
-                    let (buf, at) = put.into_buf();
-                    return Some(Ok((key, Value::from_parts(buf, at))));
-                }
+                Ok(put) => return Some(Ok(Self::entry(put))),
                 Err(f) => return Some(Err(self.db.note_damage(f.into_error(&store.path)))),
             }
         }

@@ -888,3 +888,55 @@ fn torn_newer_meta_after_a_trimming_close() {
     let db = open(&path, false).unwrap_or_else(|e| panic!("usable older copy {usable}: {e}"));
     assert_eq!(db.len(), 100);
 }
+
+/// `iter` reads the log in order. A record header that fails its checks
+/// ends the log walk: iteration reports it once and goes on by the index
+/// for the records past it, so every other entry is still returned, and
+/// none twice.
+#[test]
+fn iter_goes_on_by_the_index_past_a_damaged_header() {
+    use mapkv::testing::layout::{header, HEADER_LEN};
+    let (_dir, path) = common::store();
+    let db = Db::open(&path).unwrap();
+    let key = |i: u32| format!("iter-key-{i:05}");
+    for i in 0..2000u32 {
+        db.insert(key(i), format!("value-{i}")).unwrap();
+    }
+    db.flush().unwrap();
+    // Another process (or an attacker) damages the file under the open
+    // handle.
+    let bytes = std::fs::read(&path).unwrap();
+    let victim = key(1000);
+    let at = bytes
+        .windows(victim.len())
+        .position(|w| w == victim.as_bytes())
+        .expect("the key is in the file") as u64
+        - HEADER_LEN;
+    // Break the header's own checksum: the body (and its CRC) are intact.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let b = bytes[(at as usize) + header::HDR_CRC] ^ 0x5a;
+        f.write_all_at(&[b], at + header::HDR_CRC as u64).unwrap();
+    }
+    let mut seen = HashSet::new();
+    let mut errors = Vec::new();
+    for item in db.iter() {
+        match item {
+            Ok((k, v)) => {
+                let k = String::from_utf8(k.to_vec()).unwrap();
+                let i: u32 = k["iter-key-".len()..].parse().unwrap();
+                assert_eq!(&v[..], format!("value-{i}").as_bytes());
+                assert!(seen.insert(i), "{k} returned twice");
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    assert!(
+        errors.iter().any(|e| e.contains(&at.to_string())),
+        "no error names offset {at}: {errors:?}"
+    );
+    for i in (0..2000).filter(|&i| i != 1000) {
+        assert!(seen.contains(&i), "{} missing", key(i));
+    }
+}

@@ -1,0 +1,169 @@
+//! A scan of the live entries in log order, for [`Db::iter`](crate::Db::iter).
+//!
+//! The log is read front to back (sequential memory, which the hardware
+//! prefetcher streams), and a put is returned when the index still points
+//! at it: its key's probe path holds a slot with exactly its offset. Those
+//! slot loads are the scan's only random accesses; they are prefetched
+//! `AHEAD` records ahead, so their misses overlap. A returned entry is
+//! copied out and checked against its CRC, as every read is.
+//!
+//! Nothing read from the file is trusted: a header must pass its checks
+//! before its length moves the scan on, and the scan never passes the
+//! published tail it started with. A header that fails stops the log
+//! walk at that offset ([`Step::Broken`]); the caller can go on from
+//! there another way (the iterator walks the slots for entries past it).
+
+use std::collections::VecDeque;
+
+use crate::index::{self, Table};
+use crate::log::read::Put;
+use crate::log::record::{Header, HEADER_LEN};
+use crate::storage::ARENA_START;
+
+use super::{Result, Store};
+
+/// Records read ahead, with their home slots loading.
+const AHEAD: usize = 16;
+
+/// A log-order scan over one store's log, up to the tail it started with.
+pub(crate) struct LogScan {
+    /// The next record to read ahead.
+    pos: u64,
+    /// The published tail when the scan started.
+    end: u64,
+    /// The slot table when the scan started.
+    desc: u64,
+    ahead: VecDeque<Pending>,
+    /// Where a header failed its checks: the walk ends there.
+    broken: Option<u64>,
+}
+
+/// A put read ahead: its offset, header and key hash.
+struct Pending {
+    off: u64,
+    header: Header,
+    hash: u64,
+}
+
+/// One step of the scan.
+pub(crate) enum Step {
+    /// A live entry, copied and checked.
+    Entry(Put),
+    /// A record that failed its checks after its header passed (the scan
+    /// goes on after it).
+    Damaged(super::Failure),
+    /// The header at this offset failed its checks: the log walk ends
+    /// here; entries of records past it were not returned.
+    Broken(u64),
+    /// Every record up to the tail has been seen.
+    Done,
+}
+
+impl LogScan {
+    /// A scan of `store` as of now: `None` if no consistent (tail, table)
+    /// pair could be read (a writer kept committing), and the caller
+    /// should walk the slots instead.
+    pub(crate) fn new(store: &Store) -> Result<Option<LogScan>> {
+        let c = store.control()?;
+        let (st, consistent) = c.snapshot(64);
+        if !consistent {
+            return Ok(None);
+        }
+        // Check the pair the way every reader does: the table must lie in
+        // the file, and the tail may not pass its end.
+        store.table_at(st.index_desc)?;
+        // (Another process may have grown the file: believe fstat.)
+        let len = store.arena.refresh().unwrap_or_else(|_| store.arena.len());
+        let end = st.tail.min(len);
+        Ok(Some(LogScan {
+            pos: ARENA_START,
+            end,
+            desc: st.index_desc,
+            ahead: VecDeque::with_capacity(AHEAD),
+            broken: None,
+        }))
+    }
+
+    /// The next step of the scan.
+    pub(crate) fn next(&mut self, store: &Store) -> Step {
+        let t = match store.table_at(self.desc) {
+            Ok((t, _)) => t,
+            Err(f) => return Step::Damaged(f),
+        };
+        let rec = store.records();
+        loop {
+            self.read_ahead(store, &t);
+            let Some(p) = self.ahead.pop_front() else {
+                return match self.broken.take() {
+                    Some(at) => Step::Broken(at),
+                    None => Step::Done,
+                };
+            };
+            // Live if the key's probe path has a slot naming this record.
+            let live = t.find(p.hash, |o| -> Result<bool> { Ok(o == p.off) });
+            match live {
+                Ok(Some(_)) => {}
+                Ok(None) => continue,
+                Err(f) => return Step::Damaged(store.locate(f, self.desc_start())),
+            }
+            match rec.put(p.off, &p.header) {
+                Ok(put) if put.expired() => continue,
+                Ok(put) => return Step::Entry(put),
+                Err(e) => return Step::Damaged(e.into()),
+            }
+        }
+    }
+
+    fn desc_start(&self) -> u64 {
+        index::Desc::decode(self.desc).map_or(0, |d| d.start)
+    }
+
+    /// Read headers and keys until `AHEAD` puts wait, starting the load of
+    /// each one's home slot.
+    fn read_ahead(&mut self, store: &Store, t: &Table<'_>) {
+        let rec = store.records();
+        let d = index::Desc::decode(self.desc);
+        while self.ahead.len() < AHEAD && self.pos < self.end && self.broken.is_none() {
+            let off = self.pos;
+            let Some((h, len)) = rec
+                .header(off)
+                .ok()
+                .filter(|h| h.check(store.salt, off))
+                .and_then(|h| Some((h, h.len_at(off)?)))
+                .filter(|&(_, len)| off.checked_add(len).is_some_and(|e| e <= self.end))
+            else {
+                self.broken = Some(off);
+                break;
+            };
+            self.pos = off + len;
+            if !h.is_put() {
+                continue; // a removal, or an index chunk
+            }
+            let mut small = [0u8; 64];
+            let hash = if (h.key_len as usize) <= small.len() {
+                let k = &mut small[..h.key_len as usize];
+                if store.arena.read(off + HEADER_LEN, k).is_err() {
+                    self.broken = Some(off);
+                    break;
+                }
+                index::hash(store.hash_seed, k)
+            } else {
+                match rec.key(off, &h) {
+                    Ok(k) => index::hash(store.hash_seed, &k),
+                    Err(_) => {
+                        self.broken = Some(off);
+                        break;
+                    }
+                }
+            };
+            if let Some(d) = d {
+                store.arena.prefetch(d.start + 8 * t.home(hash) as u64, 8);
+            }
+            self.ahead.push_back(Pending {
+                off,
+                header: h,
+                hash,
+            });
+        }
+    }
+}
