@@ -2,7 +2,7 @@
 
 use crate::engine::Op;
 use crate::log::read::expiry_after;
-use crate::{Db, Error, Result};
+use crate::{Db, Durability, Error, Result};
 
 /// Writes that become visible, and durable, together.
 ///
@@ -33,6 +33,8 @@ pub struct Batch<'a> {
     /// The operations, in order; keys and values live in `bytes`.
     ops: Vec<Staged>,
     error: Option<Error>,
+    /// How the commit is made durable (the handle's, unless set).
+    durability: Durability,
 }
 
 /// One operation of a batch, its key and value at `start` in the batch's
@@ -58,6 +60,7 @@ impl<'a> Batch<'a> {
             db,
             bytes: Vec::new(),
             ops: Vec::new(),
+            durability: db.durability,
             error: None,
         }
     }
@@ -201,8 +204,31 @@ impl<'a> Batch<'a> {
         self.ops.is_empty()
     }
 
-    /// Write every operation as one all-or-nothing commit, with the store's
-    /// durability, and empty the batch (it can be filled and committed
+    /// Make this batch's commit durable per `d`, whatever the handle's
+    /// durability: one durable batch among unsynced writes, or the
+    /// reverse. Under [`Durability::Sync`] the commit costs one device
+    /// flush, shared with other threads committing durably at the same
+    /// time (see [`Db::with_durability`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mapkv::Durability;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("bd.mapkv"))?;
+    /// let mut b = db.batch();
+    /// b.insert(b"from", b"90").insert(b"to", b"10");
+    /// b.durability(Durability::Sync).commit()?; // both on stable storage
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn durability(&mut self, d: Durability) -> &mut Self {
+        self.durability = d;
+        self
+    }
+
+    /// Write every operation as one all-or-nothing commit, with the
+    /// handle's durability (or the one [`durability`](Batch::durability)
+    /// chose), and empty the batch (it can be filled and committed
     /// again). An empty batch commits nothing. Takes `&mut self`, so a
     /// batch can be built and committed in one expression:
     /// `db.batch().insert(k, v).insert(k2, v2).commit()?`.
@@ -256,7 +282,8 @@ impl<'a> Batch<'a> {
                 Staged::Remove { start, key_len } => Op::Del(&b[start..start + key_len]),
             })
             .collect();
-        self.db.write(|i| i.commit(&ops))
+        let d = self.durability;
+        self.db.write(|i| self.db.commit_with(i, &ops, d))
     }
 }
 

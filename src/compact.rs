@@ -430,7 +430,7 @@ impl Db {
                     bufs.push(old.entry_at(word)?);
                 }
                 let ops: Vec<Op<'_>> = bufs.iter().map(Op::from_put).collect();
-                new.commit(&ops)?;
+                new.commit(&ops, Durability::None)?;
                 // Carry the hit counts over (cache mode).
                 for (e, put) in chunk.iter().zip(&bufs) {
                     if e.freq > 0 {
@@ -554,7 +554,7 @@ impl Db {
         }
         // Ours now. The old store is finished: never close it as ours.
         // It was built unsynced; from now on it has the handle's durability.
-        new.adopt(&self.handle.path, self.handle.opts.durability, growth_step);
+        new.adopt(&self.handle.path, growth_step);
         old.abandon();
         old.hand_reads_to(&new);
         let nc = new.control()?;
@@ -746,7 +746,7 @@ fn replay(old: &Store, new: &Store, from: u64, to: u64) -> engine::Result<u64> {
                         )
                         .into());
                 }
-                new.commit_locked(&mut nw, &ops)?;
+                new.commit_locked(&mut nw, &ops, Durability::None)?;
                 n += 1;
             }
             Ok(Item::Index { .. }) => {}

@@ -14,10 +14,11 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use crate::engine::{self, bounded, Failure, Op, OpenKind, Store};
+use crate::group::Group;
 use crate::index::Desc;
 use crate::log::read::expiry_after;
 use crate::log::record::seq_of;
-use crate::options::Options;
+use crate::options::{Durability, Options};
 use crate::storage::control::{Durable, State};
 use crate::storage::{self, ARENA_START};
 use crate::{Error, Result, Value};
@@ -47,6 +48,9 @@ use crate::{Error, Result, Value};
 #[derive(Clone)]
 pub struct Db {
     pub(crate) handle: Arc<Handle>,
+    /// How this handle's commits are made durable (see
+    /// [`with_durability`](Db::with_durability)).
+    pub(crate) durability: Durability,
 }
 
 impl std::fmt::Debug for Db {
@@ -56,7 +60,7 @@ impl std::fmt::Debug for Db {
             .field("path", &self.handle.given)
             .field("read_only", &s.read_only())
             .field("cache", &s.is_cache())
-            .field("durability", &self.handle.opts.durability)
+            .field("durability", &self.durability)
             .finish_non_exhaustive()
     }
 }
@@ -87,6 +91,8 @@ pub(crate) struct Handle {
     /// A read through this handle met a slot that disagrees with the log:
     /// the next write rebuilds the index first (see `repair`).
     pub(crate) index_suspect: AtomicBool,
+    /// Durable commits of this handle's threads share syncs through it.
+    pub(crate) group: Group,
 }
 
 /// How long an operation keeps following the store to new files (each
@@ -449,6 +455,7 @@ impl Db {
             .run(path, || (), |_| Store::open(path, opts.clone()), |_| {})
             .map_err(|f| f.into_error(path))?;
         Ok(Db {
+            durability: opts.durability,
             handle: Arc::new(Handle {
                 current: ArcSwap::from_pointee(store),
                 path: path.to_path_buf(),
@@ -458,6 +465,7 @@ impl Db {
                 background: Arc::new(AtomicBool::new(false)),
                 compacting: Mutex::new(()),
                 index_suspect: AtomicBool::new(false),
+                group: Group::default(),
             }),
         })
     }
@@ -491,7 +499,7 @@ impl Db {
     /// ```
     pub fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
         let (k, v) = (key.as_ref(), value.as_ref());
-        self.write(|i| i.commit(&[Op::Put(k, v)]))
+        self.write(|i| self.commit(i, &[Op::Put(k, v)]))
     }
 
     /// Insert `key` with `value` for `ttl`: once it has passed, the entry
@@ -526,7 +534,7 @@ impl Db {
     ) -> Result<()> {
         let (k, v) = (key.as_ref(), value.as_ref());
         let at = expiry_after(ttl);
-        self.write(|i| i.commit(&[Op::PutTtl(k, v, at)]))
+        self.write(|i| self.commit(i, &[Op::PutTtl(k, v, at)]))
     }
 
     /// The value of `key`, copied out and checksum-verified.
@@ -634,7 +642,7 @@ impl Db {
             if i.lookup(key)?.is_none() {
                 return Ok(false);
             }
-            i.commit_locked(&mut wr, &[Op::Del(key)])?;
+            i.commit_locked(&mut wr, &[Op::Del(key)], self.durability)?;
             Ok(true)
         })
     }
@@ -696,9 +704,12 @@ impl Db {
         self.len() == 0
     }
 
-    /// Make every write so far durable (msync of the log, fsync of growth,
-    /// and a synced meta). After it returns, everything written before the
-    /// call survives an OS crash or power loss.
+    /// Make every write so far durable: one device flush (an msync of the
+    /// log written since the last sync, or one fsync if the file grew).
+    /// After it returns, everything written before the call survives an
+    /// OS crash or power loss. For one durable write among unsynced ones,
+    /// [`with_durability`](Db::with_durability) costs the same sync and
+    /// says so where the write is made.
     ///
     /// # Examples
     ///
@@ -723,8 +734,70 @@ impl Db {
             if wr.dur.tail == wr.st.tail && wr.dur.len >= i.arena.len() {
                 return Ok(());
             }
-            Ok(i.commit_meta(&mut wr, false)?)
+            let tail = wr.st.tail;
+            i.sync_to(&mut wr, tail)?;
+            // The meta need not be synced: recovery after an OS crash finds
+            // the synced commits past an older meta's tail by scanning.
+            wr.dur.tail = wr.st.tail;
+            wr.dur.seq_gen = wr.st.seq_gen;
+            Ok(i.write_meta(&mut wr, 0, false)?)
         })
+    }
+
+    /// A handle on the same open store whose writes commit with
+    /// durability `d`: choose per write, with no second open. Cheap (a
+    /// clone of this handle).
+    ///
+    /// Under [`Durability::Sync`] a commit costs one device flush (an
+    /// msync of its records), and threads committing durably through
+    /// clones of one handle at the same time share it: while one group of
+    /// commits syncs, the next one gathers, and a whole group then costs
+    /// one sync (group commit).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mapkv::{Db, Durability};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("wd.mapkv");
+    /// let db = Db::open(&path)?; // Durability::None by default
+    /// db.insert(b"page-view", b"1")?; // survives a process crash
+    /// let durable = db.with_durability(Durability::Sync);
+    /// durable.insert(b"order:17", b"paid")?; // on stable storage on return
+    /// assert_eq!(durable.durability(), Durability::Sync);
+    /// assert_eq!(db.get(b"order:17")?.as_deref(), Some(&b"paid"[..]));
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn with_durability(&self, d: Durability) -> Db {
+        Db {
+            handle: self.handle.clone(),
+            durability: d,
+        }
+    }
+
+    /// How this handle's writes are made durable (see
+    /// [`with_durability`](Db::with_durability)).
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Commit `ops` on `store` with this handle's durability: durable
+    /// commits go through the group commit.
+    pub(crate) fn commit(&self, store: &Store, ops: &[Op<'_>]) -> engine::Result<()> {
+        self.commit_with(store, ops, self.durability)
+    }
+
+    /// `commit` with durability `d`.
+    pub(crate) fn commit_with(
+        &self,
+        store: &Store,
+        ops: &[Op<'_>],
+        d: Durability,
+    ) -> engine::Result<()> {
+        match d {
+            Durability::Sync => self.handle.group.commit(store, ops),
+            d => store.commit(ops, d),
+        }
     }
 
     /// Counters and sizes.

@@ -92,6 +92,7 @@ mod error;
 mod evict;
 mod feed;
 mod flight;
+mod group;
 mod index;
 mod iter;
 mod log;

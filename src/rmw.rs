@@ -83,7 +83,7 @@ impl Db {
                 if cur.is_some() {
                     return Ok(false);
                 }
-                s.commit_locked(wr, &[Op::Put(k, v)])?;
+                s.commit_locked(wr, &[Op::Put(k, v)], self.durability)?;
                 Ok(true)
             })
         })
@@ -120,7 +120,7 @@ impl Db {
                 if cur.is_some() {
                     return Ok(false);
                 }
-                s.commit_locked(wr, &[Op::PutTtl(k, v, at)])?;
+                s.commit_locked(wr, &[Op::PutTtl(k, v, at)], self.durability)?;
                 Ok(true)
             })
         })
@@ -142,7 +142,7 @@ impl Db {
                     let (buf, at) = put.into_buf();
                     return Ok(Value::from_parts(buf, at));
                 }
-                s.commit_locked(wr, &[op(ttl.map(expiry_after))])?;
+                s.commit_locked(wr, &[op(ttl.map(expiry_after))], self.durability)?;
                 Ok(Value::from_parts(v.to_vec(), 0))
             })
         })
@@ -194,8 +194,8 @@ impl Db {
                     return Ok(Err(CasFailure { current }));
                 }
                 match (new, &cur) {
-                    (Some(n), _) => s.commit_locked(wr, &[Op::Put(k, n)])?,
-                    (None, Some(_)) => s.commit_locked(wr, &[Op::Del(k)])?,
+                    (Some(n), _) => s.commit_locked(wr, &[Op::Put(k, n)], self.durability)?,
+                    (None, Some(_)) => s.commit_locked(wr, &[Op::Del(k)], self.durability)?,
                     (None, None) => {}
                 }
                 Ok(Ok(()))
@@ -251,7 +251,7 @@ impl Db {
                     Some(at) => Op::PutTtl(k, &bytes, at),
                     None => Op::Put(k, &bytes),
                 };
-                s.commit_locked(wr, &[op])?;
+                s.commit_locked(wr, &[op], self.durability)?;
                 Ok(new)
             })
         })
@@ -290,7 +290,7 @@ impl Db {
                     None => Op::Put(k, p.value()),
                 };
                 op.check()?;
-                s.commit_locked(wr, &[op])?;
+                s.commit_locked(wr, &[op], self.durability)?;
                 Ok(true)
             })
         })

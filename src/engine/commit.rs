@@ -99,81 +99,107 @@ impl Store {
         self.prefetch_lookups(t, d, &hashes, 64);
     }
 
-    /// Write, publish and (per durability) sync one commit.
-    pub(crate) fn commit(&self, ops: &[Op<'_>]) -> Result<()> {
-        for op in ops {
+    /// Write, publish and (per durability `d`) sync one commit.
+    pub(crate) fn commit(&self, ops: &[Op<'_>], d: Durability) -> Result<()> {
+        self.commit_group(&[ops], d)
+    }
+
+    /// Write, sync once (per durability `d`) and publish several commits,
+    /// in order: group commit. Each commit keeps its own sequence number
+    /// and is all or nothing on its own; they share the writer lock, the
+    /// room check and, under [`Durability::Sync`], one sync.
+    pub(crate) fn commit_group(&self, commits: &[&[Op<'_>]], d: Durability) -> Result<()> {
+        for op in commits.iter().flat_map(|c| c.iter()) {
             op.check()?;
         }
         self.check_writable()?;
-        if ops.is_empty() {
+        if commits.iter().all(|c| c.is_empty()) {
             return Ok(());
         }
         let mut wr = self.lock_writer()?;
-        self.commit_locked(&mut wr, ops)
+        self.commit_group_locked(&mut wr, commits, d)
     }
 
     /// `commit` with the writer lock held.
-    pub(crate) fn commit_locked(&self, wr: &mut Writer, ops: &[Op<'_>]) -> Result<()> {
+    pub(crate) fn commit_locked(
+        &self,
+        wr: &mut Writer,
+        ops: &[Op<'_>],
+        d: Durability,
+    ) -> Result<()> {
+        self.commit_group_locked(wr, &[ops], d)
+    }
+
+    /// `commit_group` with the writer lock held.
+    pub(crate) fn commit_group_locked(
+        &self,
+        wr: &mut Writer,
+        commits: &[&[Op<'_>]],
+        d: Durability,
+    ) -> Result<()> {
         self.check_writable()?;
-        let puts = ops.iter().filter(|o| o.kind() == Kind::Put).count() as u64;
-        let total: u64 = ops
-            .iter()
+        let commits: Vec<&[Op<'_>]> = commits.iter().copied().filter(|c| !c.is_empty()).collect();
+        if commits.is_empty() {
+            return Ok(());
+        }
+        let all = || commits.iter().flat_map(|c| c.iter());
+        let puts = all().filter(|o| o.kind() == Kind::Put).count() as u64;
+        let total: u64 = all()
             .map(|o| record_len(o.key().len(), o.stored_len()))
             .sum();
+        // Room for the whole group first: a new index table is placed at
+        // the tail, so it must come before any record of the group.
         self.ensure_index_room(wr, puts, total, Growth::Bounded)?;
         let start = wr.st.tail;
         let end = start
             .checked_add(total)
             .ok_or_else(|| self.corrupt(start, "tail overflows"))?;
         self.ensure_space(end, Growth::Bounded)?;
-        let sg = seq_gen(seq_of(wr.st.seq_gen) + 1, wr.st.generation as u16);
         wr.unpublished = true;
         let mut off = start;
-        let last = ops.len() - 1;
-        for (i, op) in ops.iter().enumerate() {
-            let (k, v) = (op.key(), op.value());
-            let prefix = op.prefix();
-            let p: &[u8] = prefix.as_ref().map_or(&[], |p| &p[..]);
-            let h = record::encode(self.salt, off, op.kind(), i == last, k, p, v, sg);
-            self.write_bytes(off, &h.to_bytes())?;
-            self.write_bytes(off + HEADER_LEN, k)?;
-            self.write_bytes(off + HEADER_LEN + k.len() as u64, p)?;
-            self.write_bytes(off + HEADER_LEN + (k.len() + p.len()) as u64, v)?;
-            let body_end = off + HEADER_LEN + (k.len() + p.len() + v.len()) as u64;
-            let rec_end = off + record_len(k.len(), op.stored_len());
-            if rec_end > body_end {
-                self.write_bytes(body_end, &[0u8; 8][..(rec_end - body_end) as usize])?;
+        let mut sg = wr.st.seq_gen;
+        for ops in &commits {
+            sg = seq_gen(seq_of(sg) + 1, wr.st.generation as u16);
+            let last = ops.len() - 1;
+            for (i, op) in ops.iter().enumerate() {
+                let (k, v) = (op.key(), op.value());
+                let prefix = op.prefix();
+                let p: &[u8] = prefix.as_ref().map_or(&[], |p| &p[..]);
+                let h = record::encode(self.salt, off, op.kind(), i == last, k, p, v, sg);
+                self.write_bytes(off, &h.to_bytes())?;
+                self.write_bytes(off + HEADER_LEN, k)?;
+                self.write_bytes(off + HEADER_LEN + k.len() as u64, p)?;
+                self.write_bytes(off + HEADER_LEN + (k.len() + p.len()) as u64, v)?;
+                let body_end = off + HEADER_LEN + (k.len() + p.len() + v.len()) as u64;
+                let rec_end = off + record_len(k.len(), op.stored_len());
+                if rec_end > body_end {
+                    self.write_bytes(body_end, &[0u8; 8][..(rec_end - body_end) as usize])?;
+                }
+                off = rec_end;
             }
-            off = rec_end;
         }
         debug_assert_eq!(off, end);
-        if self.durability == Durability::Sync {
+        if d == Durability::Sync {
             // Publish order: the records are on stable storage before any
-            // slot points at them. One sync per commit: msync of the new
-            // records, or, if the file grew since the last durable length,
-            // one fsync that makes records and length durable together.
-            if self.arena.len() > wr.dur.len {
-                if let Err(e) = self.arena.fsync() {
-                    return Err(self.poison("fsync file", e).into());
-                }
-                wr.dur.len = self.arena.len();
-            } else {
-                self.sync_log(wr, end)?;
-            }
+            // slot points at them. One sync for the group: msync of the
+            // new records (and of any unsynced ones before them), or, if
+            // the file grew since the last durable length, one fsync that
+            // makes records and length durable together.
+            self.sync_to(wr, end)?;
         }
-        let (t, d) = self.table_at(wr.st.index_desc)?;
-        if ops.len() > 1 {
-            self.prefetch_keys(&t, d, ops.iter().map(|o| o.key()));
+        let (t, desc) = self.table_at(wr.st.index_desc)?;
+        if total > 0 && all().nth(1).is_some() {
+            self.prefetch_keys(&t, desc, all().map(|o| o.key()));
         }
         let c = self.control()?;
-        if ops.iter().any(|o| matches!(o, Op::PutTtl(..))) {
+        if all().any(|o| matches!(o, Op::PutTtl(..))) {
             c.set_may_hold_ttl(true);
         }
         c.begin();
         let mut st = wr.st;
         let mut off = start;
         let mut res = Ok(());
-        for op in ops {
+        for op in all() {
             let k = op.key();
             let h = Header {
                 kind: op.kind().byte(),
@@ -182,7 +208,7 @@ impl Store {
                 ..Header::from_bytes(&[0; HEADER_LEN as usize])
             };
             if let Err(f) = self.apply(&t, &mut st, off, &h, k) {
-                res = Err(self.locate(f, d.start));
+                res = Err(self.locate(f, desc.start));
                 break;
             }
             off += record_len(k.len(), op.stored_len());
@@ -201,7 +227,7 @@ impl Store {
         c.end(&wr.st);
         wr.unpublished = false;
         self.notify();
-        match self.durability {
+        match d {
             Durability::Sync => {
                 // The records are durable, so a meta may name them. It is not
                 // synced: recovery after an OS crash finds synced commits

@@ -38,6 +38,24 @@ impl Store {
         Ok(())
     }
 
+    /// Make the log durable up to `upto` with one device flush: msync of the log since the durable
+    /// tail, or, if the file grew since its length was last made durable,
+    /// one fsync that makes records and length durable together. No meta
+    /// is synced: recovery after an OS crash finds synced commits past an
+    /// older meta's tail by scanning (the meta only shortens that scan).
+    /// The caller moves `wr.dur.tail` once the records are published.
+    pub(crate) fn sync_to(&self, wr: &mut Writer, upto: u64) -> Result<(), Error> {
+        if self.arena.len() > wr.dur.len {
+            if let Err(e) = self.arena.fsync() {
+                return Err(self.poison("fsync file", e));
+            }
+            wr.dur.len = self.arena.len();
+        } else {
+            self.sync_log(wr, upto)?;
+        }
+        Ok(())
+    }
+
     /// Make the current state durable: sync the log, make growth durable,
     /// then write and sync a meta that points at it.
     pub(crate) fn commit_meta(&self, wr: &mut Writer, clean: bool) -> Result<(), Error> {

@@ -14,7 +14,7 @@ use super::{Failure, Result, Store};
 /// The growth settings of a handle.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
-    /// Grow by doubling up to this, then by this.
+    /// Grow by a sixteenth of the file, but by no more than this.
     pub(crate) step: u64,
     /// The file never grows past this.
     pub(crate) max_size: u64,

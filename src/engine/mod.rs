@@ -23,6 +23,7 @@ mod grow;
 mod open;
 mod read;
 mod recover;
+mod scan;
 mod writer;
 
 use std::path::PathBuf;
@@ -35,7 +36,7 @@ use crate::storage::control::Control;
 use crate::storage::file::OpenLock;
 use crate::storage::mapping::{Arena, MapMode, OutOfBounds};
 use crate::storage::CONTROL_OFFSET;
-use crate::{Durability, Error};
+use crate::Error;
 
 pub(crate) use crate::error::Failure;
 pub(crate) use commit::{check_key, Op};
@@ -43,6 +44,7 @@ pub(crate) use grow::{bounded, Growth, MIN_RECORD_LEN};
 pub(crate) use open::resolve;
 pub(crate) use recover::rebuild_index;
 pub use recover::OpenKind;
+pub(crate) use scan::{LogScan, Step};
 pub(crate) use writer::Writer;
 
 /// The engine's results: an [`Error`], or a [`Failure`] signal for the
@@ -81,7 +83,6 @@ pub(crate) struct Store {
     pub(crate) hash_seed: u64,
     /// The initial value of every CRC of this store (random per store).
     pub(crate) salt: u32,
-    durability: Durability,
     access: Access,
     role: Role,
     limits: grow::Limits,
@@ -273,11 +274,10 @@ impl Store {
     }
 
     /// A compaction's new file becomes the store: from now on it has the
-    /// store's path, its durability and its growth step.
-    pub(crate) fn adopt(&mut self, path: &std::path::Path, durability: Durability, step: u64) {
+    /// store's path and its growth step (durability is the handle's).
+    pub(crate) fn adopt(&mut self, path: &std::path::Path, step: u64) {
         self.path = path.to_path_buf();
         self.arena.set_path(path);
-        self.durability = durability;
         self.limits.step = step;
     }
 

@@ -551,7 +551,6 @@ impl Store {
             path: path.to_path_buf(),
             hash_seed: meta.hash_seed,
             salt: meta.crc_salt,
-            durability: opts.durability,
             access,
             // Settled once the session is (the capacity may change).
             role: Role::Database,
