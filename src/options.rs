@@ -125,7 +125,8 @@ impl Default for Options {
 
 impl Options {
     /// Default options: `Durability::None`, read-write, create if missing,
-    /// 1 MiB initial file, growth doubling up to 1 GiB steps, mode 0o600.
+    /// 1 MiB initial file, growth by a sixteenth of the file (at most 1 GiB
+    /// at a time), mode 0o600.
     ///
     /// # Examples
     ///
@@ -227,8 +228,11 @@ impl Options {
         self
     }
 
-    /// Growth doubles the file until a step would exceed this, then grows by
-    /// this much (default 1 GiB). Rounded up to 64 KiB; any value works
+    /// The most one growth adds to the file (default 1 GiB). A growth adds
+    /// a sixteenth of the file (at least 64 KiB) or what the write needs,
+    /// whichever is more, but no more than this step beyond what the
+    /// write needs: an open store carries at most about 6% of its size in
+    /// space allocated ahead. Rounded up to 64 KiB; any value works
     /// (growth never goes past [`max_size`](Options::max_size)).
     ///
     /// # Examples
@@ -242,9 +246,9 @@ impl Options {
     ///     .open(&path)?;
     /// db.insert(b"big", vec![7u8; 1 << 20])?; // needs more than 1 MiB
     /// let len = db.stats().file_len;
-    /// // Grown in 256 KiB steps, not doubled to 2 MiB.
-    /// assert!(len > 1 << 20 && len < 2 << 20);
-    /// assert_eq!(len % (256 << 10), 0);
+    /// // Grown to fit, by whole 64 KiB granules, not doubled to 2 MiB.
+    /// assert!(len > 1 << 20 && len < (2 << 20) + (256 << 10));
+    /// assert_eq!(len % (64 << 10), 0);
     /// # Ok::<(), mapkv::Error>(())
     /// ```
     pub fn growth_step(mut self, bytes: u64) -> Options {

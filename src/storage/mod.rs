@@ -84,11 +84,20 @@ pub(crate) fn align_up(x: u64, to: u64) -> Option<u64> {
     Some(x.checked_add(to - 1)? & !(to - 1))
 }
 
+/// How much a growth reserves ahead: `1 / GROW_FRACTION` of the file.
+/// Doubling would leave an open store with up to twice its data on disk;
+/// a sixteenth keeps what is allocated ahead under 6.25% of the file,
+/// and still makes the number of growths logarithmic in the file's size
+/// (about 37 per tenfold), each one an `fallocate` (no remap: the mapping
+/// reserves address space ahead, see `mapping.rs`).
+pub(crate) const GROW_FRACTION: u64 = 16;
+
 /// The next file length when `needed` bytes must fit and the file is `cur`
-/// bytes long: double up to `step`, then grow by `step`, never less than
-/// `needed`, always a multiple of [`GRANULE`].
+/// bytes long: grow by a sixteenth of the file (at least [`GRANULE`], at
+/// most `step`), never less than `needed`, always a multiple of
+/// [`GRANULE`].
 pub(crate) fn next_file_len(cur: u64, needed: u64, step: u64) -> Option<u64> {
-    let grown = cur.checked_add(cur.min(step).max(GRANULE))?;
+    let grown = cur.checked_add((cur / GROW_FRACTION).min(step).max(GRANULE))?;
     align_up(grown.max(needed), GRANULE)
 }
 
@@ -98,11 +107,32 @@ mod tests {
     use crate::storage::byte_map;
 
     #[test]
-    fn growth_doubles_then_steps() {
+    fn growth_reserves_a_fraction_then_steps() {
         let step = 1 << 30;
-        assert_eq!(next_file_len(1 << 20, 1 << 20, step), Some(2 << 20));
-        assert_eq!(next_file_len(1 << 30, 1 << 30, step), Some(2 << 30));
-        assert_eq!(next_file_len(4 << 30, 4 << 30, step), Some(5 << 30));
+        // Small files grow by the granule.
+        assert_eq!(next_file_len(GRANULE, GRANULE, step), Some(2 * GRANULE));
+        assert_eq!(
+            next_file_len(1 << 20, 1 << 20, step),
+            Some((1 << 20) + GRANULE)
+        );
+        // Then by a sixteenth.
+        assert_eq!(
+            next_file_len(1 << 30, 1 << 30, step),
+            Some((1 << 30) + (1 << 26))
+        );
+        // Then by the step.
+        assert_eq!(next_file_len(64 << 30, 64 << 30, step), Some(65 << 30));
+        // What is reserved ahead stays within a sixteenth of the file (and
+        // the granule the length is rounded up to).
+        let mut len = GRANULE;
+        while len < 100 << 30 {
+            let next = next_file_len(len, len + 1, step).unwrap();
+            assert!(
+                next - len <= len / GROW_FRACTION + GRANULE,
+                "{len} -> {next}"
+            );
+            len = next;
+        }
         // A single large request is honoured and rounded to the granule.
         assert_eq!(
             next_file_len(1 << 20, (100 << 20) + 1, step),
