@@ -53,6 +53,15 @@ impl Seen {
         self.mix(sum ^ v.len() as u64);
     }
 
+    /// Records what a get returned.
+    #[inline]
+    pub fn found(&mut self, v: Option<&[u8]>) {
+        match v {
+            Some(v) => self.hit(v),
+            None => self.miss(),
+        }
+    }
+
     /// Records a key that was not found.
     #[inline]
     pub fn miss(&mut self) {
@@ -289,10 +298,7 @@ impl Store for Mapkv {
 
     fn get_batch(&self, keys: &[Key], seen: &mut Seen) {
         for v in self.db().get_many(keys).unwrap() {
-            match v {
-                Some(v) => seen.hit(&v),
-                None => seen.miss(),
-            }
+            seen.found(v.as_deref())
         }
     }
 
@@ -369,10 +375,7 @@ pub struct RedbReader {
 impl Reader for RedbReader {
     #[inline]
     fn get(&mut self, key: &[u8], seen: &mut Seen) {
-        match self.table.get(key).unwrap() {
-            Some(g) => seen.hit(g.value()),
-            None => seen.miss(),
-        }
+        seen.found(self.table.get(key).unwrap().as_ref().map(|g| g.value()))
     }
 }
 
@@ -453,10 +456,7 @@ impl Store for Redb {
         let tx = self.db.begin_read().unwrap();
         let t = tx.open_table(REDB_TABLE).unwrap();
         for k in keys {
-            match t.get(&k[..]).unwrap() {
-                Some(g) => seen.hit(g.value()),
-                None => seen.miss(),
-            }
+            seen.found(t.get(&k[..]).unwrap().as_ref().map(|g| g.value()))
         }
     }
 
@@ -512,10 +512,7 @@ pub struct LmdbReader {
 impl Reader for LmdbReader {
     #[inline]
     fn get(&mut self, key: &[u8], seen: &mut Seen) {
-        match self.db.get(&self.txn, key).unwrap() {
-            Some(v) => seen.hit(v),
-            None => seen.miss(),
-        }
+        seen.found(self.db.get(&self.txn, key).unwrap())
     }
 }
 
@@ -664,10 +661,7 @@ impl Store for Lmdb {
     fn get_batch(&self, keys: &[Key], seen: &mut Seen) {
         let tx = self.env.read_txn().unwrap();
         for k in keys {
-            match self.db.get(&tx, k).unwrap() {
-                Some(v) => seen.hit(v),
-                None => seen.miss(),
-            }
+            seen.found(self.db.get(&tx, k).unwrap())
         }
     }
 
@@ -714,10 +708,7 @@ pub struct SledReader<'a> {
 impl Reader for SledReader<'_> {
     #[inline]
     fn get(&mut self, key: &[u8], seen: &mut Seen) {
-        match self.db.get(key).unwrap() {
-            Some(v) => seen.hit(&v),
-            None => seen.miss(),
-        }
+        seen.found(self.db.get(key).unwrap().as_deref())
     }
 }
 
@@ -791,10 +782,7 @@ impl Store for Sled {
 
     fn get_batch(&self, keys: &[Key], seen: &mut Seen) {
         for k in keys {
-            match self.db.get(k).unwrap() {
-                Some(v) => seen.hit(&v),
-                None => seen.miss(),
-            }
+            seen.found(self.db.get(k).unwrap().as_deref())
         }
     }
 
@@ -845,10 +833,7 @@ pub struct FjallReader<'a> {
 impl Reader for FjallReader<'_> {
     #[inline]
     fn get(&mut self, key: &[u8], seen: &mut Seen) {
-        match self.ks.get(key).unwrap() {
-            Some(v) => seen.hit(&v),
-            None => seen.miss(),
-        }
+        seen.found(self.ks.get(key).unwrap().as_deref())
     }
 }
 
@@ -933,10 +918,7 @@ impl Store for Fjall {
         use fjall::Readable;
         let snap = self.db.snapshot();
         for k in keys {
-            match snap.get(&self.ks, k).unwrap() {
-                Some(v) => seen.hit(&v),
-                None => seen.miss(),
-            }
+            seen.found(snap.get(&self.ks, k).unwrap().as_deref())
         }
     }
 
@@ -1042,10 +1024,7 @@ pub struct RocksReader<'a> {
 impl Reader for RocksReader<'_> {
     #[inline]
     fn get(&mut self, key: &[u8], seen: &mut Seen) {
-        match self.db.get_pinned(key).unwrap() {
-            Some(v) => seen.hit(&v),
-            None => seen.miss(),
-        }
+        seen.found(self.db.get_pinned(key).unwrap().as_deref())
     }
 }
 
@@ -1142,10 +1121,7 @@ impl Store for Rocks {
             .cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
             .unwrap();
         for v in self.db.batched_multi_get_cf(cf, keys, false) {
-            match v.unwrap() {
-                Some(v) => seen.hit(&v),
-                None => seen.miss(),
-            }
+            seen.found(v.unwrap().as_deref())
         }
     }
 
