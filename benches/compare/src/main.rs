@@ -1268,3 +1268,78 @@ fn fmt_secs(s: f64) -> String {
 fn fmt_bytes(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / 1048576.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_digest_depends_on_the_values_and_their_order() {
+        let (a, b) = (value(1, 0), value(2, 0));
+        let seen = |vals: &[Option<&[u8]>]| {
+            let mut s = Seen::default();
+            for v in vals {
+                s.found(*v);
+            }
+            s
+        };
+        let ab = seen(&[Some(&a), Some(&b)]);
+        assert_eq!(ab, seen(&[Some(&a), Some(&b)]));
+        assert_ne!(ab, seen(&[Some(&b), Some(&a)]));
+        assert_ne!(ab.digest, seen(&[Some(&a), Some(&a)]).digest);
+        assert_ne!(seen(&[Some(&a), None]), seen(&[None, Some(&a)]));
+        let mut flipped = b;
+        flipped[VALUE_LEN - 1] ^= 1;
+        assert_ne!(ab, seen(&[Some(&a), Some(&flipped)]));
+    }
+
+    /// Every peer built in, on a small store: the untimed checks pass, and
+    /// the reads, batched reads, threaded writes and scan agree.
+    fn small_run<S: Store>(peer: &str) {
+        let dir =
+            std::env::temp_dir().join(format!("mapkv-compare-test-{peer}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let n = 3000;
+        let mut s = S::open(&dir, n);
+        s.prepare(Phase::BulkLoad);
+        s.bulk_load(n);
+        verify_load(&s, peer, n);
+        s.prepare(Phase::DurableThreads);
+        std::thread::scope(|sc| {
+            for t in 0..3u64 {
+                let s = &s;
+                sc.spawn(move || {
+                    let mut w = s.writer();
+                    for j in 0..10 {
+                        w.durable_put(&key(t * 10 + j), &value(t * 10 + j, 7));
+                    }
+                });
+            }
+        });
+        s.prepare(Phase::Reads);
+        let mut rd = s.reader();
+        let mut got = Seen::default();
+        let mut want = Seen::default();
+        for i in [0, 15, 29, 30] {
+            rd.get(&key(i), &mut got);
+            want.hit(&value(i, if i < 30 { 7 } else { 0 }));
+        }
+        drop(rd);
+        assert_eq!(got, want, "{peer}: threaded writes");
+        let seen = batched_seen(&s, Rng(9), 1000, n, 0, 64);
+        check_seen(peer, "batched", &seen, 1000, 1000);
+        cross_check(&s, peer, "batched", Rng(9), 1000, n, 0, 64);
+        cross_check(&s, peer, "batched missing", Rng(9), 1000, 1 << 40, n, 64);
+        assert_eq!(s.scan().0, n, "{peer}: scan");
+        s.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn every_peer_passes_the_checks_on_a_small_store() {
+        for peer in ALL_PEERS.iter().filter(|p| built(p)) {
+            with_store!(*peer, small_run(peer));
+        }
+    }
+}
