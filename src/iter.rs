@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::db::Follows;
-use crate::engine::{self, LogScan, Step, Store};
+use crate::engine::{self, LogScan, Seen, Step, Store};
 use crate::index;
 use crate::log::read::Put;
 use crate::{Db, Result, Value};
@@ -28,8 +28,13 @@ use crate::{Db, Result, Value};
 ///   which is not a contract: it may change.
 /// - An entry that fails its checks is returned as an `Err`, and iteration
 ///   goes on. If a record header fails its checks, the log cannot be
-///   followed past it: the iterator returns one `Err` naming it and then
-///   walks the index table for the entries whose records lie past it.
+///   followed past it: the iterator returns one `Err` naming it and goes
+///   on by the index table.
+/// - After the log, the iterator walks the index table once (sequential,
+///   a few milliseconds per million slots) for the slots the log did not
+///   account for: a damaged slot is reported as an `Err`, as a walk of
+///   the slots always did, and an entry whose slot is off its key's probe
+///   path is still returned.
 ///
 /// ```
 /// # let dir = tempfile::tempdir().unwrap();
@@ -59,9 +64,9 @@ pub struct Iter<'a> {
     slot: usize,
     /// Records of the slots before this one have been prefetched.
     ahead: usize,
-    /// The slot walk returns only entries whose records lie at or past
-    /// this offset (the log-order scan returned the ones before it).
-    from: u64,
+    /// After a log-order scan: the records it found live. The slot walk
+    /// that follows returns only what the scan did not account for.
+    seen: Option<Seen>,
     failed: Option<crate::Error>,
 }
 
@@ -96,7 +101,7 @@ impl<'a> Iter<'a> {
             desc,
             slot: 0,
             ahead: 0,
-            from: 0,
+            seen: None,
             failed,
         }
     }
@@ -108,7 +113,7 @@ impl<'a> Iter<'a> {
     }
 
     /// The next entry of the log-order scan; `None` once it has ended
-    /// (the slot walk takes over if it broke off).
+    /// (the slot walk then looks for what it did not account for).
     fn next_in_log(&mut self) -> Option<Result<(Value, Value)>> {
         let scan = self.scan.as_mut()?;
         let store = &*self.store;
@@ -116,20 +121,26 @@ impl<'a> Iter<'a> {
             Step::Entry(put) => Some(Ok(Self::entry(put))),
             Step::Damaged(f) => Some(Err(self.db.note_damage(f.into_error(&store.path)))),
             Step::Broken(at) => {
-                // Walk the slots for the entries past `at`.
-                self.scan = None;
-                self.from = at;
+                self.seen = self.scan.take().map(LogScan::into_seen);
                 Some(Err(self.db.note_damage(store.corrupt(
                     at,
                     "record header fails its checks: iteration goes on by the index",
                 ))))
             }
             Step::Done => {
-                self.scan = None;
-                self.desc = None;
+                self.seen = self.scan.take().map(LogScan::into_seen);
                 None
             }
         }
+    }
+
+    /// Whether the slot walk skips the live slot word `word` without
+    /// reading its record: the log scan found that record live already,
+    /// or the walk is the whole iteration and skips nothing.
+    fn accounted(&self, word: u64) -> bool {
+        self.seen
+            .as_ref()
+            .is_some_and(|s| s.contains(index::word_offset(word)))
     }
 }
 
@@ -158,7 +169,7 @@ impl Iterator for Iter<'_> {
             // Keep the record loads of the next slots in flight.
             while self.ahead < self.slot + LOOKAHEAD {
                 match t.word_at(self.ahead) {
-                    Some(a) if index::is_live(a) && index::word_offset(a) >= self.from => {
+                    Some(a) if index::is_live(a) && !self.accounted(a) => {
                         store.arena.prefetch(index::word_offset(a), 256)
                     }
                     Some(_) => {}
@@ -167,10 +178,20 @@ impl Iterator for Iter<'_> {
                 self.ahead += 1;
             }
             self.slot += 1;
-            if !index::is_live(word) || index::word_offset(word) < self.from {
+            if !index::is_live(word) || self.accounted(word) {
                 continue;
             }
+            // After a log scan, a slot it did not account for is damage
+            // (reported, as the slot walk always did), a record off its
+            // key's probe path (returned: the scan could not see it), or
+            // a commit made during the iteration (past the scan's end:
+            // skipped, like everything written meanwhile).
+            let past_end = self
+                .seen
+                .as_ref()
+                .is_some_and(|s| index::word_offset(word) >= s.end());
             match store.entry_at(word) {
+                Ok(_) if past_end => continue,
                 Ok(put) if put.expired() => continue, // expired: skipped
                 Ok(put) => return Some(Ok(Self::entry(put))),
                 Err(f) => return Some(Err(self.db.note_damage(f.into_error(&store.path)))),

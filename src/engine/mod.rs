@@ -44,7 +44,7 @@ pub(crate) use grow::{bounded, Growth, MIN_RECORD_LEN};
 pub(crate) use open::resolve;
 pub(crate) use recover::rebuild_index;
 pub use recover::OpenKind;
-pub(crate) use scan::{LogScan, Step};
+pub(crate) use scan::{LogScan, Seen, Step};
 pub(crate) use writer::Writer;
 
 /// The engine's results: an [`Error`], or a [`Failure`] signal for the

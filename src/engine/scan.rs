@@ -36,6 +36,51 @@ pub(crate) struct LogScan {
     ahead: VecDeque<Pending>,
     /// Where a header failed its checks: the walk ends there.
     broken: Option<u64>,
+    /// The records found live, one bit per 8-byte offset from
+    /// `ARENA_START` (see [`Seen`]).
+    seen: Seen,
+}
+
+/// The records a log scan found live (their slot on their probe path),
+/// by offset. After the scan, a walk of the slots uses it to find the
+/// slots the scan did not account for: damaged ones, or ones off their
+/// key's probe path.
+pub(crate) struct Seen {
+    bits: Vec<u64>,
+    end: u64,
+}
+
+impl Seen {
+    fn new(end: u64) -> Seen {
+        let n = end.saturating_sub(ARENA_START) / 8;
+        Seen {
+            bits: vec![0; (n as usize).div_ceil(64)],
+            end,
+        }
+    }
+
+    fn mark(&mut self, off: u64) {
+        let i = ((off - ARENA_START) / 8) as usize;
+        if let Some(w) = self.bits.get_mut(i / 64) {
+            *w |= 1 << (i % 64);
+        }
+    }
+
+    /// Whether the scan found the record at `off` live.
+    pub(crate) fn contains(&self, off: u64) -> bool {
+        if off < ARENA_START || off >= self.end || off % 8 != 0 {
+            return false;
+        }
+        let i = ((off - ARENA_START) / 8) as usize;
+        self.bits
+            .get(i / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    /// The tail the scan stopped at.
+    pub(crate) fn end(&self) -> u64 {
+        self.end
+    }
 }
 
 /// A put read ahead: its offset, header and key hash.
@@ -81,6 +126,7 @@ impl LogScan {
             desc: st.index_desc,
             ahead: VecDeque::with_capacity(AHEAD),
             broken: None,
+            seen: Seen::new(end),
         }))
     }
 
@@ -102,7 +148,7 @@ impl LogScan {
             // Live if the key's probe path has a slot naming this record.
             let live = t.find(p.hash, |o| -> Result<bool> { Ok(o == p.off) });
             match live {
-                Ok(Some(_)) => {}
+                Ok(Some(_)) => self.seen.mark(p.off),
                 Ok(None) => continue,
                 Err(f) => return Step::Damaged(store.locate(f, self.desc_start())),
             }
@@ -112,6 +158,11 @@ impl LogScan {
                 Err(e) => return Step::Damaged(e.into()),
             }
         }
+    }
+
+    /// What the scan found live (once it has ended).
+    pub(crate) fn into_seen(self) -> Seen {
+        self.seen
     }
 
     fn desc_start(&self) -> u64 {
