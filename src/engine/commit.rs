@@ -138,11 +138,11 @@ impl Store {
         d: Durability,
     ) -> Result<()> {
         self.check_writable()?;
-        let commits: Vec<&[Op<'_>]> = commits.iter().copied().filter(|c| !c.is_empty()).collect();
-        if commits.is_empty() {
+        // (No allocation: a single insert comes through here.)
+        let all = || commits.iter().flat_map(|c| c.iter());
+        if all().next().is_none() {
             return Ok(());
         }
-        let all = || commits.iter().flat_map(|c| c.iter());
         let puts = all().filter(|o| o.kind() == Kind::Put).count() as u64;
         let total: u64 = all()
             .map(|o| record_len(o.key().len(), o.stored_len()))
@@ -158,7 +158,7 @@ impl Store {
         wr.unpublished = true;
         let mut off = start;
         let mut sg = wr.st.seq_gen;
-        for ops in &commits {
+        for ops in commits.iter().filter(|c| !c.is_empty()) {
             sg = seq_gen(seq_of(sg) + 1, wr.st.generation as u16);
             let last = ops.len() - 1;
             for (i, op) in ops.iter().enumerate() {
