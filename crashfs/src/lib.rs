@@ -47,6 +47,7 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
+pub mod harness;
 pub mod rng;
 pub mod workload;
 
@@ -177,6 +178,8 @@ struct Inner {
     inodes: HashMap<u64, Inode>,
     next_ino: u64,
     powered: bool,
+    /// Test of the tests: FSYNC answers OK but makes nothing durable.
+    lying: bool,
     counters: Counters,
     trace: Option<Vec<String>>,
 }
@@ -408,13 +411,16 @@ impl Filesystem for CrashFs {
         if parent.0 != 1 || newparent.0 != 1 {
             return reply.error(Errno::ENOENT);
         }
-        if !flags.is_empty() {
+        if !(flags - RenameFlags::RENAME_NOREPLACE).is_empty() {
             return reply.error(Errno::EINVAL);
         }
         let (Some(from), Some(to)) = (name_str(name), name_str(newname)) else {
             return reply.error(Errno::ENOENT);
         };
-        g.log(|| format!("RENAME {from} -> {to}"));
+        g.log(|| format!("RENAME {from} -> {to} {flags:?}"));
+        if flags.contains(RenameFlags::RENAME_NOREPLACE) && g.names.contains_key(&to) {
+            return reply.error(Errno::EEXIST);
+        }
         let Some(ino) = g.names.remove(&from) else {
             return reply.error(Errno::ENOENT);
         };
@@ -424,6 +430,33 @@ impl Filesystem for CrashFs {
             }
         }
         reply.ok()
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let mut g = lock(&self.inner);
+        powered!(g, reply);
+        let Some(n) = name_str(newname).filter(|_| newparent.0 == 1) else {
+            return reply.error(Errno::ENOENT);
+        };
+        if g.names.contains_key(&n) {
+            return reply.error(Errno::EEXIST);
+        }
+        let Some(i) = g.inodes.get_mut(&ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        i.nlink += 1;
+        i.ctime = SystemTime::now();
+        g.log(|| format!("LINK ino={} -> {n}", ino.0));
+        g.names.insert(n, ino.0);
+        let a = g.attr(ino.0).expect("exists");
+        reply.entry(&TTL, &a, Generation(0))
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -536,6 +569,9 @@ impl Filesystem for CrashFs {
             g.counters.fsyncs += 1;
         }
         g.log(|| format!("FSYNC ino={} datasync={datasync}", ino.0));
+        if g.lying {
+            return reply.ok();
+        }
         let Some(i) = g.inodes.get_mut(&ino.0) else {
             return reply.error(Errno::ENOENT);
         };
@@ -675,6 +711,36 @@ pub struct Mount {
     dir: PathBuf,
     inner: Arc<Mutex<Inner>>,
     session: Option<fuser::BackgroundSession>,
+    _one: OneMount,
+}
+
+/// One mount at a time in a process. Two mounts served by one process
+/// while its own threads map files in them and fork (`fusermount3`, the
+/// writers) deadlocked once in the kernel's `fuse_vma_close` (write-back
+/// of a mapping torn down at exit waiting for a daemon thread that was
+/// gone); one mount at a time, with no mapping of ours alive across a
+/// fork, never did. Tests in one binary therefore take turns.
+struct OneMount;
+
+static MOUNTED: Mutex<bool> = Mutex::new(false);
+static MOUNT_FREE: std::sync::Condvar = std::sync::Condvar::new();
+
+impl OneMount {
+    fn take() -> OneMount {
+        let mut m = MOUNTED.lock().unwrap_or_else(|p| p.into_inner());
+        while *m {
+            m = MOUNT_FREE.wait(m).unwrap_or_else(|p| p.into_inner());
+        }
+        *m = true;
+        OneMount
+    }
+}
+
+impl Drop for OneMount {
+    fn drop(&mut self) {
+        *MOUNTED.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        MOUNT_FREE.notify_one();
+    }
 }
 
 /// Whether this machine can mount a FUSE file system: `/dev/fuse` can be
@@ -698,11 +764,13 @@ impl Mount {
     /// Mount at `dir` (an empty directory) a file system whose disk holds
     /// `image`, all of it durable.
     pub fn new(dir: &Path, image: &Image) -> io::Result<Mount> {
+        let one = OneMount::take();
         let mut inner = Inner {
             names: BTreeMap::new(),
             inodes: HashMap::new(),
             next_ino: 2,
             powered: true,
+            lying: false,
             counters: Counters::default(),
             trace: None,
         };
@@ -732,6 +800,7 @@ impl Mount {
             dir: dir.to_path_buf(),
             inner,
             session: Some(session),
+            _one: one,
         })
     }
 
@@ -774,6 +843,12 @@ impl Mount {
     /// as it was.
     pub fn cut_power(&self) {
         lock(&self.inner).powered = false;
+    }
+
+    /// Make the disk lie: from now on an FSYNC answers OK and makes
+    /// nothing durable. Only for checking that the crash tests notice.
+    pub fn lie_about_fsync(&self) {
+        lock(&self.inner).lying = true;
     }
 
     /// Whether the power is on.
