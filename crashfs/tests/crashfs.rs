@@ -41,6 +41,34 @@ fn power_cuts_under_the_rust_writer() {
     assert!(f.acked > 0, "the writers acknowledged nothing");
 }
 
+/// The same loop with the Python writer (`crashfs/python/crashfs_writer.py`,
+/// the `mapkv` Python package). Run it with
+/// `MAPKV_CRASHFS_PYTHON=<a python3 that imports mapkv> cargo test -p
+/// mapkv-crashfs --test crashfs -- --ignored` (.ci/run does, after
+/// `pip install ./python`).
+#[test]
+#[ignore = "needs a Python with the mapkv package: set MAPKV_CRASHFS_PYTHON"]
+fn power_cuts_under_the_python_writer() {
+    let py = std::env::var_os("MAPKV_CRASHFS_PYTHON")
+        .expect("MAPKV_CRASHFS_PYTHON: a python3 that can import mapkv");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/crashfs_writer.py");
+    let cfg = Config {
+        writer: vec![py, script.into()],
+        writer_name: "python".into(),
+        budget: Duration::from_secs(env_u64("MAPKV_CRASHFS_SECS").unwrap_or(15)),
+        max_rounds: env_u64("MAPKV_CRASHFS_ROUNDS").unwrap_or(u64::MAX),
+        seed: seed(),
+        work: default_work(),
+        rotate_bytes: 8 << 20,
+        lying_disk: false,
+    };
+    println!("crashfs (python): MAPKV_SEED={}", cfg.seed);
+    let f = run(&cfg);
+    println!("{}", f.line("python"));
+    assert!(f.cuts > 0, "no power cut happened");
+    assert!(f.acked > 0, "the writers acknowledged nothing");
+}
+
 /// The check can fail: on a disk whose FSYNC makes nothing durable, a cut
 /// that drops the unsynced writes loses acknowledged `Sync` commits, and
 /// the loop must say so.
