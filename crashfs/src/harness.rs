@@ -36,6 +36,8 @@ pub struct Config {
     pub writer: Vec<OsString>,
     /// A name for the writer in reports.
     pub writer_name: String,
+    /// The checker: `crashfs-writer` (run as `crashfs-writer --check STORE`).
+    pub checker: OsString,
     /// Stop after this long (checked between rounds)...
     pub budget: Duration,
     /// ...or this many power cuts.
@@ -181,83 +183,75 @@ impl Run<'_> {
     }
 
     /// Open the store in the mount and check it against `p`; returns the
-    /// state it holds.
+    /// state it holds. The opening, `check` and reads happen in a child
+    /// process (`crashfs-writer --check`): never map a file of the mount
+    /// in the process that serves it (see the writer's documentation).
     fn check(&mut self, m: &Mount, image: &Image, p: &Pending) -> State {
         let path = m.dir().join(STORE);
-        let mut found: Option<(Vec<Option<Vec<u8>>>, usize)> = None;
-        for pass in 0..2 {
-            let db = match mapkv::Options::new().lock_timeout(WAIT).open(&path) {
-                Ok(db) => db,
-                Err(e) => self.fail(
-                    Some(image),
-                    format!("open after the cut (pass {pass}): {e}"),
-                ),
-            };
-            if pass == 0 {
-                let k = match db.stats().opened {
-                    mapkv::OpenKind::Clean => 0,
-                    mapkv::OpenKind::Replayed => 1,
+        let mut child = Command::new(&self.cfg.checker)
+            .arg("--check")
+            .arg(&path)
+            // The real boot id: every open after a cut takes the reboot path.
+            .env_remove("MAPKV_BOOT_ID")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| self.fail(Some(image), format!("spawn the checker: {e}")));
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let out = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut BufReader::new(stdout), &mut s);
+            s
+        });
+        let err = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s);
+            s
+        });
+        let status = wait_bounded(&mut child).unwrap_or_else(|| {
+            kill(&mut child);
+            let _ = child.wait();
+            self.fail(
+                Some(image),
+                format!("the checker did not finish within {WAIT:?}"),
+            )
+        });
+        let out = out.join().unwrap_or_default();
+        let err = err.join().unwrap_or_default();
+        let mut found: Vec<Option<Vec<u8>>> = vec![None; KEYS as usize];
+        let mut done = false;
+        for line in out.lines() {
+            if let Some(msg) = line.strip_prefix("@X ") {
+                self.fail(Some(image), format!("after the cut: {msg}"));
+            } else if let Some(kind) = line.strip_prefix("@K ") {
+                let k = match kind {
+                    "Clean" => 0,
+                    "Replayed" => 1,
                     _ => 2,
                 };
                 self.fig.opens[k] += 1;
-            }
-            if let Err(e) = db.check() {
-                self.fail(
-                    Some(image),
-                    format!("check after the cut (pass {pass}): {e}"),
-                );
-            }
-            let mut vals = Vec::with_capacity(KEYS as usize);
-            for k in 0..KEYS {
-                match db.get(workload::key(k)) {
-                    Ok(v) => vals.push(v.map(|v| v.to_vec())),
-                    Err(e) => self.fail(Some(image), format!("get k{k:04}: {e}")),
+            } else if let Some(rest) = line.strip_prefix("V ") {
+                let parsed = rest.split_once(' ').and_then(|(k, hex)| {
+                    let k: usize = k.parse().ok().filter(|&k| k < KEYS as usize)?;
+                    Some((k, unhex(hex)?))
+                });
+                match parsed {
+                    Some((k, v)) => found[k] = Some(v),
+                    None => self.fail(Some(image), format!("bad checker line {line:.80}")),
                 }
-            }
-            let present = vals.iter().filter(|v| v.is_some()).count();
-            let mut iterated = 0usize;
-            for item in db.iter() {
-                match item {
-                    Ok((key, v)) => {
-                        let Some(k) = workload::parse_key(&key) else {
-                            self.fail(
-                                Some(image),
-                                format!("a key that was never written: {key:?}"),
-                            );
-                        };
-                        if vals[k as usize].as_deref() != Some(&v[..]) {
-                            self.fail(
-                                Some(image),
-                                format!("iteration and get disagree on k{k:04}"),
-                            );
-                        }
-                        iterated += 1;
-                    }
-                    Err(e) => self.fail(Some(image), format!("iterate: {e}")),
-                }
-            }
-            if iterated != present || db.len() != present as u64 {
-                self.fail(
-                    Some(image),
-                    format!(
-                        "{present} keys by get, {iterated} by iteration, len() {}",
-                        db.len()
-                    ),
-                );
-            }
-            if let Err(e) = db.close() {
-                self.fail(Some(image), format!("close: {e}"));
-            }
-            match &found {
-                None => found = Some((vals, present)),
-                Some((first, _)) if *first != vals => {
-                    self.fail(Some(image), "a second open found other contents".into())
-                }
-                Some(_) => {}
+            } else if line == "@D" {
+                done = true;
             }
         }
-        let (vals, _) = found.expect("two passes");
-        match workload::find_prefix(self.cfg.seed, &p.base, &p.ids, p.min, &vals) {
+        if !status.success() || !done {
+            self.fail(
+                Some(image),
+                format!("the checker failed ({status}); stderr:\n{err}"),
+            );
+        }
+        match workload::find_prefix(self.cfg.seed, &p.base, &p.ids, p.min, &found) {
             Ok(v) => {
                 self.fig.durable_acked += p.min as u64;
                 let kept = v.applied.min(p.acked);
@@ -393,6 +387,16 @@ impl Run<'_> {
         }
         (acks, !reached_open(&lines))
     }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 fn reached_open(lines: &[(String, Instant)]) -> bool {

@@ -714,12 +714,14 @@ pub struct Mount {
     _one: OneMount,
 }
 
-/// One mount at a time in a process. Two mounts served by one process
-/// while its own threads map files in them and fork (`fusermount3`, the
-/// writers) deadlocked once in the kernel's `fuse_vma_close` (write-back
-/// of a mapping torn down at exit waiting for a daemon thread that was
-/// gone); one mount at a time, with no mapping of ours alive across a
-/// fork, never did. Tests in one binary therefore take turns.
+/// One mount at a time in a process (tests in one binary take turns).
+///
+/// The daemon runs in threads of the process that mounts, so that process
+/// must never map a file of the mount: a `munmap` that writes dirty pages
+/// back holds the process's mmap lock while it waits for the daemon, and a
+/// daemon thread that faults on its own buffer waits for that lock (seen
+/// as a hang in `fuse_vma_close`). The harness opens stores through child
+/// processes only; the probe leaves no dirty page mapped.
 struct OneMount;
 
 static MOUNTED: Mutex<bool> = Mutex::new(false);
@@ -779,9 +781,11 @@ impl Mount {
         for (name, data) in image {
             let ino = inner.next_ino;
             inner.next_ino += 1;
+            // The model keeps data and length, not metadata: files come
+            // back with mode 0600, what mapkv creates.
             inner
                 .inodes
-                .insert(ino, Inode::new(data.clone(), 0o644, uid, gid));
+                .insert(ino, Inode::new(data.clone(), 0o600, uid, gid));
             inner.names.insert(name.clone(), ino);
         }
         let inner = Arc::new(Mutex::new(inner));

@@ -8,6 +8,7 @@
 //! `fusermount3` (Debian: `apt-get install fuse3`): without them the test
 //! fails and says so.
 
+use std::ffi::OsString;
 use std::time::Duration;
 
 use mapkv_crashfs::harness::{default_work, env_u64, run, Config};
@@ -21,11 +22,12 @@ fn seed() -> u64 {
     })
 }
 
-#[test]
-fn power_cuts_under_the_rust_writer() {
+/// The loop with `writer`, for `MAPKV_CRASHFS_SECS` (default 15).
+fn power_cuts(name: &str, writer: Vec<OsString>) {
     let cfg = Config {
-        writer: vec![env!("CARGO_BIN_EXE_crashfs-writer").into()],
-        writer_name: "rust".into(),
+        writer,
+        writer_name: name.into(),
+        checker: env!("CARGO_BIN_EXE_crashfs-writer").into(),
         budget: Duration::from_secs(env_u64("MAPKV_CRASHFS_SECS").unwrap_or(15)),
         max_rounds: env_u64("MAPKV_CRASHFS_ROUNDS").unwrap_or(u64::MAX),
         seed: seed(),
@@ -33,12 +35,17 @@ fn power_cuts_under_the_rust_writer() {
         rotate_bytes: 8 << 20,
         lying_disk: false,
     };
-    println!("crashfs: MAPKV_SEED={}", cfg.seed);
+    println!("crashfs ({name}): MAPKV_SEED={}", cfg.seed);
     let f = run(&cfg);
-    println!("{}", f.line("rust"));
+    println!("{}", f.line(name));
     // The loop ran and the check had something to hold the store to.
     assert!(f.cuts > 0, "no power cut happened");
     assert!(f.acked > 0, "the writers acknowledged nothing");
+}
+
+#[test]
+fn power_cuts_under_the_rust_writer() {
+    power_cuts("rust", vec![env!("CARGO_BIN_EXE_crashfs-writer").into()]);
 }
 
 /// The same loop with the Python writer (`crashfs/python/crashfs_writer.py`,
@@ -52,21 +59,7 @@ fn power_cuts_under_the_python_writer() {
     let py = std::env::var_os("MAPKV_CRASHFS_PYTHON")
         .expect("MAPKV_CRASHFS_PYTHON: a python3 that can import mapkv");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/crashfs_writer.py");
-    let cfg = Config {
-        writer: vec![py, script.into()],
-        writer_name: "python".into(),
-        budget: Duration::from_secs(env_u64("MAPKV_CRASHFS_SECS").unwrap_or(15)),
-        max_rounds: env_u64("MAPKV_CRASHFS_ROUNDS").unwrap_or(u64::MAX),
-        seed: seed(),
-        work: default_work(),
-        rotate_bytes: 8 << 20,
-        lying_disk: false,
-    };
-    println!("crashfs (python): MAPKV_SEED={}", cfg.seed);
-    let f = run(&cfg);
-    println!("{}", f.line("python"));
-    assert!(f.cuts > 0, "no power cut happened");
-    assert!(f.acked > 0, "the writers acknowledged nothing");
+    power_cuts("python", vec![py, script.into()]);
 }
 
 /// The check can fail: on a disk whose FSYNC makes nothing durable, a cut
@@ -77,6 +70,7 @@ fn a_disk_that_lies_about_fsync_is_caught() {
     let cfg = Config {
         writer: vec![env!("CARGO_BIN_EXE_crashfs-writer").into()],
         writer_name: "rust, lying disk".into(),
+        checker: env!("CARGO_BIN_EXE_crashfs-writer").into(),
         budget: Duration::from_secs(60),
         max_rounds: 200,
         seed: seed(),
