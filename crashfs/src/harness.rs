@@ -23,7 +23,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::workload::{self, Acks, State, KEYS};
-use crate::{Image, Loss, Mount, Rng};
+use crate::{CutReport, Image, Loss, Mount, Rng};
 
 /// The store's file name in the mount.
 pub const STORE: &str = "store.mapkv";
@@ -73,18 +73,8 @@ pub struct Figures {
     pub acked_kept: u64,
     /// Acknowledged, not durable, and lost (allowed).
     pub acked_lost: u64,
-    /// Writes the disk held unsynced at the cuts; kept, lost, torn.
-    pub unsynced_writes: u64,
-    /// Of which kept whole.
-    pub kept: u64,
-    /// Of which lost whole.
-    pub lost: u64,
-    /// Of which torn at sectors.
-    pub torn: u64,
-    /// Unsynced length changes, and how many of them survived.
-    pub unsynced_lengths: u64,
-    /// Of which applied.
-    pub lengths_applied: u64,
+    /// What the disk held unsynced at the cuts, and what became of it.
+    pub disk: CutReport,
     /// Writer errors reported after the power was cut (expected: `EIO`).
     pub errors_after_cut: u64,
     /// FSYNCs (with datasync) and FSYNCs (without) the disk received.
@@ -123,12 +113,12 @@ impl Figures {
             self.durable_acked,
             self.acked_kept,
             self.acked_lost,
-            self.unsynced_writes,
-            self.kept,
-            self.lost,
-            self.torn,
-            self.unsynced_lengths,
-            self.lengths_applied,
+            self.disk.unsynced_writes,
+            self.disk.kept,
+            self.disk.lost,
+            self.disk.torn,
+            self.disk.unsynced_lengths,
+            self.disk.lengths_applied,
             self.fdatasyncs,
             self.fsyncs,
             self.errors_after_cut,
@@ -492,12 +482,7 @@ pub fn run(cfg: &Config) -> Figures {
         run.fig.cuts_by_mode[mode] += 1;
         run.fig.cuts_by_loss[li] += 1;
         run.fig.cuts_during_open += during_open as u64;
-        run.fig.unsynced_writes += report.unsynced_writes;
-        run.fig.kept += report.kept;
-        run.fig.lost += report.lost;
-        run.fig.torn += report.torn;
-        run.fig.unsynced_lengths += report.unsynced_lengths;
-        run.fig.lengths_applied += report.lengths_applied;
+        run.fig.disk.add(&report);
         run.fig.acked += acks.acked.len() as u64;
         let n = acks.acked.len() as u64;
         let min = acks.durable_through.map_or(0, |d| (d + 1 - start) as usize);

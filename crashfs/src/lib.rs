@@ -173,6 +173,18 @@ pub struct CutReport {
     pub lengths_applied: u64,
 }
 
+impl CutReport {
+    /// Add `other`'s counts to these.
+    pub fn add(&mut self, other: &CutReport) {
+        self.unsynced_writes += other.unsynced_writes;
+        self.kept += other.kept;
+        self.lost += other.lost;
+        self.torn += other.torn;
+        self.unsynced_lengths += other.unsynced_lengths;
+        self.lengths_applied += other.lengths_applied;
+    }
+}
+
 struct Inner {
     names: BTreeMap<String, u64>,
     inodes: HashMap<u64, Inode>,
