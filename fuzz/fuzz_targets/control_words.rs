@@ -142,7 +142,8 @@ fn opts(cache: bool) -> Options {
 }
 
 fuzz_target!(|input: Input| {
-    let dir = tempfile::tempdir().unwrap();
+    // On tmpfs when there is one: the msyncs cost nothing there.
+    let dir = mapkv_fuzz::scratch_dir();
     let path = dir.path().join("cw.mapkv");
     let Ok(holder) = opts(input.cache).open(&path) else {
         return;
