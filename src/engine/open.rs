@@ -45,7 +45,14 @@ pub(crate) struct Opened {
     pub upgrade: bool,
 }
 
-pub(crate) fn open_file(path: &Path, opts: &Options) -> crate::Result<Opened> {
+/// Open and map the store's file. `distrust_clean`: a read-only opener
+/// that found the clean state failing its checks (see `Store::open`)
+/// maps privately, to recover, whatever the control block says.
+pub(crate) fn open_file(
+    path: &Path,
+    opts: &Options,
+    distrust_clean: bool,
+) -> crate::Result<Opened> {
     let ioe = |op: &'static str| {
         move |source| Error::Io {
             op,
@@ -194,7 +201,7 @@ pub(crate) fn open_file(path: &Path, opts: &Options) -> crate::Result<Opened> {
         && file::writer_registered(&file).map_err(ioe("lock"))?;
     let mode = if !opts.read_only {
         MapMode::Shared
-    } else if live || clean_and_current(&file, &meta) {
+    } else if live || (!distrust_clean && clean_and_current(&file, &meta)) {
         shared
     } else {
         MapMode::Private
@@ -515,6 +522,10 @@ impl Unrecovered {
 impl Store {
     /// Open the store at `path`: create, lock, validate, recover or join.
     pub(crate) fn open(path: &Path, opts: Options) -> Result<Store> {
+        Self::open_trusting(path, opts, false)
+    }
+
+    fn open_trusting(path: &Path, opts: Options, distrust_clean: bool) -> Result<Store> {
         let Opened {
             arena,
             meta,
@@ -523,7 +534,7 @@ impl Store {
             sole,
             live,
             upgrade,
-        } = open_file(path, &opts)?;
+        } = open_file(path, &opts, distrust_clean)?;
         let mode = arena.mode();
         let file_id = {
             use std::os::unix::fs::MetadataExt;
@@ -600,7 +611,14 @@ impl Store {
             recover::recover(&store, &mut wr, &meta, boot_id, true)?
         } else if opts.read_only {
             // Read-only on a cleanly closed store whose control block
-            // matches its meta: share the live mapping.
+            // matches its meta: share the live mapping, if the clean state
+            // passes the checks a writer's open makes. If it fails them, a
+            // writer would rebuild the index from the log: recover the same
+            // way, in private memory, so that both read the same store.
+            if !recover::clean_state_ok(&store, &meta) {
+                drop(store);
+                return Self::open_trusting(path, opts, true);
+            }
             OpenKind::Clean
         } else {
             match store.start_session(&meta, &opts, sole, upgrade)? {
@@ -770,7 +788,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(dir.path().join("missing"), &link).unwrap();
-        let e = open_file(&link, &Options::default())
+        let e = open_file(&link, &Options::default(), false)
             .map(|_| ())
             .expect_err("a dangling symlink");
         assert!(e.to_string().contains("symlink"), "{e}");

@@ -128,7 +128,7 @@ pub(crate) fn recover(
 ) -> Result<OpenKind> {
     let rw = store.arena.mode() == MapMode::Shared;
     let clean = state_of(meta);
-    if meta.is_clean() && plausible(store, &clean) && sample_ok(store, &clean) {
+    if clean_state_ok(store, meta) {
         wr.st = clean;
         publish(store, wr);
         store
@@ -332,6 +332,15 @@ pub(crate) fn plausible(store: &Store, st: &State) -> bool {
         && st.index_used < d.capacity()
         && st.live_keys <= st.index_used
         && st.live_bytes <= st.tail
+}
+
+/// Is the meta clean, and does the state it names pass the checks that let
+/// an opener use it as it is (plausible counters, a sample of slots that
+/// lead to their records)? If not, recovery rebuilds the index from the
+/// log. Reads only.
+pub(crate) fn clean_state_ok(store: &Store, meta: &Meta) -> bool {
+    let clean = state_of(meta);
+    meta.is_clean() && plausible(store, &clean) && sample_ok(store, &clean)
 }
 
 /// Check up to 64 live slots: each must point at a valid put record whose
