@@ -3,21 +3,31 @@
 //! never writes the file; a store that opens can be read, written, checked
 //! and closed, and then opens again with the same contents.
 //!
-//! The first input byte picks how the file is made:
+//! The first input byte picks how the file is made and what is done with
+//! it:
 //!
 //! | bits | meaning |
 //! | --- | --- |
 //! | 0..2 | mode: 0 the rest of the input *is* the file; 1 mutations applied to a base image; 2 as 1, then the meta CRCs are recomputed; 3 as 2, and the CRCs of every log item too (structural fuzzing behind the checksums) |
 //! | 2..4 | which base image (`fuzz/base/*.img`, see `mapkv_fuzz::BASES`) |
+//! | 4 | the base image in format 1 (`fuzz/base/v1/`, written by the mapkv before the writer-lock change; a read-write open upgrades it) |
 //! | 5 | open as after a reboot (another `MAPKV_BOOT_ID`): rebuild instead of replay |
+//! | 6..8 | scenario: 0 read-only open only; 1 read-write open, a write and a remove, close; 2 as 1, then reopen and compare; 3 all of these, and the read-only and read-write handles must read the same |
 //!
 //! In modes 1 to 3 the rest of the input is a list of [`Mutation`]s decoded
 //! with `arbitrary`.
+//!
+//! Each execution does one scenario (the fuzzer picks them all), reads a
+//! sample of the keys (every key the iterator returns in turn, 1 in 8 of
+//! them, plus 12 of the base keys and 2 others), and reuses the two files
+//! of one scratch directory per process: a full scenario 3 on every input
+//! ran at 600 executions per second, most of it spent reading 430 keys
+//! four times over.
 
 #![no_main]
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Unstructured};
@@ -31,11 +41,16 @@ use mapkv_fuzz::{
 
 const MAX_FILE: usize = 1 << 20;
 
-static BASE_IMAGES: [&[u8]; 4] = [
+/// The base images: format 2 (today's), then the same stores in format 1.
+static BASE_IMAGES: [&[u8]; 8] = [
     include_bytes!("../base/clean-small.img"),
     include_bytes!("../base/clean-grown.img"),
     include_bytes!("../base/crash-small.img"),
     include_bytes!("../base/crash-grown.img"),
+    include_bytes!("../base/v1/clean-small.img"),
+    include_bytes!("../base/v1/clean-grown.img"),
+    include_bytes!("../base/v1/crash-small.img"),
+    include_bytes!("../base/v1/crash-grown.img"),
 ];
 
 /// The log items of each base image, found once.
@@ -228,34 +243,37 @@ fn apply(file: &mut Vec<u8>, base: usize, m: &Mutation) {
     }
 }
 
-/// Keys worth looking up: those of the base images, plus a few others.
-fn probe_keys() -> &'static [Vec<u8>] {
-    static KEYS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
-    KEYS.get_or_init(|| {
-        let mut v: Vec<Vec<u8>> = (0..430).map(base_key).collect();
-        v.push(Vec::new());
-        v.push(b"no such key".to_vec());
-        v
-    })
+/// Base keys worth looking up besides those the iterator returns (an
+/// entry whose record is damaged is not returned, but its key may still be
+/// looked up): 12 of the 430 keys of the base images, from `phase` on,
+/// plus the empty key and one that is never stored.
+fn probe_keys(phase: usize) -> impl Iterator<Item = Vec<u8>> {
+    (0..12u32)
+        .map(move |i| base_key((phase as u32 * 37 + i * 36) % 430))
+        .chain([Vec::new(), b"no such key".to_vec()])
 }
 
 const PROBE_KEY: &[u8] = b"\x00mapkv-fuzz probe key, never in a base image\x00";
 const PROBE_VALUE: &[u8] = b"probe value";
 
 /// What a handle returned for every key it could read (`None`: absent).
-type Seen = HashMap<Vec<u8>, Option<Vec<u8>>>;
+type Seen = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
-/// Read everything a handle offers; errors are fine, panics are not.
-fn read_all(db: &Db) -> Seen {
+/// Read what a handle offers; errors are fine, panics are not. `phase`
+/// picks the sample of keys (the same for every handle of one input, so
+/// their reads can be compared).
+fn read_all(db: &Db, phase: usize) -> Seen {
     let mut seen = Seen::new();
     let _ = db.len();
     let _ = db.stats();
     let mut keys: Vec<Vec<u8>> = Vec::new();
-    // Errors are fine here; the keys of the entries that read are probed.
-    for (k, _) in db.iter().take(1 << 16).flatten() {
-        keys.push(k.to_vec());
+    // Errors are fine here; a sample of the entries that read is probed.
+    for (i, (k, _)) in db.iter().take(1 << 16).flatten().enumerate() {
+        if i % 8 == phase % 8 {
+            keys.push(k.to_vec());
+        }
     }
-    keys.extend(probe_keys().iter().cloned());
+    keys.extend(probe_keys(phase));
     for k in keys {
         let got = db.get(&k);
         let has = db.contains_key(&k);
@@ -314,48 +332,70 @@ fn debug() -> bool {
     *ON.get_or_init(|| std::env::var_os("MAPKV_FUZZ_DEBUG").is_some_and(|v| v != "0"))
 }
 
-fn exercise(file: &[u8]) {
-    let dir = mapkv_fuzz::scratch_dir();
-    let ro_path = dir.path().join("ro.store");
-    let rw_path = dir.path().join("rw.store");
-    std::fs::write(&ro_path, file).unwrap();
-    std::fs::write(&rw_path, file).unwrap();
+/// Which handles an execution opens (bits 6..8 of the selector).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Scenario {
+    ReadOnly,
+    ReadWrite,
+    Reopen,
+    All,
+}
 
-    // Read-only: never writes the file, whatever happens.
-    let ro = open_ro(&ro_path);
-    if debug() {
-        eprintln!("read-only open: {:?}", ro.as_ref().map(|d| d.stats()));
-    }
-    let ro_seen = match ro {
-        Ok(db) => {
-            let seen = read_all(&db);
-            assert!(
-                matches!(db.insert(b"k", b"v"), Err(Error::ReadOnly { .. })),
-                "read-only insert"
-            );
-            let _ = db.check();
-            let _ = db.close();
-            Some(seen)
+/// The two files of this process's scratch directory.
+fn paths() -> &'static (PathBuf, PathBuf) {
+    static PATHS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    PATHS.get_or_init(|| {
+        let dir = mapkv_fuzz::process_scratch_dir();
+        (dir.join("ro.store"), dir.join("rw.store"))
+    })
+}
+
+fn exercise(file: &[u8], scenario: Scenario, phase: usize) {
+    let (ro_path, rw_path) = paths();
+    let ro_seen = if matches!(scenario, Scenario::ReadOnly | Scenario::All) {
+        std::fs::write(ro_path, file).unwrap();
+        // Read-only: never writes the file, whatever happens.
+        let ro = open_ro(ro_path);
+        if debug() {
+            eprintln!("read-only open: {:?}", ro.as_ref().map(|d| d.stats()));
         }
-        Err(_) => None,
+        let seen = match ro {
+            Ok(db) => {
+                let seen = read_all(&db, phase);
+                assert!(
+                    matches!(db.insert(b"k", b"v"), Err(Error::ReadOnly { .. })),
+                    "read-only insert"
+                );
+                let _ = db.check();
+                let _ = db.close();
+                Some(seen)
+            }
+            Err(_) => None,
+        };
+        check_file(ro_path, file, "read-only open");
+        seen
+    } else {
+        None
     };
-    check_file(&ro_path, file, "read-only open");
+    if scenario == Scenario::ReadOnly {
+        return;
+    }
 
     // Read-write.
-    let rw = open_rw(&rw_path);
+    std::fs::write(rw_path, file).unwrap();
+    let rw = open_rw(rw_path);
     if debug() {
         eprintln!("read-write open: {:?}", rw.as_ref().map(|d| d.stats()));
     }
     let db = match rw {
         Ok(db) => db,
         Err(e) => {
-            check_file(&rw_path, file, &format!("failed read-write open ({e})"));
+            check_file(rw_path, file, &format!("failed read-write open ({e})"));
             return;
         }
     };
-    let seen = read_all(&db);
     if let Some(ro) = &ro_seen {
-        same_reads(ro, &seen, "read-only vs read-write");
+        same_reads(ro, &read_all(&db, phase), "read-only vs read-write");
     }
     let mut writes_ok = true;
     match db.insert(PROBE_KEY, PROBE_VALUE) {
@@ -386,14 +426,14 @@ fn exercise(file: &[u8]) {
     }
     let _ = db.check();
     let _ = db.flush();
-    let seen = read_all(&db);
-    if db.close().is_err() || !writes_ok {
+    let seen = read_all(&db, phase);
+    if db.close().is_err() || !writes_ok || scenario == Scenario::ReadWrite {
         return;
     }
     // Opened, written and closed without an error: it opens again, with
     // the same contents.
-    let db = open_rw(&rw_path).unwrap_or_else(|e| panic!("reopen after a clean close: {e}"));
-    let again = read_all(&db);
+    let db = open_rw(rw_path).unwrap_or_else(|e| panic!("reopen after a clean close: {e}"));
+    let again = read_all(&db, phase);
     same_reads(&seen, &again, "before vs after close");
     let _ = db.check();
     let _ = db.close();
@@ -404,10 +444,23 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mode = sel & 3;
-    let base = ((sel >> 2) & 3) as usize;
+    let base = ((sel >> 2) & 3) as usize + if sel & 0x10 != 0 { 4 } else { 0 };
     let reboot = sel & 0x20 != 0;
+    let scenario = [
+        Scenario::ReadOnly,
+        Scenario::ReadWrite,
+        Scenario::Reopen,
+        Scenario::All,
+    ][(sel >> 6) as usize];
+    // Which sample of keys to read: from the input, so a reproducer reads
+    // the same keys.
+    let phase = rest
+        .iter()
+        .take(64)
+        .fold(rest.len(), |h, &b| h.wrapping_mul(31) ^ b as usize)
+        % 64;
     if debug() {
-        eprintln!("mode {mode}, base {base}, reboot {reboot}");
+        eprintln!("mode {mode}, base {base}, reboot {reboot}, {scenario:?}, phase {phase}");
     }
     std::env::set_var("MAPKV_BOOT_ID", if reboot { OTHER_BOOT } else { BASE_BOOT });
     let file = if mode == 0 {
@@ -436,5 +489,5 @@ fuzz_target!(|data: &[u8]| {
         }
         file
     };
-    exercise(&file);
+    exercise(&file, scenario, phase);
 });

@@ -108,7 +108,10 @@ enum Op {
     /// Compact the store into a new file (the handle follows it).
     Compact,
     /// Insert only if absent.
-    InsertIfAbsent { key: u8, value: Val },
+    InsertIfAbsent {
+        key: u8,
+        value: Val,
+    },
     /// Compare and swap: expect the model's value (or a wrong one), and
     /// set a new value or remove.
     Cas {
@@ -117,12 +120,21 @@ enum Op {
         new: Option<Val>,
     },
     /// Add to an 8-byte counter (an error for a value of another length).
-    Increment { key: u8, delta: i16 },
+    Increment {
+        key: u8,
+        delta: i16,
+    },
     /// Set (0: an hour, 1: zero, which removes it) or clear (else) the
     /// key's expiry.
-    Expire { key: u8, how: u8 },
+    Expire {
+        key: u8,
+        how: u8,
+    },
     /// Read through: the stored value, or `value` stored now.
-    GetOrInsert { key: u8, value: Val },
+    GetOrInsert {
+        key: u8,
+        value: Val,
+    },
     /// Remove every entry.
     Clear,
 }

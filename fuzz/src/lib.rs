@@ -273,6 +273,38 @@ pub fn scratch_dir() -> tempfile::TempDir {
         .expect("temporary directory")
 }
 
+/// One scratch directory for the whole fuzzing process, for targets that
+/// rewrite the same few files on every execution instead of making a new
+/// directory each time: `mapkv-fuzz-PID` under /dev/shm (else the system's
+/// temporary directory). libFuzzer ends a process with `exit`, so nothing
+/// removes it then; instead, each new process first removes the
+/// directories of processes that are gone.
+pub fn process_scratch_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let shm = Path::new("/dev/shm");
+        let root = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(pid) = name.strip_prefix("mapkv-fuzz-") else {
+                    continue;
+                };
+                if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = root.join(format!("mapkv-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        dir
+    })
+}
+
 /// Key `i` of the base images.
 pub fn base_key(i: u32) -> Vec<u8> {
     format!("key{i:04}").into_bytes()
