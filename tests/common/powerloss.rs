@@ -61,6 +61,11 @@ struct State {
     durable_len: u64,
     progress: Progress,
     capture_syncs: bool,
+    /// Take only the crash point of this sync (counted from 0), not one at
+    /// every sync: a copy of the file each time is most of the cost.
+    capture_only: Option<u64>,
+    /// Syncs seen while capturing.
+    sync_points: u64,
     points: Vec<CrashPoint>,
     syncs: u64,
 }
@@ -98,6 +103,8 @@ impl Simulator {
             durable,
             progress: Progress::default(),
             capture_syncs: false,
+            capture_only: None,
+            sync_points: 0,
             points: Vec::new(),
             syncs: 0,
         }));
@@ -112,6 +119,11 @@ impl Simulator {
                 (Phase::Before, IoOp::Msync { .. } | IoOp::Fsync | IoOp::Trim { .. })
                     if s.capture_syncs =>
                 {
+                    let n = s.sync_points;
+                    s.sync_points += 1;
+                    if s.capture_only.is_some_and(|k| k != n) {
+                        return None;
+                    }
                     let cp = CrashPoint {
                         label: format!("before {op:?}"),
                         durable: s.durable.clone(),
@@ -153,6 +165,12 @@ impl Simulator {
     /// Also take a crash point before every msync/fsync of the store.
     pub fn capture_syncs(&self, on: bool) {
         self.lock().capture_syncs = on;
+    }
+
+    /// With `capture_syncs`, take the crash point of sync `k` only
+    /// (counted from 0 since attaching); `None`: of every sync.
+    pub fn capture_only(&self, k: Option<u64>) {
+        self.lock().capture_only = k;
     }
 
     /// Tell the simulator what the test knows about its commits (recorded
