@@ -166,6 +166,19 @@ fn reads(c: &mut Criterion) {
     g.bench_function("full_1M", |b| {
         b.iter(|| assert_eq!(f.db.iter().count() as u64, N))
     });
+    // The same visit without an allocation per entry.
+    g.bench_function("for_each_1M", |b| {
+        b.iter(|| {
+            let mut n = 0u64;
+            f.db.for_each(|k, v| {
+                black_box((k, v));
+                n += 1;
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+            assert_eq!(n, N)
+        })
+    });
     g.finish();
 }
 

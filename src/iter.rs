@@ -114,11 +114,11 @@ impl<'a> Iter<'a> {
 
     /// The next entry of the log-order scan; `None` once it has ended
     /// (the slot walk then looks for what it did not account for).
-    fn next_in_log(&mut self) -> Option<Result<(Value, Value)>> {
+    fn next_in_log(&mut self, spare: &mut Vec<u8>) -> Option<Result<Put>> {
         let scan = self.scan.as_mut()?;
         let store = &*self.store;
-        match scan.next(store) {
-            Step::Entry(put) => Some(Ok(Self::entry(put))),
+        match scan.next(store, spare) {
+            Step::Entry(put) => Some(Ok(put)),
             Step::Damaged(f) => Some(Err(self.db.note_damage(f.into_error(&store.path)))),
             Step::Broken(at) => {
                 self.seen = self.scan.take().map(LogScan::into_seen);
@@ -144,16 +144,15 @@ impl<'a> Iter<'a> {
     }
 }
 
-impl Iterator for Iter<'_> {
-    /// `(key, value)`, both owned copies.
-    type Item = Result<(Value, Value)>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl Iter<'_> {
+    /// The next entry, as a checked copy of its record (in `spare`'s
+    /// allocation when it comes from the log walk).
+    fn next_put(&mut self, spare: &mut Vec<u8>) -> Option<Result<Put>> {
         if let Some(e) = self.failed.take() {
             return Some(Err(self.db.note_damage(e)));
         }
         if self.scan.is_some() {
-            if let Some(item) = self.next_in_log() {
+            if let Some(item) = self.next_in_log(spare) {
                 return Some(item);
             }
         }
@@ -193,11 +192,20 @@ impl Iterator for Iter<'_> {
             match store.entry_at(word) {
                 Ok(_) if past_end => continue,
                 Ok(put) if put.expired() => continue, // expired: skipped
-                Ok(put) => return Some(Ok(Self::entry(put))),
+                Ok(put) => return Some(Ok(put)),
                 Err(f) => return Some(Err(self.db.note_damage(f.into_error(&store.path)))),
             }
         }
         None
+    }
+}
+
+impl Iterator for Iter<'_> {
+    /// `(key, value)`, both owned copies.
+    type Item = Result<(Value, Value)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_put(&mut Vec::new()).map(|r| r.map(Self::entry))
     }
 }
 
@@ -224,6 +232,71 @@ impl Db {
     /// ```
     pub fn iter(&self) -> crate::Iter<'_> {
         crate::Iter::new(self)
+    }
+
+    /// Visit every live entry once, as [`iter`](Db::iter) does (the same
+    /// entries and guarantees), without allocating for each one: `f` sees
+    /// the key and the value in a buffer that the next entry reuses, so it
+    /// must copy what it keeps. Every record is still copied out of the
+    /// file and its checksum checked before `f` sees it.
+    ///
+    /// `f` returns [`ControlFlow::Break`](std::ops::ControlFlow::Break) to
+    /// stop early. Entries that cannot be read (damage, see
+    /// [`Error::Corrupted`](crate::Error::Corrupted)) are skipped and the
+    /// visit goes on, as `iter` goes on after an `Err`; the first such
+    /// error is returned at the end, after every readable entry has been
+    /// visited.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = mapkv::Db::open(dir.path().join("for-each.mapkv"))?;
+    /// for i in 0..10u32 {
+    ///     db.insert(i.to_be_bytes(), b"value")?;
+    /// }
+    /// let mut bytes = 0;
+    /// db.for_each(|key, value| {
+    ///     bytes += key.len() + value.len();
+    ///     ControlFlow::Continue(())
+    /// })?;
+    /// assert_eq!(bytes, 10 * (4 + 5));
+    ///
+    /// // Stop at the first entry whose key ends in an odd byte.
+    /// let mut found = None;
+    /// db.for_each(|key, _| {
+    ///     if key[3] % 2 == 1 {
+    ///         found = Some(key.to_vec());
+    ///         return ControlFlow::Break(());
+    ///     }
+    ///     ControlFlow::Continue(())
+    /// })?;
+    /// assert!(found.is_some_and(|k| k[3] % 2 == 1));
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn for_each(
+        &self,
+        mut f: impl FnMut(&[u8], &[u8]) -> std::ops::ControlFlow<()>,
+    ) -> Result<()> {
+        let mut it = self.iter();
+        let mut spare = Vec::new();
+        let mut first_error = None;
+        while let Some(item) = it.next_put(&mut spare) {
+            match item {
+                Ok(put) => {
+                    let flow = f(put.key(), put.value());
+                    spare = put.into_buf().0;
+                    if flow.is_break() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 

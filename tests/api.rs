@@ -455,3 +455,60 @@ fn get_many_answers_as_get_does_for_every_batch_length() {
         }
     }
 }
+
+/// `for_each` visits exactly what `iter` returns: every live entry once,
+/// with its value, not removed or expired ones; and stops when told to.
+#[test]
+fn for_each_visits_what_iter_returns() {
+    use std::collections::HashMap;
+    use std::ops::ControlFlow;
+    let (_dir, path) = store();
+    let db = Db::open(&path).unwrap();
+    let mut model = HashMap::new();
+    let mut rng = Rng::new(7);
+    for i in 0..5000u32 {
+        let k = format!("k{}", rng.below(3000)).into_bytes();
+        match i % 7 {
+            0 => {
+                db.remove(&k).unwrap();
+                model.remove(&k);
+            }
+            _ => {
+                // Values of different lengths, so the reused buffer shrinks
+                // and grows.
+                let v = vec![i as u8; rng.below(300) as usize];
+                db.insert(&k, &v).unwrap();
+                model.insert(k, v);
+            }
+        }
+    }
+    db.insert_with_ttl(b"gone", b"x", std::time::Duration::from_millis(1))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+
+    let mut seen = HashMap::new();
+    db.for_each(|k, v| {
+        assert!(seen.insert(k.to_vec(), v.to_vec()).is_none(), "{k:?} twice");
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert!(seen == model, "for_each differs from the model");
+    let from_iter: HashMap<Vec<u8>, Vec<u8>> = db
+        .iter()
+        .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+        .collect::<mapkv::Result<_>>()
+        .unwrap();
+    assert!(from_iter == seen, "iter and for_each differ");
+
+    let mut n = 0;
+    db.for_each(|_, _| {
+        n += 1;
+        if n == 10 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .unwrap();
+    assert_eq!(n, 10, "Break stops the visit");
+}

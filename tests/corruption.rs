@@ -939,6 +939,24 @@ fn iter_goes_on_by_the_index_past_a_damaged_header() {
     for i in (0..2000).filter(|&i| i != 1000) {
         assert!(seen.contains(&i), "{} missing", key(i));
     }
+    // for_each visits the same entries, then returns the first error.
+    let mut visited = HashSet::new();
+    let r = db.for_each(|k, v| {
+        let k = std::str::from_utf8(k).unwrap();
+        let i: u32 = k["iter-key-".len()..].parse().unwrap();
+        assert_eq!(v, format!("value-{i}").as_bytes());
+        assert!(visited.insert(i), "{k} visited twice");
+        std::ops::ControlFlow::Continue(())
+    });
+    let e = r.expect_err("for_each reports the damage");
+    assert!(
+        errors.contains(&e.to_string()),
+        "for_each's error {e} is not one iter reported"
+    );
+    assert!(
+        visited == seen,
+        "for_each and iter visited different entries"
+    );
 }
 
 /// A read-only handle and a writer must read the same store. A cleanly

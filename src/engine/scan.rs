@@ -130,8 +130,10 @@ impl LogScan {
         }))
     }
 
-    /// The next step of the scan.
-    pub(crate) fn next(&mut self, store: &Store) -> Step {
+    /// The next step of the scan. An entry is copied into `spare`'s
+    /// allocation (taken; [`Put::into_buf`] gives it back for the next
+    /// step).
+    pub(crate) fn next(&mut self, store: &Store, spare: &mut Vec<u8>) -> Step {
         let t = match store.table_at(self.desc) {
             Ok((t, _)) => t,
             Err(f) => return Step::Damaged(f),
@@ -152,8 +154,11 @@ impl LogScan {
                 Ok(None) => continue,
                 Err(f) => return Step::Damaged(store.locate(f, self.desc_start())),
             }
-            match rec.put(p.off, &p.header) {
-                Ok(put) if put.expired() => continue,
+            match rec.put_reusing(p.off, &p.header, std::mem::take(spare)) {
+                Ok(put) if put.expired() => {
+                    *spare = put.into_buf().0;
+                    continue;
+                }
                 Ok(put) => return Step::Entry(put),
                 Err(e) => return Step::Damaged(e.into()),
             }

@@ -219,7 +219,12 @@ impl<'a> Records<'a> {
 
     /// The put at `off` (header `h`), copied whole and checked.
     pub(crate) fn put(&self, off: u64, h: &Header) -> Result<Put> {
-        let mut buf = Vec::new();
+        self.put_reusing(off, h, Vec::new())
+    }
+
+    /// As [`put`](Records::put), copied into `buf` (its capacity is
+    /// reused; [`Put::into_buf`] gives it back).
+    pub(crate) fn put_reusing(&self, off: u64, h: &Header, mut buf: Vec<u8>) -> Result<Put> {
         self.copy(off, h, &mut buf)?;
         self.verify(off, h, &[&buf])?;
         let key_len = h.key_len as usize;

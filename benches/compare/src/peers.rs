@@ -309,12 +309,16 @@ impl Store for Mapkv {
     }
 
     fn scan(&self) -> (u64, u64) {
+        // `for_each`: the scan without an allocation per entry (`iter`
+        // returns owned copies), still copying and checking every record.
         let (mut n, mut bytes) = (0, 0);
-        for item in self.db().iter() {
-            let (k, v) = item.unwrap();
-            n += 1;
-            bytes += (k.as_ref().len() + v.as_ref().len()) as u64;
-        }
+        self.db()
+            .for_each(|k, v| {
+                n += 1;
+                bytes += (k.len() + v.len()) as u64;
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
         (n, bytes)
     }
 
