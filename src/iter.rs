@@ -129,6 +129,14 @@ impl<'a> Iter<'a> {
             }
             Step::Done => {
                 self.seen = self.scan.take().map(LogScan::into_seen);
+                if self
+                    .seen
+                    .as_ref()
+                    .is_some_and(|s| s.accounts_for_all(store))
+                {
+                    // Nothing for the walk of the slots to find.
+                    self.desc = None;
+                }
                 None
             }
         }

@@ -1011,3 +1011,61 @@ fn read_only_and_read_write_read_the_same_damaged_clean_store() {
         "read-only wrote the file"
     );
 }
+
+/// An entry whose slot was moved off its key's probe path (the slot it
+/// had is now a tombstone) is not found by `get`, nor counted live by the
+/// log-order scan; the walk of the slots that follows the scan still
+/// returns it, once, from `iter` and from `for_each`. (The scan skips that
+/// walk when it accounted for every live slot: here it must not.)
+#[test]
+fn iter_returns_an_entry_moved_off_its_probe_path() {
+    use std::os::unix::fs::FileExt;
+    let (_dir, path) = common::store();
+    let db = Db::open(&path).unwrap();
+    let key = |i: u32| format!("path-key-{i:05}");
+    for i in 0..3000u32 {
+        db.insert(key(i), format!("value-{i}")).unwrap();
+    }
+    db.flush().unwrap();
+    let im = Image::new("moved", std::fs::read(&path).unwrap());
+    let (ix0, ix1) = im.index_table();
+    let word = |at: usize| le(&im.bytes, at, 8);
+    // A live slot whose run has an empty slot right before it: moving the
+    // word there puts it before its home, off its probe path.
+    let (from, to) = (ix0 + 8..ix1)
+        .step_by(8)
+        .filter(|&at| word(at) > 1)
+        .find_map(|at| {
+            let mut s = at;
+            while s > ix0 && word(s - 8) > 1 {
+                s -= 8;
+            }
+            (s > ix0 && word(s - 8) == 0).then_some((at, s - 8))
+        })
+        .expect("a live slot with an empty slot before its run");
+    let moved = word(from);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(&1u64.to_le_bytes(), from as u64).unwrap();
+    f.write_all_at(&moved.to_le_bytes(), to as u64).unwrap();
+
+    let mut seen = HashSet::new();
+    for item in db.iter() {
+        let (k, v) = item.unwrap();
+        let k = String::from_utf8(k.to_vec()).unwrap();
+        let i: u32 = k["path-key-".len()..].parse().unwrap();
+        assert_eq!(&v[..], format!("value-{i}").as_bytes());
+        assert!(seen.insert(i), "{k} returned twice");
+    }
+    assert_eq!(seen.len(), 3000, "iter lost the moved entry");
+    let missing: Vec<u32> = (0..3000)
+        .filter(|&i| db.get(key(i)).unwrap().is_none())
+        .collect();
+    assert_eq!(missing.len(), 1, "exactly the moved entry is off its path");
+    let mut visited = HashSet::new();
+    db.for_each(|k, _| {
+        assert!(visited.insert(k.to_vec()), "{k:?} visited twice");
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(visited.len(), 3000, "for_each lost the moved entry");
+}
