@@ -180,6 +180,16 @@ fn reads(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // `Db::check` of the same store: the log verified, every record's key
+    // looked up in the index.
+    let mut g = c.benchmark_group("check");
+    g.throughput(Throughput::Elements(N));
+    g.sample_size(10);
+    g.bench_function("1M", |b| {
+        b.iter(|| assert_eq!(f.db.check().unwrap().live_keys, N))
+    });
+    g.finish();
 }
 
 /// Durable writes first, on a quiet disk: the unsynced benchmarks leave

@@ -179,6 +179,16 @@ impl<'a> Records<'a> {
         Ok(k)
     }
 
+    /// The key of the record at `off` into `buf` (header already read),
+    /// unverified; `key` without an allocation per record.
+    pub(crate) fn key_into(&self, off: u64, h: &Header, buf: &mut Vec<u8>) -> Result<()> {
+        buf.clear();
+        buf.resize(h.key_len as usize, 0);
+        self.arena
+            .read(off + HEADER_LEN, buf)
+            .map_err(|_| self.past_end(off))
+    }
+
     /// Bytes of the live put at `off` (for accounting).
     pub(crate) fn live_len(&self, off: u64) -> Result<u64> {
         let h = self.put_header(off)?;
