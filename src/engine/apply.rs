@@ -85,6 +85,10 @@ impl Store {
         let n = old
             .copy_into(&nt, |word| self.rehash(word))
             .map_err(|f| self.locate(f, d.start))?;
+        // The old table is dead log space from here on (readers still on
+        // it finish their probes, faulting pages back in if need be): stop
+        // counting it in this process's resident set.
+        self.arena.release(d.start, d.bytes());
         // Not published here: the caller publishes the new descriptor with
         // the commit that needed it (control block begin/end).
         wr.st.index_desc = new.encode();

@@ -403,6 +403,54 @@ impl Arena {
         }
     }
 
+    /// Let this process's memory go of the whole pages inside
+    /// `[off, off+n)`, in every view: a hint for bytes it will not read
+    /// again soon (an index table replaced by a larger one), so that they
+    /// stop counting in its resident set. The bytes stay in the file and the
+    /// page cache; a later access faults them in again, unchanged. Only for
+    /// shared mappings: in a private (copy-on-write) view it would throw
+    /// away this process's own changes, so those are left alone.
+    pub(crate) fn release(&self, off: u64, n: u64) {
+        #[cfg(target_os = "linux")]
+        {
+            let Some(start) = super::align_up(off, self.os_page) else {
+                return;
+            };
+            let end = off.saturating_add(n) & !(self.os_page - 1);
+            if end <= start || self.checked(start, end - start).is_err() {
+                return;
+            }
+            for v in self.views.lock().iter() {
+                // An older view reserved less address space: only its part.
+                let end = end.min(v.len & !(self.os_page - 1));
+                if end <= start {
+                    continue;
+                }
+                if let Backing::Shared(raw) = &v._backing {
+                    // SAFETY: `raw` is a MAP_SHARED mapping of the store's
+                    // file from offset 0, `v.len` bytes of address space,
+                    // and `[start, end)` lies inside both it (clamped just
+                    // above) and the file (checked above). MADV_DONTNEED on a shared
+                    // file mapping only drops this process's page-table
+                    // entries: dirty pages stay dirty in the page cache, and
+                    // the next access maps the same bytes again (madvise(2)),
+                    // so no byte that any reader or writer observes changes.
+                    // memmap2 marks it unsafe for private mappings, where it
+                    // would discard changes; those are excluded.
+                    let _ = unsafe {
+                        raw.unchecked_advise_range(
+                            memmap2::UncheckedAdvice::DontNeed,
+                            start as usize,
+                            (end - start) as usize,
+                        )
+                    };
+                }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (off, n);
+    }
+
     /// Copy `data` into the mapping at `off`. Only the writer calls this, and
     /// only on bytes no reader can reach yet (past the published tail) or on
     /// pages nobody else maps as Rust references (meta).
