@@ -341,6 +341,11 @@ fn phases(cfg: &Cfg) -> Vec<(PhaseInfo, String)> {
             "13. disk at the end, closed (allocated / logical)".into(),
         ),
         b("peak_rss", "peak RSS of the peer's process (VmHWM)".into()),
+        b(
+            "peak_anon",
+            "of which anonymous memory (heap, caches), peak of RssAnon sampled after every phase"
+                .into(),
+        ),
     ]);
     v
 }
@@ -422,6 +427,7 @@ fn run<S: Store>(cfg: &Cfg, peer: &str, dir: &Path) {
         let t = Instant::now();
         f();
         record(peer, phase, ops, t.elapsed().as_secs_f64());
+        sample_anon();
     };
 
     let mut s = S::open(dir, n);
@@ -620,6 +626,8 @@ fn run<S: Store>(cfg: &Cfg, peer: &str, dir: &Path) {
     ]);
     let hwm = vm_hwm().unwrap_or(0);
     emit(&["bytes", "peak_rss", &hwm.to_string(), &hwm.to_string()]);
+    let anon = sample_anon();
+    emit(&["bytes", "peak_anon", &anon.to_string(), &anon.to_string()]);
 }
 
 /// `count` gets of keys `offset + random below range`, one at a time.
@@ -818,11 +826,25 @@ fn disk_usage(dir: &Path) -> (u64, u64) {
     (alloc, logical)
 }
 
-fn vm_hwm() -> Option<u64> {
+/// The largest `RssAnon` seen so far (sampled now, and by every timed
+/// phase): the part of the resident set that is the process's own memory,
+/// not pages of the page cache that the kernel can drop or share. Linux
+/// keeps no high-water mark per kind, so this is sampled.
+fn sample_anon() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PEAK: AtomicU64 = AtomicU64::new(0);
+    let now = status_kb("RssAnon:").unwrap_or(0) * 1024;
+    PEAK.fetch_max(now, Ordering::Relaxed).max(now)
+}
+
+fn status_kb(field: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let l = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = l.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let l = s.lines().find(|l| l.starts_with(field))?;
+    l.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn vm_hwm() -> Option<u64> {
+    Some(status_kb("VmHWM:")? * 1024)
 }
 
 // ================================================================ parent
@@ -1088,7 +1110,7 @@ fn render(
                         fmt_secs(m.seconds),
                         fmt_rate(m.ops as f64 / m.seconds)
                     ),
-                    Kind::Bytes if info.id == "peak_rss" => fmt_bytes(m.bytes),
+                    Kind::Bytes if info.id.starts_with("peak_") => fmt_bytes(m.bytes),
                     Kind::Bytes => format!("{} / {}", fmt_bytes(m.bytes), fmt_bytes(m.logical)),
                     Kind::Ratio(..) => format!("{:.2}×", m.seconds),
                 },
