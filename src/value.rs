@@ -33,6 +33,11 @@ impl Value {
         Value { buf, start }
     }
 
+    /// The whole buffer (the value starts at `start`), for reuse.
+    pub(crate) fn into_parts(self) -> Vec<u8> {
+        self.buf
+    }
+
     /// The value's bytes as a `Vec`, without copying when possible.
     ///
     /// # Examples

@@ -157,8 +157,13 @@ impl Store {
         keys: &[K],
         out: &mut Vec<Option<Value>>,
     ) -> Result<u64> {
-        out.clear();
+        // The buffers of the values `out` held are reused for the new ones
+        // (a caller of `get_many_into` passes the same `out` every time).
+        let mut spare: Vec<Vec<u8>> = Vec::new();
+        let mut old = std::mem::take(out);
+        old.truncate(keys.len());
         out.reserve(keys.len());
+        let mut old = old.into_iter().flatten().map(Value::into_parts);
         let (t, d) = self.table()?;
         let n = keys.len();
         // Hashes of the keys ahead, in a ring indexed by key position.
@@ -183,12 +188,17 @@ impl Store {
                 self.prefetch_record(&t, ring[(i + AHEAD) % RING]);
             }
             let key = keys[i].as_ref();
-            let mut buf = Vec::new();
+            let mut buf = spare.pop().or_else(|| old.next()).unwrap_or_default();
             let mut at = 0;
             let live =
                 self.find_live_in(&t, d, key, ring[i % RING], Dest::Copy(&mut buf), &mut at)?;
             hits += live as u64;
-            out.push(live.then(|| Value::from_parts(buf, at)));
+            if live {
+                out.push(Some(Value::from_parts(buf, at)));
+            } else {
+                out.push(None);
+                spare.push(buf);
+            }
         }
         Ok(hits)
     }

@@ -155,6 +155,9 @@ pub struct Mapkv {
     path: PathBuf,
     db: Option<mapkv::Db>,
     mode: mapkv::Durability,
+    /// The values of the last batch: `get_many_into` reuses their buffers
+    /// (as the single reads reuse theirs through `get_into`).
+    batch_out: std::sync::Mutex<Vec<Option<mapkv::Value>>>,
 }
 
 impl Mapkv {
@@ -218,7 +221,7 @@ impl Store for Mapkv {
             "default Options; bulk load and removal in batches of 1,000 with Durability::None, then flush()".into(),
             "durable phases: reopened with Durability::Sync (one msync per commit); unsynced: Durability::None".into(),
             "durable writes, N threads: one Db opened with Durability::Sync, each thread its own clone(), insert (one commit and msync each)".into(),
-            "reads: get_into with a reused buffer (copies the value out); batched reads: get_many (the values of a batch as of one commit)".into(),
+            "reads: get_into with a reused buffer (copies the value out); batched reads: get_many_into, reusing the buffers of the last batch's values (the values of a batch as of one commit)".into(),
             "2 processes: two more processes open the same file (default Options) while this one has it open".into(),
         ]
     }
@@ -233,6 +236,7 @@ impl Store for Mapkv {
             path,
             db: Some(db),
             mode: mapkv::Durability::None,
+            batch_out: Default::default(),
         }
     }
 
@@ -243,6 +247,7 @@ impl Store for Mapkv {
             path,
             db: Some(db),
             mode: mapkv::Durability::default(),
+            batch_out: Default::default(),
         })
     }
 
@@ -297,7 +302,9 @@ impl Store for Mapkv {
     }
 
     fn get_batch(&self, keys: &[Key], seen: &mut Seen) {
-        for v in self.db().get_many(keys).unwrap() {
+        let mut out = self.batch_out.lock().unwrap();
+        self.db().get_many_into(keys, &mut out).unwrap();
+        for v in out.iter() {
             seen.found(v.as_deref())
         }
     }
