@@ -1188,7 +1188,7 @@ fn goals(cfg: &Cfg, results: &BTreeMap<(String, String), Measure>) -> String {
     ] {
         if let (Some(a), Some(b)) = (rate("mapkv", mine), rate("lmdb", theirs)) {
             o += &format!(
-                "- {what}, batches of {}: mapkv get_many {} keys/s; LMDB single gets in one read transaction (its row {}) {}/s: {:.2}×\n",
+                "- {what}, batches of {}: mapkv get_many_into {} keys/s; LMDB single gets in one read transaction (its row {}) {}/s: {:.2}×\n",
                 cfg.read_batch,
                 fmt_rate(a),
                 if theirs == "read_1t" { "6" } else { "9" },
