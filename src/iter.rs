@@ -17,13 +17,12 @@ use crate::{Db, Result, Value};
 /// loads, one slot per record, are prefetched several records ahead.
 ///
 /// What it guarantees:
-/// - Entries present and unchanged for the whole iteration are returned
-///   exactly once.
-/// - Entries inserted, overwritten or removed meanwhile may or may not be
-///   returned (an entry overwritten during the iteration may be missed:
-///   its old record is no longer live, its new one is past the end), and a
-///   value may be older than one written during the iteration. No entry is
-///   returned twice.
+/// - Entries present for the whole iteration are returned exactly once,
+///   also if they are overwritten meanwhile (then with their value as of
+///   the iteration's start, or one written since).
+/// - Entries inserted or removed meanwhile may or may not be returned, and
+///   a value may be older than one written during the iteration. No entry
+///   is returned twice.
 /// - Entries come in the order they were last written (oldest first),
 ///   which is not a contract: it may change.
 /// - An entry that fails its checks is returned as an `Err`, and iteration
@@ -67,6 +66,9 @@ pub struct Iter<'a> {
     /// After a log-order scan: the records it found live. The slot walk
     /// that follows returns only what the scan did not account for.
     seen: Option<Seen>,
+    /// After a log-order scan: keys it met overwritten after it started,
+    /// returned from their current records before the slot walk.
+    overwritten: Vec<Vec<u8>>,
     failed: Option<crate::Error>,
 }
 
@@ -102,6 +104,7 @@ impl<'a> Iter<'a> {
             slot: 0,
             ahead: 0,
             seen: None,
+            overwritten: Vec::new(),
             failed,
         }
     }
@@ -116,29 +119,35 @@ impl<'a> Iter<'a> {
     /// (the slot walk then looks for what it did not account for).
     fn next_in_log(&mut self, spare: &mut Vec<u8>) -> Option<Result<Put>> {
         let scan = self.scan.as_mut()?;
-        let store = &*self.store;
-        match scan.next(store, spare) {
+        match scan.next(&self.store, spare) {
             Step::Entry(put) => Some(Ok(put)),
-            Step::Damaged(f) => Some(Err(self.db.note_damage(f.into_error(&store.path)))),
+            Step::Damaged(f) => Some(Err(self.db.note_damage(f.into_error(&self.store.path)))),
             Step::Broken(at) => {
-                self.seen = self.scan.take().map(LogScan::into_seen);
-                Some(Err(self.db.note_damage(store.corrupt(
+                self.end_scan();
+                Some(Err(self.db.note_damage(self.store.corrupt(
                     at,
                     "record header fails its checks: iteration goes on by the index",
                 ))))
             }
             Step::Done => {
-                self.seen = self.scan.take().map(LogScan::into_seen);
+                self.end_scan();
                 if self
                     .seen
                     .as_ref()
-                    .is_some_and(|s| s.accounts_for_all(store))
+                    .is_some_and(|s| s.accounts_for_all(&self.store))
                 {
                     // Nothing for the walk of the slots to find.
                     self.desc = None;
                 }
                 None
             }
+        }
+    }
+
+    fn end_scan(&mut self) {
+        if let Some((seen, overwritten)) = self.scan.take().map(LogScan::into_seen) {
+            self.seen = Some(seen);
+            self.overwritten = overwritten;
         }
     }
 
@@ -165,6 +174,16 @@ impl Iter<'_> {
             }
         }
         let store = &*self.store;
+        // Keys overwritten during the scan: present when it started, not
+        // returned by it; their current records lie past the scan's end,
+        // where the slot walk below skips them.
+        while let Some(key) = self.overwritten.pop() {
+            match store.entry_here(&key) {
+                Ok(Some(put)) => return Some(Ok(put)),
+                Ok(None) => {} // removed (or expired) since
+                Err(f) => return Some(Err(self.db.note_damage(f.into_error(&store.path)))),
+            }
+        }
         let t = match store.table_at(self.desc?) {
             Ok((t, _)) => t,
             Err(f) => {

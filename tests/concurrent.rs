@@ -140,3 +140,69 @@ fn iteration_during_writes_sees_each_stable_key_once() {
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
 }
+
+/// Keys that exist for the whole iteration but are overwritten during it
+/// (many times, while new keys make the file and the index grow) are
+/// returned exactly once each, by `iter` and by `for_each`, with a value
+/// that was written for that key.
+#[test]
+fn iteration_returns_each_key_overwritten_meanwhile_once() {
+    const KEYS: u64 = 3000;
+    let (_d, path) = store();
+    let db = Options::new().initial_size(64 << 10).open(&path).unwrap();
+    let key = |k: u64| [b"o".as_slice(), &k.to_le_bytes()].concat();
+    for k in 0..KEYS {
+        db.insert(key(k), self_checking(k, 1, 40)).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let db = db.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut r = Rng::new(9);
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let k = r.below(KEYS);
+                db.insert(key(k), self_checking(k, 2 + i % 1000, 40))
+                    .unwrap();
+                if i % 4 == 0 {
+                    db.insert([b"n".as_slice(), &i.to_le_bytes()].concat(), b"new")
+                        .unwrap();
+                }
+                i += 1;
+            }
+            i
+        })
+    };
+    let check = |seen: &mut std::collections::HashSet<u64>, k: &[u8], v: &[u8]| {
+        if k[0] == b'o' {
+            let id = u64::from_le_bytes(k[1..9].try_into().unwrap());
+            assert_eq!(check_self(v).unwrap().0, id, "a value of another key");
+            assert!(seen.insert(id), "key {id} returned twice");
+        }
+    };
+    for round in 0..20 {
+        let mut seen = std::collections::HashSet::new();
+        if round % 2 == 0 {
+            for item in db.iter() {
+                let (k, v) = item.unwrap();
+                check(&mut seen, &k, &v);
+            }
+        } else {
+            db.for_each(|k, v| {
+                check(&mut seen, k, v);
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+        }
+        assert_eq!(
+            seen.len() as u64,
+            KEYS,
+            "round {round}: {} of {KEYS} keys returned",
+            seen.len()
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    assert!(writes > 1000, "the writer made only {writes} writes");
+}

@@ -79,6 +79,34 @@ impl Store {
         self.find_live_in(&t, d, key, h, dest, value_at)
     }
 
+    /// The live entry of `key` in this file as it is now, read whole, or
+    /// `None` (absent or expired). Unlike a `get`, it reads this file even
+    /// after a compaction has moved the store on (an iterator finishes on
+    /// the file it started with), and marks no hit (iterating is not
+    /// using an entry).
+    pub(crate) fn entry_here(&self, key: &[u8]) -> Result<Option<Put>> {
+        let (t, d) = self.table_at(self.control()?.index_desc())?;
+        let h = index::hash(self.hash_seed, key);
+        let rec = self.records();
+        let mut buf = Vec::new();
+        let mut at = None;
+        {
+            let mut dest = Dest::Copy(&mut buf);
+            t.find(h, |off| -> Result<bool> {
+                match rec.load(off, key, &mut dest)? {
+                    Load::OtherKey => Ok(false),
+                    Load::Live { value_at } => {
+                        at = Some(value_at);
+                        Ok(true)
+                    }
+                    Load::Expired => Ok(true),
+                }
+            })
+            .map_err(|f| self.locate(f, d.start))?;
+        }
+        Ok(at.map(|at| Put::from_loaded(buf, key.len(), at)))
+    }
+
     /// `find_live` in a table already loaded, for a key already hashed.
     #[inline]
     fn find_live_in(

@@ -13,7 +13,7 @@
 //! walk at that offset ([`Step::Broken`]); the caller can go on from
 //! there another way (the iterator walks the slots for entries past it).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 use crate::index::{self, Table};
 use crate::log::read::Put;
@@ -41,6 +41,10 @@ pub(crate) struct LogScan {
     /// The records found live, one bit per 8-byte offset from
     /// `ARENA_START` (see [`Seen`]).
     seen: Seen,
+    /// Keys the scan met dead because they were overwritten after it
+    /// started (their slot names a record past `end`): returned after the
+    /// log, from their current record (see [`LogScan::overwritten`]).
+    overwritten: HashSet<Vec<u8>>,
 }
 
 /// The records a log scan found live (their slot on their probe path),
@@ -159,6 +163,7 @@ impl LogScan {
             ahead: VecDeque::with_capacity(AHEAD),
             broken: None,
             seen: Seen::new(end, st.tail, st.index_desc),
+            overwritten: HashSet::new(),
         }))
     }
 
@@ -180,10 +185,20 @@ impl LogScan {
                 };
             };
             // Live if the key's probe path has a slot naming this record.
-            let live = t.find(p.hash, |o| -> Result<bool> { Ok(o == p.off) });
+            let end = self.end;
+            let mut newer = false;
+            let live = t.find(p.hash, |o| -> Result<bool> {
+                newer |= o >= end;
+                Ok(o == p.off)
+            });
             match live {
                 Ok(Some(_)) => self.seen.mark(p.off),
-                Ok(None) => continue,
+                Ok(None) => {
+                    if newer {
+                        self.note_overwritten(store, &t, &p);
+                    }
+                    continue;
+                }
                 Err(f) => return Step::Damaged(store.locate(f, self.desc_start())),
             }
             match rec.put_reusing(p.off, &p.header, std::mem::take(spare)) {
@@ -197,9 +212,36 @@ impl LogScan {
         }
     }
 
-    /// What the scan found live (once it has ended).
-    pub(crate) fn into_seen(self) -> Seen {
-        self.seen
+    /// A dead record whose key's probe path has a slot (with its tag)
+    /// naming a record written after the scan started: if that record
+    /// holds this key, the key was overwritten meanwhile, and whether this
+    /// record was its live one then or an older one, the key is returned
+    /// once, after the log. Out of line: a scan with no commit beside it
+    /// never comes here. A read that fails is not a match (the slot walk
+    /// reports damaged slots).
+    #[cold]
+    fn note_overwritten(&mut self, store: &Store, t: &Table<'_>, p: &Pending) {
+        let rec = store.records();
+        let Ok(key) = rec.key(p.off, &p.header) else {
+            return;
+        };
+        let end = self.end;
+        let found = t.find(p.hash, |o| -> Result<bool> {
+            Ok(o >= end && rec.key_eq(o, &key).unwrap_or(false))
+        });
+        if let Ok(Some(_)) = found {
+            self.overwritten.insert(key);
+        }
+    }
+
+    /// What the scan found live (once it has ended), and the keys it met
+    /// overwritten after it started, which the caller returns from their
+    /// current records: each was present when the scan started (a record
+    /// of it lies before `end`) and none of them was returned by the scan
+    /// (its record before `end` was no longer live when the scan reached
+    /// it, and a key has one live record).
+    pub(crate) fn into_seen(self) -> (Seen, Vec<Vec<u8>>) {
+        (self.seen, self.overwritten.into_iter().collect())
     }
 
     fn desc_start(&self) -> u64 {
