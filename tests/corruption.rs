@@ -1069,3 +1069,82 @@ fn iter_returns_an_entry_moved_off_its_probe_path() {
     .unwrap();
     assert_eq!(visited.len(), 3000, "for_each lost the moved entry");
 }
+
+/// A put whose header is marked with an expiry but whose value area is
+/// too short to hold one, with both CRCs valid (what a hostile writer can
+/// make): every read path reports it as damage. `get` used to say absent
+/// (no expiry in the record: expired) while `contains_key` and
+/// `time_to_live` read the expiry from the bytes of the next record and
+/// said present. Found by fuzzing (open_bytes, 2026-12-03; reproducer
+/// fuzz/regressions/open_bytes/ttl-flag-without-room).
+#[test]
+fn a_put_marked_with_an_expiry_it_cannot_hold_is_damage_on_every_path() {
+    let dir = scratch();
+    let path = dir.path().join("ttl.mapkv");
+    {
+        let db = Db::open(&path).unwrap();
+        // Empty values: no record can hold an expiry.
+        for i in 0..600 {
+            db.insert(format!("key-{i}"), b"").unwrap();
+        }
+        db.close().unwrap();
+    }
+    let mut b = std::fs::read(&path).unwrap();
+    // The record of the 500th live slot: past the 64 an open samples, so
+    // the store opens and the reads meet it.
+    let copy = layout::META_COPIES
+        .map(|m| m as usize)
+        .into_iter()
+        .max_by_key(|&m| le(&b, m + meta::META_SEQ, 8))
+        .unwrap();
+    let desc = le(&b, copy + meta::INDEX_DESC, 8);
+    let start = (desc & !layout::INDEX_DESC_LOG2_MASK) as usize;
+    let cap = 1usize << (desc & layout::INDEX_DESC_LOG2_MASK);
+    let words: Vec<u64> = (0..cap)
+        .map(|i| le(&b, start + 8 * i, 8))
+        .filter(|&w| w > 1)
+        .collect();
+    assert_eq!(words.len(), 600);
+    let at = ((words[500] & ((1 << 36) - 1)) * 8) as usize;
+    let hl = layout::HEADER_LEN as usize;
+    assert_eq!(b[at + header::KIND], layout::KIND_PUT);
+    assert_eq!(le(&b, at + header::VAL_LEN, 4), 0);
+    let key_len = le(&b, at + header::KEY_LEN, 2) as usize;
+    let key = b[at + hl..at + hl + key_len].to_vec();
+    let salt = le(&b, layout::META_A_OFFSET as usize + meta::CRC_SALT, 4) as u32;
+    b[at + header::FLAGS] |= layout::FLAG_TTL;
+    // Both CRCs made valid again.
+    let mut covered = (at as u64).to_le_bytes().to_vec();
+    covered.extend_from_slice(&b[at + header::KIND..at + hl]);
+    let hdr = crc32(salt ^ layout::HEADER_CRC_XOR, &covered);
+    b[at + header::HDR_CRC..at + header::HDR_CRC + 4].copy_from_slice(&hdr.to_le_bytes());
+    covered.extend_from_slice(&key);
+    let crc = crc32(salt, &covered);
+    b[at + header::CRC..at + header::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, &b).unwrap();
+
+    for read_only in [true, false] {
+        let db = Options::new().read_only(read_only).open(&path).unwrap();
+        let what = if read_only { "read-only" } else { "read-write" };
+        let damaged = |r: Result<String, Error>, call: &str| match r {
+            Err(Error::Corrupted { offset, .. }) => {
+                assert_eq!(offset, at as u64, "{what} {call}: the offset named")
+            }
+            other => panic!("{what} {call}: {other:?}, not the damage"),
+        };
+        damaged(db.get(&key).map(|v| format!("{v:?}")), "get");
+        damaged(
+            db.contains_key(&key).map(|v| format!("{v:?}")),
+            "contains_key",
+        );
+        damaged(
+            db.time_to_live(&key).map(|v| format!("{v:?}")),
+            "time_to_live",
+        );
+        damaged(db.get_many(&[&key]).map(|v| format!("{v:?}")), "get_many");
+        // The rest of the store reads as before.
+        let other = if key == b"key-0" { "key-1" } else { "key-0" };
+        assert_eq!(db.get(other).unwrap().as_deref(), Some(&b""[..]), "{what}");
+        assert!(db.check().is_err(), "{what}: check passes a damaged record");
+    }
+}

@@ -352,6 +352,10 @@ fn paths() -> &'static (PathBuf, PathBuf) {
 
 fn exercise(file: &[u8], scenario: Scenario, phase: usize) {
     let (ro_path, rw_path) = paths();
+    if let Some(dump) = std::env::var_os("MAPKV_FUZZ_DUMP") {
+        // The file as the scenario opens it, for a closer look.
+        std::fs::write(dump, file).unwrap();
+    }
     let ro_seen = if matches!(scenario, Scenario::ReadOnly | Scenario::All) {
         std::fs::write(ro_path, file).unwrap();
         // Read-only: never writes the file, whatever happens.

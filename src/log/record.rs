@@ -219,6 +219,15 @@ impl Header {
     /// Check the kind, the field rules and the header CRC of a header read
     /// at `off`. Says nothing about the key and value bytes.
     pub(crate) fn check(&self, salt: u32, off: u64) -> bool {
+        self.fields_ok() && self.hdr_crc == header_crc(salt, off, &self.tail_bytes())
+    }
+
+    /// The kind and the field rules alone: a known kind, no unknown flag,
+    /// an expiry only on a put whose value area holds it, an index chunk's
+    /// fields. The reads through a slot check these (their CRC check
+    /// covers the header together with the body); a header that breaks
+    /// them must not be read as a record, even with valid CRCs.
+    pub(crate) fn fields_ok(&self) -> bool {
         let fields_ok = match self.kind() {
             Some(Kind::Put) => self.flags & FLAG_TTL == 0 || self.val_len as usize >= TTL_LEN,
             Some(Kind::Del) => self.val_len == 0,
@@ -231,10 +240,7 @@ impl Header {
             }
             None => false,
         };
-        fields_ok
-            && self.flags & !(FLAG_END | FLAG_TTL) == 0
-            && (self.is_put() || !self.has_ttl())
-            && self.hdr_crc == header_crc(salt, off, &self.tail_bytes())
+        fields_ok && self.flags & !(FLAG_END | FLAG_TTL) == 0 && (self.is_put() || !self.has_ttl())
     }
 }
 
