@@ -1148,3 +1148,68 @@ fn a_put_marked_with_an_expiry_it_cannot_hold_is_damage_on_every_path() {
         assert!(db.check().is_err(), "{what}: check passes a damaged record");
     }
 }
+
+/// A live store whose log is damaged in the middle (above the durable
+/// tail, below the tail writers published) and whose counters fail their
+/// checks: the next write must not rebuild the index from the log up to
+/// the damage, which dropped every commit after it (readable a moment
+/// before, some acknowledged by this very handle). It fails with an error
+/// naming the damage, and every entry still reads. Found by fuzzing
+/// (open_bytes, 2026-12-03; fuzz/regressions/open_bytes/repair-drops-published-commits):
+/// a damaged image made a handle's own insert leave counters that its next
+/// write distrusted, and that write's repair threw the insert away.
+#[test]
+fn a_live_repair_never_drops_published_commits_past_damage() {
+    let dir = scratch();
+    let path = dir.path().join("live.mapkv");
+    // Durability::None: the durable tail stays near the start.
+    let db = Db::open(&path).unwrap();
+    db.flush().unwrap();
+    for i in 0..2000u32 {
+        db.insert(format!("key-{i}"), format!("value-{i}")).unwrap();
+    }
+    // Another writer of the file (the page cache is shared with the
+    // mapping): a flipped byte in the value of key-1000's record, and a
+    // live-key counter above the slots used, which no writer leaves.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let b = std::fs::read(&path).unwrap();
+    let at = (0..b.len() - 10)
+        .find(|&i| &b[i..i + 10] == b"value-1000")
+        .expect("the value of key-1000");
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&[b[at] ^ 0x20], at as u64).unwrap();
+    let ctl = layout::CONTROL_OFFSET as usize;
+    let used = le(&b, ctl + control::INDEX_USED, 8);
+    f.write_all_at(&(used + 1).to_le_bytes(), (ctl + control::LIVE_KEYS) as u64)
+        .unwrap();
+    drop(f);
+    // The write meets counters it cannot trust and the damage below the
+    // published tail.
+    match db.insert(b"after", b"x") {
+        Err(Error::Corrupted { offset, what, .. }) => {
+            assert!(
+                offset <= at as u64,
+                "the error names {offset}, past the damage at {at}: {what}"
+            );
+        }
+        other => panic!(
+            "the write over a damaged log: {other:?}; key-1999 now {:?}, stats {:?}",
+            db.get("key-1999"),
+            db.stats()
+        ),
+    }
+    // Nothing was dropped: every entry but the damaged one reads.
+    for i in (0..2000u32).step_by(7).chain([1001, 1999]) {
+        let got = db.get(format!("key-{i}")).unwrap();
+        assert_eq!(
+            got.as_deref(),
+            Some(format!("value-{i}").as_bytes()),
+            "key-{i} after the refused repair"
+        );
+    }
+    assert!(db.get("key-1000").is_err(), "the damaged record reads");
+}

@@ -193,6 +193,29 @@ pub(crate) fn repair_live(store: &Store, wr: &mut Writer) -> Result<()> {
     if !replayed {
         let meta = durable_meta(store)?;
         let scanned = scan_log(store, &meta)?;
+        // A consistent snapshot names a tail that a writer of this boot
+        // published: every commit below it was readable, and some were
+        // acknowledged (a writer that died mid-commit left its unpublished
+        // bytes past the tail, not below it; the page cache is shared, so
+        // nothing below it is torn). A log that ends before it is damage,
+        // not a torn tail: rebuilding from the part before the damage would
+        // drop every commit after it. Refuse, change nothing, and say
+        // where; readers keep the index they have (`Db::repair` is the
+        // explicit way, and reports what it drops).
+        if consistent && scanned.st.tail < st.tail && st.tail <= store.arena.len() {
+            return Err(store
+                .corrupt(
+                    scanned.stop.bad,
+                    format!(
+                        "{}: the log ends there, {} bytes before the tail writers published ({}); \
+                         a rebuild of the index would drop the commits after it, so none was made",
+                        scanned.stop.why,
+                        st.tail - scanned.st.tail,
+                        st.tail
+                    ),
+                )
+                .into());
+        }
         // Keep the old counters' generation if the control block has a
         // newer one than the meta.
         let generation = if consistent {
