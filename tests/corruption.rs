@@ -1089,21 +1089,16 @@ fn a_put_marked_with_an_expiry_it_cannot_hold_is_damage_on_every_path() {
         }
         db.close().unwrap();
     }
-    let mut b = std::fs::read(&path).unwrap();
+    let im = Image::new("ttl", std::fs::read(&path).unwrap());
     // The record of the 500th live slot: past the 64 an open samples, so
     // the store opens and the reads meet it.
-    let copy = layout::META_COPIES
-        .map(|m| m as usize)
-        .into_iter()
-        .max_by_key(|&m| le(&b, m + meta::META_SEQ, 8))
-        .unwrap();
-    let desc = le(&b, copy + meta::INDEX_DESC, 8);
-    let start = (desc & !layout::INDEX_DESC_LOG2_MASK) as usize;
-    let cap = 1usize << (desc & layout::INDEX_DESC_LOG2_MASK);
-    let words: Vec<u64> = (0..cap)
-        .map(|i| le(&b, start + 8 * i, 8))
+    let (ix0, ix1) = im.index_table();
+    let words: Vec<u64> = (ix0..ix1)
+        .step_by(8)
+        .map(|at| le(&im.bytes, at, 8))
         .filter(|&w| w > 1)
         .collect();
+    let mut b = im.bytes;
     assert_eq!(words.len(), 600);
     let at = ((words[500] & ((1 << 36) - 1)) * 8) as usize;
     let hl = layout::HEADER_LEN as usize;
