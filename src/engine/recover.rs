@@ -13,7 +13,10 @@
 //! 3. **OS crash or power loss** (not clean, other boot), or anything that
 //!    fails a check above: the index is rebuilt from the log. Every record
 //!    below the meta's durable tail must verify (else `Corrupted`); past it
-//!    the log ends at the first record or commit that does not. O(log).
+//!    the log ends at the first record or commit that does not, unless a
+//!    process crash left a control block naming a published tail past
+//!    that point: then the log is damaged, not torn, and the open fails
+//!    with `Corrupted` rather than drop published commits. O(log).
 //!
 //! Every unclean open bumps the generation (written durably before the first
 //! new record), so bytes a crashed writer left past the recovered tail can
@@ -154,6 +157,16 @@ pub(crate) fn recover(
         }
     }
     let scanned = scan_log(store, meta)?;
+    if !meta.is_clean() && same_boot {
+        // A process crash: the page cache survived, so a consistent
+        // control block of ours names a tail that a writer published.
+        if let Ok(c) = store.control() {
+            let (st, consistent) = c.snapshot(1);
+            if c.magic() == CONTROL_MAGIC && consistent {
+                keep_published(store, &scanned, st.tail)?;
+            }
+        }
+    }
     if meta.is_clean() && rw {
         // The clean meta failed its checks. Retract it durably before the
         // index is touched, so a crash during the rebuild cannot leave a
@@ -193,28 +206,8 @@ pub(crate) fn repair_live(store: &Store, wr: &mut Writer) -> Result<()> {
     if !replayed {
         let meta = durable_meta(store)?;
         let scanned = scan_log(store, &meta)?;
-        // A consistent snapshot names a tail that a writer of this boot
-        // published: every commit below it was readable, and some were
-        // acknowledged (a writer that died mid-commit left its unpublished
-        // bytes past the tail, not below it; the page cache is shared, so
-        // nothing below it is torn). A log that ends before it is damage,
-        // not a torn tail: rebuilding from the part before the damage would
-        // drop every commit after it. Refuse, change nothing, and say
-        // where; readers keep the index they have (`Db::repair` is the
-        // explicit way, and reports what it drops).
-        if consistent && scanned.st.tail < st.tail && st.tail <= store.arena.len() {
-            return Err(store
-                .corrupt(
-                    scanned.stop.bad,
-                    format!(
-                        "{}: the log ends there, {} bytes before the tail writers published ({}); \
-                         a rebuild of the index would drop the commits after it, so none was made",
-                        scanned.stop.why,
-                        st.tail - scanned.st.tail,
-                        st.tail
-                    ),
-                )
-                .into());
+        if consistent {
+            keep_published(store, &scanned, st.tail)?;
         }
         // Keep the old counters' generation if the control block has a
         // newer one than the meta.
@@ -232,6 +225,35 @@ pub(crate) fn repair_live(store: &Store, wr: &mut Writer) -> Result<()> {
     sane_durable(store, wr, wr.st.tail)?;
     publish(store, wr);
     store.write_meta(wr, 0, true)?;
+    Ok(())
+}
+
+/// Refuse a rebuild that would drop published commits.
+///
+/// `published` is a tail that a writer of this boot published (a
+/// consistent control block, read in the same boot as its writer): every
+/// commit below it was readable, and some were acknowledged. A writer that
+/// died mid-commit left its unfinished bytes past that tail, not below it,
+/// and the page cache is shared, so nothing below it is torn. A log that
+/// ends before it is therefore damage, not a torn tail, and rebuilding the
+/// index from the part before the damage would drop every commit after it.
+/// So: `Corrupted` naming where the log ends, and nothing changed.
+fn keep_published(store: &Store, scanned: &Scanned, published: u64) -> Result<()> {
+    if scanned.st.tail < published && published <= store.arena.len() {
+        return Err(store
+            .corrupt(
+                scanned.stop.bad,
+                format!(
+                    "{}: the log ends there, {} bytes before the tail writers published ({}); \
+                     a rebuild of the index would drop the commits after it, so none was made \
+                     (`mapkv dump --salvage` copies out what the index still reaches)",
+                    scanned.stop.why,
+                    published - scanned.st.tail,
+                    published
+                ),
+            )
+            .into());
+    }
     Ok(())
 }
 
